@@ -1,0 +1,40 @@
+# SlimServe developer entry points. `make serve` and `make test` are the two the README promises.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch. On the project's build machines this wheel lies on local disk; elsewhere
+# point pip at PyTorch's CPU index (see DEVELOPERS.md) or pre-install the torch you want.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install serve test lint format bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+serve: install
+	$(BIN)/slimserve serve --model digits-cnn --model minilm
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: install
+	$(BIN)/python -m benchmarks.compression_quality
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
