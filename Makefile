@@ -6,7 +6,9 @@ BIN := $(VENV)/bin
 # point pip at PyTorch's CPU index (see DEVELOPERS.md) or pre-install the torch you want.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install serve test lint format bench clean
+.PHONY: install tools compress serve test lint format bench clean
+MODEL ?= digits-cnn
+PROFILE ?= cpu
 
 install: $(VENV)/.installed
 
@@ -17,10 +19,19 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
+# Tools beyond pip that some tests use (promtool); skips quietly where apt is unavailable.
+tools:
+	bash deploy/install-tools.sh
+
+# Compress a built-in model for a profile: variants/<model>-<profile>/ gets the variant,
+# report.json and report.png.
+compress: install
+	$(BIN)/slimserve compress --model $(MODEL) --profile $(PROFILE) --out variants/$(MODEL)-$(PROFILE)
+
 serve: install
 	$(BIN)/slimserve serve --model digits-cnn --model minilm
 
-test: install
+test: install tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest

@@ -1,0 +1,1 @@
+"""SlimServe benchmarks: each module is one command that writes JSON and a Markdown table."""

@@ -1,0 +1,16 @@
+"""SlimServe's compression engine: prune, rebuild and verify a model for a device profile.
+
+A pure library (no web stack). The public door is :func:`compress`::
+
+    from compression import compress, load_variant
+
+    variant = compress(model, "cpu", example_inputs=x[:8], calibration=[x], validation=[(x, y)])
+    variant.save("out/")
+    same = load_variant("out/", model=fresh_model)
+"""
+
+from compression.api import compress
+from compression.profiles import PROFILES, DeviceProfile
+from compression.variant import CompressedModel, load_variant
+
+__all__ = ["compress", "load_variant", "PROFILES", "DeviceProfile", "CompressedModel"]

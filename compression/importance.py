@@ -1,0 +1,232 @@
+"""How much each channel matters: the criteria the profile chooses between.
+
+- ``magnitude``  weight norm of the whole coupled group (Torch-Pruning's GroupMagnitudeImportance)
+- ``taylor``     sensitivity |weight x gradient| (Torch-Pruning's GroupTaylorImportance), with
+                 gradients of the model's own predictions on calibration data (no labels needed)
+- ``activation`` activation-aware: E[x_c^2] * ||W[:, c]||^2 summed over the layers that consume
+                 channel c. It scores what a channel actually *contributes* on real inputs, which
+                 is what removing it loses (the structured form of Wanda, arXiv:2306.11695).
+- ``lsq``        activation-aware *and* refit-aware: the error that remains once the rebuild's
+                 least-squares refit has compensated the cut (:func:`lsq_scores`).
+
+Scores come back per channel of each unit's root; :func:`granule_scores` sums them per head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from compression import graph
+from compression.graph import PruneUnit
+from compression.inputs import Batch, call, flat_tokens, main_output, split, token_mask
+
+CRITERIA = ("magnitude", "taylor", "activation", "lsq")
+
+
+@dataclass
+class InputStats:
+    """Per-channel first and second moments of one layer's input on calibration data."""
+
+    mean: torch.Tensor
+    sq_mean: torch.Tensor
+
+
+def _channel_rows(module: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """A layer input as rows of channels: tokens x C for Linear, pixels x C for Conv."""
+    if isinstance(module, nn.Linear):
+        return flat_tokens(x, mask)
+    return x.transpose(0, 1).reshape(x.shape[1], -1).T
+
+
+def input_stats(model: nn.Module, layer_names: list[str], batch: Batch) -> dict[str, InputStats]:
+    """Mean and mean square of each named layer's input channels over ``batch``."""
+    sums: dict[str, list] = {}
+    mask = token_mask(batch)
+
+    def hook(name):
+        def record(module, args):
+            rows = _channel_rows(module, args[0].detach().float(), mask)
+            acc = sums.setdefault(name, [0.0, 0.0, 0])
+            acc[0] = acc[0] + rows.sum(0)
+            acc[1] = acc[1] + rows.pow(2).sum(0)
+            acc[2] += rows.shape[0]
+
+        return record
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in set(layer_names)]
+    try:
+        with torch.inference_mode():
+            call(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: InputStats(s / c, q / c) for n, (s, q, c) in sums.items()}
+
+
+def _consumer_columns(weight: torch.Tensor, channels: int) -> torch.Tensor:
+    """||W[:, c]||^2 per input channel c, also when a flatten spreads c over several inputs."""
+    w = weight.detach().float()
+    w = w.reshape(w.shape[0], w.shape[1], -1).pow(2).sum(dim=(0, 2))  # per input column
+    if w.numel() != channels and w.numel() % channels == 0:
+        w = w.reshape(channels, -1).sum(1)
+    return w
+
+
+def activation_scores(
+    model: nn.Module, units: list[PruneUnit], stats: dict[str, InputStats]
+) -> dict[str, torch.Tensor]:
+    """Activation-aware scores from consumer input statistics (see module docstring)."""
+    scores = {}
+    for unit in units:
+        total = torch.zeros(unit.size)
+        for name in unit.consumers:
+            layer = model.get_submodule(name)
+            if getattr(layer, "groups", 1) != 1:
+                continue
+            energy = stats[name].sq_mean
+            columns = _consumer_columns(layer.weight, energy.numel())
+            if energy.numel() == unit.size:
+                total += energy * columns
+        if not total.any():  # no usable consumer: fall back to weight magnitude of the consumers
+            for name in unit.consumers:
+                w = _consumer_columns(model.get_submodule(name).weight, unit.size)
+                if w.numel() == unit.size:
+                    total += w
+        scores[unit.name] = total
+    return scores
+
+
+def _pseudo_label_loss(out: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy to the model's own predictions for classifiers, output energy otherwise."""
+    if out.dim() == 2 and out.shape[1] > 1:
+        return nn.functional.cross_entropy(out, out.argmax(1).detach())
+    return 0.5 * out.float().pow(2).mean()
+
+
+def taylor_gradients(model: nn.Module, batch: Batch, chunk: int = 64) -> None:
+    """Accumulate ``.grad`` on every parameter from calibration data (for the Taylor criterion)."""
+    model.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        for part in split(batch, chunk):
+            _pseudo_label_loss(main_output(call(model, part))).backward()
+
+
+def channel_scores(
+    model: nn.Module,
+    example_inputs: Batch,
+    units: list[PruneUnit],
+    criterion: str,
+    calibration: Batch,
+    stats: dict[str, InputStats] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-channel importance of every unit under ``criterion`` (one of :data:`CRITERIA`)."""
+    if criterion == "activation":
+        if stats is None:
+            stats = input_stats(model, [c for u in units for c in u.consumers], calibration)
+        return activation_scores(model, units, stats)
+    if criterion == "taylor":
+        taylor_gradients(model, calibration)
+        try:
+            return graph.library_scores(model, example_inputs, units, "taylor")
+        finally:
+            model.zero_grad(set_to_none=True)
+    if criterion == "magnitude":
+        return graph.library_scores(model, example_inputs, units, "magnitude")
+    raise ValueError(f"unknown importance criterion {criterion!r}; expected one of {CRITERIA}")
+
+
+def granule_scores(unit: PruneUnit, scores: torch.Tensor) -> torch.Tensor:
+    """Scores per removable unit: per head for attention, per channel otherwise."""
+    return scores.reshape(unit.groups, unit.granule).sum(1)
+
+
+def input_grams(model: nn.Module, layer_names: list[str], batch: Batch) -> dict[str, torch.Tensor]:
+    """Uncentred Gram matrix E[x x^T] of each named layer's input rows (unfolded for convs)."""
+    grams: dict[str, list] = {}
+    mask = token_mask(batch)
+
+    def hook(name):
+        def record(module, args):
+            x = args[0].detach().float()
+            if isinstance(module, nn.Conv2d):
+                cols = nn.functional.unfold(
+                    x, module.kernel_size, module.dilation, module.padding, module.stride
+                )
+                rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+            else:
+                rows = flat_tokens(x, mask)
+            rows = rows.double()
+            acc = grams.setdefault(name, [0.0, 0])
+            acc[0] = acc[0] + rows.T @ rows
+            acc[1] += rows.shape[0]
+
+        return record
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in set(layer_names)]
+    try:
+        with torch.inference_mode():
+            call(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: g / c for n, (g, c) in grams.items()}
+
+
+def lsq_scores(
+    model: nn.Module, units: list[PruneUnit], grams: dict[str, torch.Tensor], rounds: int = 8
+) -> dict[str, torch.Tensor]:
+    """Refit-aware scores: the output error that *remains after* a least-squares refit.
+
+    Removing input columns S of a consumer W whose inputs have Gram G costs, once the other
+    columns are refit optimally, tr(W_S (G^-1)_SS^-1 W_S^T) (optimal brain surgeon, structured).
+    Heads/channels are removed greedily in ``rounds`` chunks, re-inverting G on what is left, and
+    each gets the cost at its removal, relative to the consumers' output energy so that units
+    compare (used by global allocation).
+    """
+    scores = {}
+    for unit in units:
+        parts = []
+        for name in unit.consumers:
+            layer = model.get_submodule(name)
+            if name not in grams or getattr(layer, "groups", 1) != 1:
+                continue
+            w = layer.weight.detach().double().reshape(layer.weight.shape[0], -1)
+            g = grams[name]
+            if w.shape[1] % unit.size:
+                continue
+            per = w.shape[1] // unit.size * unit.granule  # columns per head/channel
+            energy = torch.einsum("oi,ij,oj->", w, g, w).clamp_min(1e-12)
+            parts.append((w, g, per, energy))
+        if not parts:
+            scores[unit.name] = torch.zeros(unit.size)
+            continue
+        alive = list(range(unit.groups))
+        cost_at_removal = torch.zeros(unit.groups, dtype=torch.float64)
+        step = max(1, unit.groups // rounds)
+        level = 0.0
+        while len(alive) > 1:
+            costs = torch.zeros(len(alive), dtype=torch.float64)
+            for w, g, per, energy in parts:
+                cols = torch.tensor([g_ * per + j for g_ in alive for j in range(per)])
+                sub = g[cols][:, cols]
+                sub = sub + 1e-6 * sub.diagonal().mean() * torch.eye(len(cols), dtype=sub.dtype)
+                inv = torch.linalg.inv(sub)
+                ws = w[:, cols]
+                if per == 1:  # one column each: the cost is ||w_c||^2 / (G^-1)_cc
+                    costs += ws.pow(2).sum(0) / inv.diagonal() / energy
+                    continue
+                for k in range(len(alive)):
+                    s = slice(k * per, (k + 1) * per)
+                    block = torch.linalg.inv(inv[s, s])
+                    costs[k] += torch.trace(ws[:, s] @ block @ ws[:, s].T) / energy
+            order = torch.argsort(costs).tolist()[: min(step, len(alive) - 1)]
+            for k in order:
+                level = max(level, float(costs[k]))
+                cost_at_removal[alive[k]] = level + float(costs[k]) * 1e-6
+            alive = [a for i, a in enumerate(alive) if i not in set(order)]
+        cost_at_removal[alive[0]] = level * 2 + 1.0
+        scores[unit.name] = cost_at_removal.float().repeat_interleave(unit.granule)
+    return scores

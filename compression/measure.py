@@ -1,0 +1,58 @@
+"""Measure what a variant costs: multiply-accumulates, parameters, and latency on the device.
+
+Latency is the median of ``repeats`` timed forwards after a warm-up, on the same batch before
+and after compression, with the profile's thread count, so speed-ups compare like with like.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from compression import graph
+from compression.inputs import Batch, call
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Run a block with ``n`` torch threads (unchanged when None)."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def latency_ms(
+    model: nn.Module, batch: Batch, device: str = "cpu", repeats: int = 15, warmup: int = 3
+) -> float:
+    """Median wall time of one forward on ``batch`` in milliseconds."""
+    times = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            call(model, batch)
+        _sync(device)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            call(model, batch)
+            _sync(device)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000.0
+
+
+def macs_params(model: nn.Module, example_inputs: Batch) -> tuple[int, int]:
+    """MACs of one forward on ``example_inputs`` and the parameter count (float models)."""
+    return graph.count_macs_params(model, example_inputs)

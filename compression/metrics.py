@@ -1,0 +1,83 @@
+"""Quality metrics on validation data: accuracy and F1 (scikit-learn), cosine fidelity.
+
+``cosine`` compares a model's embedding of each sample with the original model's: for token
+outputs with an ``attention_mask`` the embedding is the mean over real tokens (how sentence
+encoders such as all-MiniLM-L6-v2 pool), otherwise the flattened output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+from torch import nn
+
+from compression.errors import DataError
+from compression.inputs import Batch, call, main_output, token_mask
+
+METRICS = ("accuracy", "f1", "cosine")
+Metric = str | Callable[[np.ndarray, np.ndarray], float]
+
+
+def embed(out: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """One vector per sample: masked mean over tokens for [B, L, H] outputs, else flatten."""
+    out = out.float()
+    mask = token_mask(batch)
+    if mask is not None and out.dim() == 3:
+        m = mask.unsqueeze(-1).to(out.dtype)
+        return (out * m).sum(1) / m.sum(1).clamp_min(1.0)
+    return out.reshape(out.shape[0], -1)
+
+
+def outputs(model: nn.Module, validation: list) -> list[torch.Tensor]:
+    """Per-sample embeddings (see :func:`embed`) of every validation batch."""
+    res = []
+    with torch.inference_mode():
+        for inputs, _ in validation:
+            res.append(embed(main_output(call(model, inputs)), inputs))
+    return res
+
+
+def has_labels(validation: list | None) -> bool:
+    return bool(validation) and all(t is not None for _, t in validation)
+
+
+def resolve_metric(metric: Metric, validation: list | None) -> Metric:
+    """``auto`` -> accuracy with labels, cosine fidelity without; names are checked."""
+    if callable(metric):
+        return metric
+    if metric == "auto":
+        return "accuracy" if has_labels(validation) else "cosine"
+    if metric not in METRICS:
+        raise DataError(
+            f"unknown metric {metric!r}: expected one of {METRICS}, 'auto' or a callable"
+        )
+    if metric in ("accuracy", "f1") and not has_labels(validation):
+        raise DataError(f"metric {metric!r} needs validation pairs (inputs, labels) with labels")
+    return metric
+
+
+def cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """Mean cosine similarity between matching rows of two lists of embeddings."""
+    x, y = torch.cat(a), torch.cat(b)
+    return float(nn.functional.cosine_similarity(x, y, dim=1).mean())
+
+
+def score(
+    metric: Metric,
+    model_out: list[torch.Tensor],
+    validation: list,
+    reference_out: list[torch.Tensor],
+) -> float:
+    """The metric of a model's validation outputs (cosine is against ``reference_out``)."""
+    if metric == "cosine":
+        return cosine(model_out, reference_out)
+    labels = np.concatenate([np.asarray(t) for _, t in validation])
+    if callable(metric):
+        return float(metric(torch.cat(model_out).numpy(), labels))
+    pred = torch.cat(model_out).argmax(1).numpy()
+    if metric == "accuracy":
+        return float(accuracy_score(labels, pred))
+    return float(f1_score(labels, pred, average="macro"))

@@ -1,0 +1,148 @@
+"""Device profiles: what "compressed for this device" means.
+
+A profile is validated once, when it is loaded; unknown keys and bad values are errors that
+name the key. Built-ins live as YAML beside this module (``profiles/*.yaml``) and load through
+the same validation as a user's file::
+
+    >>> from compression.profiles import get_profile
+    >>> get_profile("cpu").quantization
+    'int8-dynamic'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from compression.errors import ProfileError
+
+_BUILTIN_DIR = Path(__file__).parent / "profiles"
+
+
+class DeviceProfile(BaseModel):
+    """How to compress for one kind of device. Every field can be set from YAML."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Profile name, shown in reports, metrics and the admin API.")
+    device: Literal["cpu", "cuda"] = Field("cpu", description="Where latency is measured.")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="Weight/activation dtype of the served variant."
+    )
+    quantization: Literal["none", "int8-dynamic"] = Field(
+        "none",
+        description="int8-dynamic: int8 Linear weights via torch's dynamic quantization, kept "
+        "only when it measurably speeds up the variant and stays within budget.",
+    )
+    round_to: int = Field(1, ge=1, description="Kept channel counts are multiples of this.")
+    threads: int | None = Field(None, ge=1, description="torch threads while measuring.")
+    target_speedup: float | None = Field(
+        None, gt=1.0, description="Measured latency speed-up the search aims for."
+    )
+    target_size_ratio: float | None = Field(
+        None, gt=0.0, lt=1.0, description="Aim for params_after <= ratio * params_before."
+    )
+    max_drop: float = Field(
+        0.01, ge=0.0, le=1.0, description="Largest allowed drop of a labelled metric (0.01 = 1 pt)."
+    )
+    min_fidelity: float = Field(
+        0.95,
+        ge=0.0,
+        le=1.0,
+        description="Smallest allowed cosine fidelity when there are no labels.",
+    )
+    importance: Literal["magnitude", "taylor", "activation", "lsq"] = Field(
+        "lsq",
+        description="Channel importance: weight magnitude, Taylor sensitivity, activation-aware, "
+        "or lsq (activation-aware cost left after the least-squares refit; measured best).",
+    )
+    ratios: list[float] = Field(
+        default_factory=lambda: [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
+        description="Candidate pruning amounts (fraction of channels removed), tried in order.",
+    )
+    allocation: Literal["uniform", "global", "search"] = Field(
+        "search", description="How the amount is split across layers; search tries both."
+    )
+    rebuild: list[Literal["bn", "bias", "refit", "distill"]] = Field(
+        default_factory=lambda: ["bn", "bias", "refit"],
+        description="Rebuild ladder steps, cheapest first; each is kept only if it helps.",
+    )
+    ridge: float = Field(1e-2, ge=0.0, description="Relative ridge strength of the refit.")
+    distill_seconds: float = Field(0.0, ge=0.0, description="Time box of the distillation step.")
+    calibration_size: int = Field(256, ge=8, description="Calibration samples used.")
+    latency_batch: int = Field(8, ge=1, description="Batch size of latency measurements.")
+    latency_repeats: int = Field(15, ge=3, description="Timed repeats (median is reported).")
+    time_limit_s: float = Field(300.0, gt=0, description="Wall-clock limit of one compression.")
+
+    @model_validator(mode="after")
+    def _check(self) -> DeviceProfile:
+        if any(not 0.0 < r < 1.0 for r in self.ratios) or not self.ratios:
+            raise ValueError(f"ratios must be fractions in (0, 1); got {self.ratios}")
+        if "distill" in self.rebuild and self.distill_seconds <= 0:
+            raise ValueError("rebuild lists 'distill' but distill_seconds is 0; set it > 0")
+        return self
+
+
+def _describe(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "profile"
+        if e["type"] == "extra_forbidden":
+            known = ", ".join(DeviceProfile.model_fields)
+            parts.append(f"unknown key {where!r} (known keys: {known})")
+        else:
+            parts.append(f"{where}: {e['msg']} (got {e.get('input')!r})")
+    return "; ".join(parts)
+
+
+def profile_from_dict(data: dict, source: str = "profile") -> DeviceProfile:
+    """Validate a mapping into a profile; errors name the bad key or value."""
+    if not isinstance(data, dict):
+        raise ProfileError(
+            f"{source}: expected a mapping of profile keys, got {type(data).__name__}"
+        )
+    try:
+        return DeviceProfile(**data)
+    except ValidationError as err:
+        raise ProfileError(f"{source}: {_describe(err)}") from None
+
+
+def load_profile_file(path: str | Path) -> DeviceProfile:
+    """Load and validate one profile YAML file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ProfileError(f"cannot read profile file {path}: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ProfileError(f"{path} is not valid YAML: {err}") from None
+    if isinstance(data, dict):
+        data.setdefault("name", path.stem)
+    return profile_from_dict(data, source=str(path))
+
+
+def builtin_profiles() -> dict[str, DeviceProfile]:
+    """The built-in profiles, by name."""
+    return {p.stem: load_profile_file(p) for p in sorted(_BUILTIN_DIR.glob("*.yaml"))}
+
+
+PROFILES: dict[str, DeviceProfile] = builtin_profiles()
+
+
+def get_profile(spec: str | Path | DeviceProfile) -> DeviceProfile:
+    """A profile from a built-in name, a YAML path, or a profile (returned as is)."""
+    if isinstance(spec, DeviceProfile):
+        return spec
+    text = str(spec)
+    if text in PROFILES:
+        return PROFILES[text]
+    if text.endswith((".yaml", ".yml")) or Path(text).is_file():
+        return load_profile_file(text)
+    raise ProfileError(
+        f"unknown profile {text!r}: expected one of {sorted(PROFILES)} or a path to a YAML file"
+    )

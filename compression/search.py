@@ -1,0 +1,203 @@
+"""The search: prune -> rebuild -> verify, over pruning amounts and layer splits, within budget.
+
+For each allocation (uniform, global) the amounts are tried in increasing order until one goes
+over budget; every candidate is measured (metric on validation data, MACs, params, latency on
+the profile's device). The profile's precision step is then tried on the fastest candidates
+(and on the unpruned model), kept only where it measurably speeds up and stays within budget.
+The winner is the fastest candidate within budget, or for a size budget the most accurate one
+that fits.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from compression import allocation, graph, importance, metrics, precision, rebuild
+from compression.errors import Cancelled
+from compression.graph import PruneUnit
+from compression.inputs import Batch
+from compression.measure import latency_ms, macs_params
+from compression.profiles import DeviceProfile
+from compression.report import Candidate
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class Built:
+    """A candidate's module with what it took to build it."""
+
+    module: nn.Module
+    float_module: nn.Module
+    candidate: Candidate
+    steps: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class SearchContext:
+    """Everything measured once on the original and shared by every candidate."""
+
+    original: nn.Module
+    profile: DeviceProfile
+    example_inputs: Batch
+    calibration: Batch
+    validation: list
+    metric: metrics.Metric
+    units: list[PruneUnit]
+    scores: dict[str, torch.Tensor]
+    stats: dict
+    reference: torch.Tensor
+    reference_val: list[torch.Tensor]
+    latency_batch: Batch
+    budget: float
+    deadline: float
+    progress: Progress
+    should_stop: Callable[[], bool]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def tick(self, key: str, start: float) -> None:
+        self.timings[key] = round(self.timings.get(key, 0.0) + time.perf_counter() - start, 3)
+
+    def check(self) -> None:
+        if self.should_stop():
+            raise Cancelled("compression cancelled by the caller")
+
+
+def measure(ctx: SearchContext, module: nn.Module, float_module: nn.Module, **info) -> Candidate:
+    """Metric, fidelity, MACs, params and latency of one candidate."""
+    start = time.perf_counter()
+    out = metrics.outputs(module, ctx.validation)
+    value = metrics.score(ctx.metric, out, ctx.validation, ctx.reference_val)
+    fidelity = value if ctx.metric == "cosine" else metrics.cosine(out, ctx.reference_val)
+    macs, params = macs_params(float_module, ctx.example_inputs)
+    lat = latency_ms(module, ctx.latency_batch, ctx.profile.device, ctx.profile.latency_repeats)
+    ctx.tick("verify", start)
+    return Candidate(
+        macs=macs,
+        params=params,
+        latency_ms=round(lat, 4),
+        metric=round(value, 6),
+        fidelity=round(fidelity, 6),
+        within_budget=value >= ctx.budget - 1e-9,
+        **info,
+    )
+
+
+def build(ctx: SearchContext, ratio: float, mode: str) -> Built:
+    """Prune ``ratio`` of the channels split by ``mode``, then run the rebuild ladder."""
+    start = time.perf_counter()
+    removed = allocation.allocate(ctx.units, ctx.scores, ratio, mode, ctx.profile.round_to)
+    pruned = copy.deepcopy(ctx.original)
+    graph.prune(pruned, ctx.example_inputs, removed)
+    records = rebuild.rebuild(
+        pruned,
+        ctx.original,
+        ctx.units,
+        removed,
+        ctx.calibration,
+        ctx.reference,
+        ctx.stats,
+        ctx.profile.rebuild,
+        ctx.profile.ridge,
+        ctx.profile.distill_seconds,
+    )
+    pruned.eval()
+    ctx.tick("prune_rebuild", start)
+    cand = measure(ctx, pruned, pruned, ratio=ratio, allocation=mode, precision="float32")
+    return Built(pruned, pruned, cand, [r.to_dict() for r in records])
+
+
+def with_precision(ctx: SearchContext, built: Built) -> Built | None:
+    """The profile's dtype/quantization applied to a float candidate (None when not asked)."""
+    p = ctx.profile
+    if p.quantization == "none" and p.dtype == "float32":
+        return None
+    start = time.perf_counter()
+    module = precision.apply(built.float_module, p.dtype, p.quantization).eval()
+    ctx.tick("precision", start)
+    label = p.quantization if p.quantization != "none" else p.dtype
+    c = built.candidate
+    cand = measure(
+        ctx, module, built.float_module, ratio=c.ratio, allocation=c.allocation, precision=label
+    )
+    if cand.latency_ms > 0.95 * c.latency_ms:  # must earn its place: >= 5% faster than float
+        cand.note = "no speed-up over float32"
+    return Built(module, built.float_module, cand, built.steps)
+
+
+def run(ctx: SearchContext, original_built: Built) -> list[Built]:
+    """All candidates the search built, in the order it built them."""
+    modes = (
+        ["uniform", "global"] if ctx.profile.allocation == "search" else [ctx.profile.allocation]
+    )
+    ratios = sorted(ctx.profile.ratios)
+    planned = len(modes) * len(ratios)
+    built: list[Built] = []
+    done = 0
+    for mode in modes:
+        for ratio in ratios:
+            ctx.check()
+            if time.monotonic() > ctx.deadline:
+                break
+            ctx.progress(0.1 + 0.7 * done / planned, f"{mode} allocation, pruning {ratio:.0%}")
+            b = build(ctx, ratio, mode)
+            built.append(b)
+            done += 1
+            if not b.candidate.within_budget:
+                break  # larger amounts only lose more
+        done = len(built)
+    # Precision on the fastest few within budget, and on the unpruned model.
+    ctx.progress(0.85, "precision")
+    fits = sorted(
+        (b for b in built if b.candidate.within_budget), key=lambda b: b.candidate.latency_ms
+    )
+    for b in [*fits[:3], original_built]:
+        ctx.check()
+        if time.monotonic() > ctx.deadline:
+            break
+        p = with_precision(ctx, b)
+        if p is not None:
+            built.append(p)
+    return built
+
+
+def choose(ctx: SearchContext, built: list[Built], original: Candidate) -> tuple[Built | None, str]:
+    """The winner and why; None with the reason when nothing is within budget."""
+    fits = [b for b in built if b.candidate.within_budget and not b.candidate.note]
+    if not fits:
+        best = max(built, key=lambda b: b.candidate.metric, default=None)
+        got = f"{best.candidate.metric:.4f}" if best else "nothing (time limit)"
+        return (
+            None,
+            f"no candidate within budget: best {ctx.metric} {got} < budget {ctx.budget:.4f}",
+        )
+    target = ctx.profile.target_size_ratio
+    if target is not None:
+        small = [b for b in fits if b.candidate.params <= target * original.params]
+        if small:
+            return max(
+                small, key=lambda b: (b.candidate.metric, -b.candidate.params)
+            ), "size target met"
+        return min(
+            fits, key=lambda b: b.candidate.params
+        ), "size target not reached; smallest within budget"
+    return min(fits, key=lambda b: b.candidate.latency_ms), "fastest candidate within budget"
+
+
+def score_units(
+    original: nn.Module, example: Batch, units: list[PruneUnit], criterion: str, calibration: Batch
+) -> tuple[dict, dict]:
+    """Input statistics of every consumer and the chosen criterion's channel scores."""
+    consumers = [c for u in units for c in u.consumers]
+    stats = importance.input_stats(original, consumers, calibration)
+    if criterion == "lsq":
+        grams = importance.input_grams(original, consumers, calibration)
+        return stats, importance.lsq_scores(original, units, grams)
+    work = copy.deepcopy(original)
+    return stats, importance.channel_scores(work, example, units, criterion, calibration, stats)

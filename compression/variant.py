@@ -1,0 +1,104 @@
+"""A compressed variant: the smaller module, its report, and save/load without pickle.
+
+A variant directory holds::
+
+    weights.safetensors   float weights of the pruned model (before int8 quantization)
+    plan.json             source, structure diff, precision, and the weights' sha256
+    report.json           the CompressionReport (contract in shared/DESIGN.md)
+    report.png            metric vs latency of every candidate the search tried
+
+Loading builds a fresh model (from ``model=`` or the recorded source), replays the plan, loads
+the weights after checking their checksum, and re-applies the precision step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from compression import plan as plan_mod
+from compression import precision
+from compression.errors import VariantError
+from compression.report import CompressionReport
+
+PLAN_VERSION = 1
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class CompressedModel:
+    """The result of :func:`compression.compress`.
+
+    ``module`` is a plain ``nn.Module`` called exactly like the original (for Hugging Face
+    models, the pruned transformers model itself).
+    """
+
+    module: nn.Module
+    report: CompressionReport
+    float_module: nn.Module
+    plan: dict = field(default_factory=dict)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write weights, plan, report.json and report.png into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous() for k, v in self.float_module.state_dict().items()}
+        weights = directory / "weights.safetensors"
+        save_file(state, weights)
+        plan = dict(self.plan, weights_sha256=sha256_file(weights), version=PLAN_VERSION)
+        _write_json(directory / "plan.json", plan)
+        _write_json(directory / "report.json", self.report.to_dict())
+        self.report.plot(directory / "report.png")
+        return directory
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def load_variant(directory: str | Path, model: nn.Module | None = None) -> CompressedModel:
+    """Load a saved variant; ``model`` is a fresh original, else the plan's source is built."""
+    directory = Path(directory)
+    try:
+        plan = json.loads((directory / "plan.json").read_text())
+        report = CompressionReport.from_dict(json.loads((directory / "report.json").read_text()))
+    except FileNotFoundError as err:
+        raise VariantError(
+            f"{directory} is not a variant: {Path(err.filename).name} is missing"
+        ) from None
+    except (json.JSONDecodeError, TypeError) as err:
+        raise VariantError(f"{directory}: plan.json or report.json is corrupted: {err}") from None
+    weights = directory / "weights.safetensors"
+    if not weights.is_file():
+        raise VariantError(f"{directory} is not a variant: weights.safetensors is missing")
+    actual = sha256_file(weights)
+    if actual != plan.get("weights_sha256"):
+        raise VariantError(
+            f"{weights}: checksum {actual[:12]}... does not match the plan's "
+            f"{str(plan.get('weights_sha256'))[:12]}...; the file was changed or truncated"
+        )
+    if model is None:
+        from compression.sources import resolve
+
+        if not plan.get("source"):
+            raise VariantError(f"{directory}: the plan records no source; pass model=")
+        model = resolve(plan["source"]).factory()
+    state = load_file(weights)
+    float_module = plan_mod.replay(model, plan["structure"], state).eval()
+    module = precision.apply(float_module, plan["dtype"], plan["quantization"]).eval()
+    return CompressedModel(module=module, report=report, float_module=float_module, plan=plan)

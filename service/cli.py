@@ -1,0 +1,152 @@
+"""The ``slimserve`` command.
+
+    slimserve compress --model NAME|hf:DIR|py:module:factory --profile P --out DIR
+                       [--calibration FILE] [--validation FILE]
+    slimserve models | profiles
+    slimserve serve ...              (see the service issue)
+
+Text models (``minilm``, ``hf:``) read calibration/validation as plain text, one sentence per
+line; other models read ``.npy`` (inputs) or ``.npz`` (arrays ``x`` and ``y``).
+Exit status: 0 accepted, 3 compressed but rejected (over budget), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_REJECTED = 0, 2, 3
+
+
+def _load_data(bundle, calibration: str | None, validation: str | None) -> None:
+    from compression.builtin.text import read_sentences
+    from compression.sources import load_array_batches, set_text_data
+
+    if bundle.is_text:
+        if calibration or validation:
+            cal = read_sentences(calibration) if calibration else None
+            val = read_sentences(validation) if validation else None
+            if cal is None:
+                from compression.builtin.text import sentence_split
+
+                cal = sentence_split()[0]
+            set_text_data(bundle, cal, val)
+        return
+    if calibration:
+        bundle.calibration = load_array_batches(calibration, "calibration", with_labels=False)
+        bundle.example_inputs = bundle.calibration[0][:8]
+    if validation:
+        bundle.validation = load_array_batches(validation, "validation", with_labels=True)
+    if not bundle.calibration:
+        from compression.errors import DataError
+
+        raise DataError(f"{bundle.source} has no built-in data: pass --calibration FILE.npy")
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from compression import compress
+    from compression.sources import resolve
+
+    bundle = resolve(args.model)
+    _load_data(bundle, args.calibration, args.validation)
+    bar = tqdm(total=100, desc=f"compress {bundle.name}", unit="%", file=sys.stderr)
+
+    def progress(fraction: float, message: str) -> None:
+        bar.set_postfix_str(message)
+        bar.update(max(0, round(fraction * 100) - bar.n))
+
+    try:
+        variant = compress(
+            bundle.factory(),
+            args.profile,
+            example_inputs=bundle.example_inputs,
+            calibration=bundle.calibration,
+            validation=bundle.validation,
+            metric=bundle.metric,
+            source=bundle.source,
+            progress=progress,
+        )
+    finally:
+        bar.close()
+    out = variant.save(args.out)
+    r = variant.report
+    summary = {
+        "out": str(out),
+        "accepted": r.accepted,
+        "reason": r.reason,
+        "speedup": r.speedup,
+        "macs_reduction": round(r.macs_reduction, 3),
+        "params_reduction": round(r.params_reduction, 3),
+        r.metric: {"before": r.metric_before, "after": r.metric_after},
+        "seconds": r.seconds,
+    }
+    print(json.dumps(summary, indent=2))
+    return EXIT_OK if r.accepted else EXIT_REJECTED
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from compression.sources import BUILTINS
+
+    for name, text in BUILTINS.items():
+        print(f"{name:12s} {text}")
+    print("hf:DIR       a Hugging Face model directory (BERT family)")
+    print("py:MOD:FN    a factory function returning an nn.Module (give --calibration)")
+    return EXIT_OK
+
+
+def cmd_profiles(args: argparse.Namespace) -> int:
+    from compression import PROFILES
+
+    for name, p in PROFILES.items():
+        target = (
+            f"speed-up >= {p.target_speedup}x"
+            if p.target_speedup
+            else f"params <= {p.target_size_ratio:.0%}"
+        )
+        print(
+            f"{name:6s} device={p.device} dtype={p.dtype} quantization={p.quantization} "
+            f"round_to={p.round_to} max_drop={p.max_drop} min_fidelity={p.min_fidelity} {target}"
+        )
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slimserve", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compress", help="compress a model for a device profile")
+    p.add_argument("--model", required=True, help="built-in name, hf:DIR or py:module:factory")
+    p.add_argument("--profile", default="cpu", help="gpu, cpu, edge or a YAML file")
+    p.add_argument("--out", required=True, type=Path, help="directory for the variant")
+    p.add_argument("--calibration", help="calibration data file")
+    p.add_argument("--validation", help="validation data file")
+    p.set_defaults(func=cmd_compress)
+
+    sub.add_parser("models", help="list model sources").set_defaults(func=cmd_models)
+    sub.add_parser("profiles", help="list device profiles").set_defaults(func=cmd_profiles)
+    try:
+        from service import serve_cli
+    except ImportError:
+        serve_cli = None
+    if serve_cli is not None:
+        serve_cli.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from compression.errors import CompressionError
+
+    try:
+        return args.func(args)
+    except CompressionError as err:
+        print(f"slimserve: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+import pytest
+
+from compression import PROFILES, DeviceProfile
+from compression.errors import ProfileError
+from compression.profiles import get_profile, load_profile_file
+
+pytestmark = pytest.mark.unit
+
+
+def test_builtin_profiles():
+    assert set(PROFILES) == {"gpu", "cpu", "edge"}
+    assert PROFILES["gpu"].round_to == 8 and PROFILES["gpu"].dtype == "float16"
+    assert PROFILES["edge"].target_size_ratio is not None
+    assert PROFILES["cpu"].quantization == "int8-dynamic"
+    assert get_profile(PROFILES["cpu"]) is PROFILES["cpu"]
+
+
+def test_custom_profile_from_yaml(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text("device: cpu\nround_to: 4\nmax_drop: 0.02\nratios: [0.25, 0.5]\n")
+    profile = get_profile(str(path))
+    assert isinstance(profile, DeviceProfile)
+    assert profile.name == "tiny" and profile.round_to == 4 and profile.ratios == [0.25, 0.5]
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("device: cpu\nspeed: fast\n")
+    with pytest.raises(ProfileError, match=r"unknown key 'speed'"):
+        load_profile_file(path)
+
+
+def test_bad_value_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("device: tpu\n")
+    with pytest.raises(ProfileError, match=r"device: .*got 'tpu'"):
+        load_profile_file(path)
+
+
+def test_malformed_yaml(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("device: [cpu\n")
+    with pytest.raises(ProfileError, match="not valid YAML"):
+        load_profile_file(path)
+
+
+def test_unknown_profile_name():
+    with pytest.raises(ProfileError, match=r"unknown profile 'tpu'.*\['cpu', 'edge', 'gpu'\]"):
+        get_profile("tpu")
+
+
+def test_ratios_must_be_fractions():
+    with pytest.raises(ProfileError, match="ratios must be fractions"):
+        from compression.profiles import profile_from_dict
+
+        profile_from_dict({"name": "x", "ratios": [1.5]})
