@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compression import graph, metrics, search
+from compression import graph, metrics, rebuild, search
 from compression.errors import CompressionError, DataError, UntraceableModelError
 from compression.inputs import (
     Batch,
@@ -98,8 +98,6 @@ def compress(
             original, example_inputs, units, profile.importance, calib
         )
         scoring_s = time.perf_counter() - t
-        from compression import rebuild
-
         reference = rebuild.reference_outputs(original, calib)
         reference_val = metrics.outputs(original, val_list)
         metric_before = metrics.score(metric, reference_val, val_list, reference_val)
