@@ -13,6 +13,7 @@ Exit status: 0 accepted, 3 compressed but rejected (over budget), 2 bad input.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -128,12 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list model sources").set_defaults(func=cmd_models)
     sub.add_parser("profiles", help="list device profiles").set_defaults(func=cmd_profiles)
-    try:
-        from service import serve_cli
-    except ImportError:
-        serve_cli = None
-    if serve_cli is not None:
-        serve_cli.add_parser(sub)
+    for name in ("serve_cli", "export_cli"):  # subcommands that live beside their subsystem
+        try:
+            module = importlib.import_module(f"service.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"service.{name}":
+                raise
+            continue
+        module.add_parser(sub)
     return parser
 
 
