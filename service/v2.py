@@ -1,0 +1,775 @@
+"""Open Inference Protocol v2 (KServe v2 / Triton HTTP) codec: pure functions, no web stack.
+
+The service's HTTP handlers call these to turn a request body into numpy arrays and a result
+back into a response body. Everything a client can get wrong raises :class:`V2Error` with an
+HTTP status (400, 404 or 413) and a message that says what was expected and what arrived; any
+other exception out of :func:`parse_infer_request` is a bug.
+
+Wire format (what ``tritonclient.http`` speaks):
+
+* JSON: ``{"id", "parameters", "inputs": [{"name", "datatype", "shape", "data"}], "outputs":
+  [{"name", "parameters": {"binary_data": bool}}]}``; ``data`` is a flat or nested list, BYTES
+  elements are strings.
+* Binary tensor data extension: the ``Inference-Header-Content-Length`` header gives the length
+  of the JSON header; the rest of the body is the inputs' raw bytes, concatenated in the order
+  of the inputs that carry ``parameters.binary_data_size``. Numbers are little-endian, row-major;
+  a BYTES element is a 4-byte little-endian length followed by its bytes.
+  ``tritonclient.http`` sends such a body with *no* Content-Type, so the codec never relies on
+  it. Responses use the same framing (header + ``binary_data_size`` per binary output).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import metadata as _metadata
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+__all__ = [
+    "DATATYPES",
+    "HEADER_LENGTH",
+    "InferRequest",
+    "ModelSignature",
+    "TensorSpec",
+    "V2Error",
+    "check_version",
+    "deserialize_bytes",
+    "encode_infer_response",
+    "error_body",
+    "model_not_found",
+    "parse_infer_request",
+    "serialize_bytes",
+    "server_metadata",
+]
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+_NUMPY: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),
+}
+#: The v2 datatypes this codec speaks (BF16 is left out: numpy has no native bfloat16).
+DATATYPES: tuple[str, ...] = tuple(_NUMPY)
+# Little-endian wire dtypes of the fixed-size types.
+_WIRE = {k: v.newbyteorder("<") for k, v in _NUMPY.items() if k not in ("BYTES", "BOOL")}
+_JSON_KINDS = {  # numpy kinds that np.array(json_list) may infer, per datatype family
+    "BOOL": ("b", "booleans"),
+    "INT": ("iu", "integers"),
+    "FP": ("iuf", "numbers"),
+}
+_KIND_NAMES = {
+    "b": "booleans",
+    "i": "integers",
+    "u": "integers",
+    "f": "non-integer numbers",
+    "U": "strings",
+    "O": "mixed values or nulls",
+}
+_LEN = struct.Struct("<I")
+
+
+def _family(datatype: str) -> str:
+    if datatype == "BOOL":
+        return "BOOL"
+    if datatype.startswith(("INT", "UINT")):
+        return "INT"
+    return "FP"
+
+
+def _shape_str(shape: Any) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+
+
+class V2Error(Exception):
+    """A client error: ``status`` is the HTTP status, ``message`` says expected vs. received."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+    def __repr__(self) -> str:
+        return f"V2Error({self.status}, {self.message!r})"
+
+
+def error_body(err: BaseException) -> dict[str, str]:
+    """The v2 error body, ``{"error": message}`` (what tritonclient shows as the message)."""
+    return {"error": err.message if isinstance(err, V2Error) else str(err)}
+
+
+def model_not_found(name: str, known: list[str] | tuple[str, ...] = ()) -> V2Error:
+    """The 404 for an unknown model name; ``known`` are the served model names."""
+    return V2Error(f"unknown model '{name}'; served models: {sorted(known)}", 404)
+
+
+def check_version(signature: ModelSignature, version: str | None) -> None:
+    """404 unless ``version`` (from ``/v2/models/{m}/versions/{v}/...``; None/"" = any) exists."""
+    if version in (None, "") or str(version) in signature.versions:
+        return
+    raise V2Error(
+        f"model '{signature.name}' has no version '{version}'; versions: {signature.versions}",
+        404,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Signatures and metadata
+# --------------------------------------------------------------------------------------------
+
+
+class TensorSpec(BaseModel):
+    """One input or output tensor: v2 datatype and shape (-1 = any size in that dimension)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    datatype: str
+    shape: list[int]
+    optional: bool = False  # inputs only: a request may leave it out
+
+    @field_validator("datatype")
+    @classmethod
+    def _known_datatype(cls, v: str) -> str:
+        if v not in _NUMPY:
+            raise ValueError(f"datatype must be one of {list(DATATYPES)}, got {v!r}")
+        return v
+
+    @field_validator("shape")
+    @classmethod
+    def _valid_shape(cls, v: list[int]) -> list[int]:
+        if any(d < -1 for d in v):
+            raise ValueError(f"shape dimensions must be >= 0 or -1 (any), got {v}")
+        return v
+
+    def metadata(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.datatype} {_shape_str(self.shape)})"
+
+
+class ModelSignature(BaseModel):
+    """What a model takes and returns; ``metadata()`` is the body of ``GET /v2/models/{name}``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    inputs: list[TensorSpec] = Field(min_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
+    platform: str = "pytorch"
+    versions: list[str] = Field(default_factory=lambda: ["1"])
+
+    _inputs_by_name: dict[str, TensorSpec] = PrivateAttr(default_factory=dict)
+    _outputs_by_name: dict[str, TensorSpec] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ModelSignature:
+        for kind in ("inputs", "outputs"):
+            names = [t.name for t in getattr(self, kind)]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"duplicate {kind[:-1]} names: {dupes}")
+        return self
+
+    def model_post_init(self, __context: Any) -> None:
+        self._inputs_by_name = {t.name: t for t in self.inputs}
+        self._outputs_by_name = {t.name: t for t in self.outputs}
+
+    def input(self, name: str) -> TensorSpec | None:
+        return self._inputs_by_name.get(name)
+
+    def output(self, name: str) -> TensorSpec | None:
+        return self._outputs_by_name.get(name)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "versions": list(self.versions),
+            "platform": self.platform,
+            "inputs": [t.metadata() for t in self.inputs],
+            "outputs": [t.metadata() for t in self.outputs],
+        }
+
+
+def server_metadata() -> dict[str, Any]:
+    """The body of ``GET /v2``."""
+    try:
+        version = _metadata.version("slimserve")
+    except _metadata.PackageNotFoundError:
+        version = "0"
+    return {"name": "slimserve", "version": version, "extensions": ["binary_tensor_data"]}
+
+
+# --------------------------------------------------------------------------------------------
+# BYTES element framing
+# --------------------------------------------------------------------------------------------
+
+
+def serialize_bytes(arr: np.ndarray) -> bytes:
+    """Row-major BYTES elements (bytes, or str as UTF-8), each as 4-byte LE length + bytes."""
+    parts: list[bytes] = []
+    for item in np.asarray(arr, dtype=object).ravel(order="C").tolist():
+        raw = item if isinstance(item, bytes) else str(item).encode("utf-8")
+        parts.append(_LEN.pack(len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def deserialize_bytes(buf: bytes | memoryview, count: int | None = None, what: str = "BYTES"):
+    """Inverse of :func:`serialize_bytes`: a 1-D object array of ``bytes``.
+
+    With ``count``, the buffer must hold exactly that many elements. Malformed framing raises
+    :class:`V2Error` (400) naming ``what``.
+    """
+    view = memoryview(buf).cast("B")
+    total = len(view)
+    items: list[bytes] = []
+    offset = 0
+    while offset < total:
+        if count is not None and len(items) == count:
+            raise V2Error(
+                f"{what}: expected {count} BYTES elements, but {total - offset} bytes remain "
+                f"after element {count}"
+            )
+        if total - offset < 4:
+            raise V2Error(
+                f"{what}: BYTES element {len(items)} needs a 4-byte length prefix, "
+                f"only {total - offset} bytes remain"
+            )
+        (n,) = _LEN.unpack_from(view, offset)
+        offset += 4
+        if n > total - offset:
+            raise V2Error(
+                f"{what}: BYTES element {len(items)} declares {n} bytes, "
+                f"only {total - offset} bytes remain"
+            )
+        items.append(bytes(view[offset : offset + n]))
+        offset += n
+    if count is not None and len(items) != count:
+        raise V2Error(f"{what}: expected {count} BYTES elements, got {len(items)}")
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Requests
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class InferRequest:
+    """A decoded ``POST /v2/models/{name}/infer``.
+
+    ``inputs``: name -> array in the signature's dtype (BYTES -> object array of ``bytes``).
+    ``outputs_binary``: every output to return, in order -> whether to return it as binary data
+    (the outputs asked for, or all of the signature's when none were named).
+    ``requested_outputs``: the output names the request named ([] = none named, return all).
+    ``parameters``: request-level parameters as sent (sequence_id, priority, custom, ...).
+    """
+
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    outputs_binary: dict[str, bool]
+    requested_outputs: list[str] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def _decompress(body: bytes, encoding: str, max_bytes: int) -> bytes:
+    enc = encoding.strip().lower()
+    if enc in ("", "identity"):
+        return body
+    if enc == "gzip":
+        wbits = 16 + zlib.MAX_WBITS
+    elif enc == "deflate":
+        wbits = zlib.MAX_WBITS  # HTTP "deflate" is the zlib format (what tritonclient sends)
+    else:
+        raise V2Error(
+            f"unsupported Content-Encoding '{encoding}'; expected gzip, deflate or identity"
+        )
+    d = zlib.decompressobj(wbits)
+    try:
+        out = d.decompress(body, max_bytes + 1)
+    except zlib.error as e:
+        raise V2Error(f"request body is not valid {enc} data: {e}") from None
+    if len(out) > max_bytes:
+        raise V2Error(
+            f"request body decompresses to more than {max_bytes} bytes; "
+            f"the limit is {max_bytes} bytes",
+            413,
+        )
+    if not d.eof:
+        raise V2Error(f"request body is truncated {enc} data")
+    return out
+
+
+def _header_length(value: int | str | None, body_len: int) -> int | None:
+    if value is None:
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise V2Error(
+            f"{HEADER_LENGTH} must be a non-negative integer, got {str(value)[:40]!r}"
+        ) from None
+    if n < 0 or n > body_len:
+        raise V2Error(
+            f"{HEADER_LENGTH} is {n}, expected a JSON header length between 0 and the body "
+            f"length {body_len}"
+        )
+    return n
+
+
+def _load_header(raw: bytes, header_length: int | None, content_type: str | None) -> dict:
+    try:
+        doc = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        hint = ""
+        if header_length is None:
+            hint = (
+                f"; a body that carries binary tensor data needs the {HEADER_LENGTH} header "
+                "with the length of its JSON part"
+            )
+        what = "request body" if header_length is None else f"JSON header ({len(raw)} bytes)"
+        raise V2Error(f"{what} is not valid JSON: {e}{hint}") from None
+    except RecursionError:
+        raise V2Error("request JSON is nested too deeply") from None
+    if not isinstance(doc, dict):
+        raise V2Error(
+            "request JSON must be an object with an 'inputs' list, "
+            f"got {type(doc).__name__} ({content_type or 'no Content-Type'})"
+        )
+    return doc
+
+
+def _check_shape(name: str, spec: TensorSpec, shape: Any) -> list[int]:
+    if (
+        not isinstance(shape, list)
+        or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+        or any(d < 0 for d in shape)
+    ):
+        raise V2Error(
+            f"input '{name}': 'shape' must be a list of non-negative integers, expected "
+            f"{_shape_str(spec.shape)} (-1 = any), got {json.dumps(shape)[:80]}"
+        )
+    if len(shape) != len(spec.shape) or any(
+        s != -1 and s != d for s, d in zip(spec.shape, shape, strict=False)
+    ):
+        raise V2Error(
+            f"input '{name}': expected shape {_shape_str(spec.shape)} (-1 = any), "
+            f"got {_shape_str(shape)}"
+        )
+    return shape
+
+
+def _leaves(data: list) -> Iterator[Any]:
+    """The non-list elements of a nested list, row-major, without recursion."""
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            yield item
+        else:
+            stack.pop()
+
+
+def _flatten_strings(name: str, data: list, out: list[bytes]) -> None:
+    for item in _leaves(data):
+        if not isinstance(item, str):
+            raise V2Error(
+                f"input '{name}' (BYTES): JSON data must be strings, "
+                f"got {type(item).__name__} {json.dumps(item)[:40]}"
+            )
+        out.append(item.encode("utf-8"))
+
+
+def _exact_ints(data: list) -> np.ndarray | None:
+    """A flat object array of Python ints when every element is an integer (numpy infers
+    float64 or object for integers that fit no single int64/uint64), else None."""
+    leaves = list(_leaves(data))
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in leaves):
+        out = np.empty(len(leaves), dtype=object)
+        out[:] = leaves
+        return out
+    return None
+
+
+def _json_tensor(name: str, spec: TensorSpec, data: Any, shape: list[int], count: int):
+    dt = spec.datatype
+    if not isinstance(data, list):
+        raise V2Error(
+            f"input '{name}': 'data' must be a (flat or nested) list of {count} values, "
+            f"got {type(data).__name__}"
+        )
+    if dt == "BYTES":
+        items: list[bytes] = []
+        _flatten_strings(name, data, items)
+        if len(items) != count:
+            raise V2Error(
+                f"input '{name}': shape {_shape_str(shape)} needs {count} elements, "
+                f"data has {len(items)}"
+            )
+        arr = np.empty(count, dtype=object)
+        arr[:] = items
+        return arr.reshape(shape)
+    try:
+        raw = np.array(data)
+    except (ValueError, TypeError, OverflowError, RecursionError) as e:
+        raise V2Error(
+            f"input '{name}': 'data' must be a flat or regularly nested list of numbers: {e}"
+        ) from None
+    kinds, wanted = _JSON_KINDS[_family(dt)]
+    exact = None
+    if raw.size and _family(dt) == "INT" and raw.dtype.kind in "fO":
+        exact = _exact_ints(data)
+        raw = raw if exact is None else exact
+    if raw.size and exact is None and raw.dtype.kind not in kinds:
+        got = _KIND_NAMES.get(raw.dtype.kind, str(raw.dtype))
+        raise V2Error(f"input '{name}' ({dt}): JSON data must be {wanted}, got {got}")
+    if raw.size != count:
+        raise V2Error(
+            f"input '{name}': shape {_shape_str(shape)} needs {count} elements, data has {raw.size}"
+        )
+    target = _NUMPY[dt]
+    if raw.size and _family(dt) == "INT":
+        info = np.iinfo(target)
+        lo, hi = int(raw.min()), int(raw.max())
+        if lo < info.min or hi > info.max:
+            raise V2Error(
+                f"input '{name}' ({dt}): values must lie in [{info.min}, {info.max}], "
+                f"got values in [{lo}, {hi}]"
+            )
+    return raw.astype(target).reshape(shape)
+
+
+def _binary_tensor(name: str, spec: TensorSpec, buf: memoryview, shape: list[int], count: int):
+    dt = spec.datatype
+    if dt == "BYTES":
+        return deserialize_bytes(buf, count, what=f"input '{name}'").reshape(shape)
+    itemsize = _NUMPY[dt].itemsize
+    need = count * itemsize
+    if len(buf) != need:
+        raise V2Error(
+            f"input '{name}': shape {_shape_str(shape)} of {dt} takes {need} bytes "
+            f"({count} x {itemsize}), binary_data_size is {len(buf)}"
+        )
+    if dt == "BOOL":
+        arr = np.frombuffer(buf, dtype=np.uint8) != 0
+    else:  # astype copies: a writable, aligned, native-endian array that owns its memory
+        arr = np.frombuffer(buf, dtype=_WIRE[dt]).astype(_NUMPY[dt])
+    return arr.reshape(shape)
+
+
+def _non_negative_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def parse_infer_request(
+    body: bytes,
+    header_length: int | str | None,
+    content_type: str | None,
+    signature: ModelSignature,
+    max_bytes: int,
+    *,
+    content_encoding: str | None = None,
+) -> InferRequest:
+    """Decode and validate an infer request body against ``signature``.
+
+    ``header_length`` is the ``Inference-Header-Content-Length`` header (None when absent);
+    ``content_type`` is only used in messages (tritonclient sends none with binary bodies);
+    ``content_encoding`` (gzip/deflate, as ``tritonclient`` sends with
+    ``request_compression_algorithm``) is undone first, and the limit applies to both sizes.
+    Raises :class:`V2Error` (400, or 413 over ``max_bytes``).
+    """
+    if len(body) > max_bytes:
+        raise V2Error(f"request body is {len(body)} bytes; the limit is {max_bytes} bytes", 413)
+    if content_encoding:
+        body = _decompress(bytes(body), content_encoding, max_bytes)
+    hlen = _header_length(header_length, len(body))
+    view = memoryview(body)
+    if hlen is None:
+        doc = _load_header(bytes(view), None, content_type)
+        binary = view[0:0]
+    else:
+        doc = _load_header(bytes(view[:hlen]), hlen, content_type)
+        binary = view[hlen:]
+
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise V2Error(f"'id' must be a string, got {type(request_id).__name__}")
+    parameters = doc.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise V2Error(f"'parameters' must be an object, got {type(parameters).__name__}")
+
+    expected = [t.describe() for t in signature.inputs]
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        got = "nothing" if raw_inputs is None else json.dumps(raw_inputs)[:60]
+        raise V2Error(
+            f"request needs an 'inputs' list; model '{signature.name}' expects {expected}, "
+            f"got {got}"
+        )
+
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for i, entry in enumerate(raw_inputs):
+        if not isinstance(entry, dict):
+            raise V2Error(
+                f"inputs[{i}] must be an object with name, datatype, shape and data, "
+                f"got {type(entry).__name__}"
+            )
+        name = entry.get("name")
+        if not isinstance(name, str):
+            raise V2Error(f"inputs[{i}] needs a string 'name'; expected one of {expected}")
+        spec = signature.input(name)
+        if spec is None:
+            raise V2Error(
+                f"unknown input '{name}'; model '{signature.name}' expects inputs {expected}"
+            )
+        if name in inputs:
+            raise V2Error(f"input '{name}' appears more than once")
+        datatype = entry.get("datatype")
+        if datatype != spec.datatype:
+            raise V2Error(
+                f"input '{name}': expected datatype {spec.datatype}, got "
+                f"{datatype if isinstance(datatype, str) else json.dumps(datatype)}"
+            )
+        shape = _check_shape(name, spec, entry.get("shape"))
+        count = math.prod(shape)
+        params = entry.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise V2Error(f"input '{name}': 'parameters' must be an object")
+        if "shared_memory_region" in params:
+            raise V2Error(
+                f"input '{name}': shared memory is not supported; send 'data' or "
+                "parameters.binary_data_size with binary tensor data"
+            )
+        size = params.get("binary_data_size")
+        if size is not None:
+            if "data" in entry:
+                raise V2Error(
+                    f"input '{name}' has both 'data' and parameters.binary_data_size; "
+                    "expected one of them"
+                )
+            if not _non_negative_int(size):
+                raise V2Error(
+                    f"input '{name}': binary_data_size must be a non-negative integer, "
+                    f"got {json.dumps(size)}"
+                )
+            if hlen is None:
+                raise V2Error(
+                    f"input '{name}' has parameters.binary_data_size but the request has no "
+                    f"{HEADER_LENGTH} header; expected that header with the JSON length"
+                )
+            if offset + size > len(binary):
+                raise V2Error(
+                    f"input '{name}': binary_data_size {size} at binary offset {offset} runs "
+                    f"past the end of the body: only {len(binary) - offset} bytes remain "
+                    f"({len(binary)} binary bytes after the {hlen}-byte JSON header); "
+                    "the body is truncated"
+                )
+            inputs[name] = _binary_tensor(name, spec, binary[offset : offset + size], shape, count)
+            offset += size
+        elif "data" in entry:
+            inputs[name] = _json_tensor(name, spec, entry["data"], shape, count)
+        else:
+            raise V2Error(
+                f"input '{name}' has neither 'data' nor parameters.binary_data_size; "
+                "expected one of them"
+            )
+
+    missing = [t.name for t in signature.inputs if not t.optional and t.name not in inputs]
+    if missing:
+        raise V2Error(
+            f"missing input(s) {missing}; model '{signature.name}' expects inputs {expected}"
+        )
+    if offset != len(binary):
+        raise V2Error(
+            f"{len(binary) - offset} bytes left over after the last binary tensor: the "
+            f"inputs' binary_data_size values add up to {offset} of the {len(binary)} bytes "
+            f"after the {hlen}-byte JSON header"
+        )
+
+    default_binary = parameters.get("binary_data_output", False)
+    if not isinstance(default_binary, bool):
+        raise V2Error(
+            f"parameters.binary_data_output must be true or false, got {json.dumps(default_binary)}"
+        )
+    raw_outputs = doc.get("outputs")
+    outputs_binary: dict[str, bool] = {}
+    requested: list[str] = []
+    if raw_outputs is None:
+        outputs_binary = {name: default_binary for name in signature.output_names}
+    else:
+        if not isinstance(raw_outputs, list):
+            raise V2Error(f"'outputs' must be a list, got {type(raw_outputs).__name__}")
+        for i, entry in enumerate(raw_outputs):
+            name = entry.get("name") if isinstance(entry, dict) else None
+            if not isinstance(name, str):
+                raise V2Error(
+                    f"outputs[{i}] must be an object with a string 'name'; expected one of "
+                    f"{signature.output_names}"
+                )
+            if signature.output(name) is None:
+                raise V2Error(
+                    f"unknown output '{name}'; model '{signature.name}' has outputs "
+                    f"{signature.output_names}"
+                )
+            if name in outputs_binary:
+                raise V2Error(f"output '{name}' is requested more than once")
+            oparams = entry.get("parameters") or {}
+            if not isinstance(oparams, dict):
+                raise V2Error(f"output '{name}': 'parameters' must be an object")
+            if oparams.get("classification"):
+                raise V2Error(
+                    f"output '{name}': classification is not supported; request the raw tensor"
+                )
+            if "shared_memory_region" in oparams:
+                raise V2Error(
+                    f"output '{name}': shared memory is not supported; use binary_data instead"
+                )
+            flag = oparams.get("binary_data", default_binary)
+            if not isinstance(flag, bool):
+                raise V2Error(
+                    f"output '{name}': binary_data must be true or false, got {json.dumps(flag)}"
+                )
+            outputs_binary[name] = flag
+            requested.append(name)
+        if not outputs_binary:  # "outputs": [] means the same as no outputs named
+            outputs_binary = {name: default_binary for name in signature.output_names}
+
+    return InferRequest(
+        id=request_id,
+        inputs=inputs,
+        outputs_binary=outputs_binary,
+        requested_outputs=requested,
+        parameters=parameters,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Responses
+# --------------------------------------------------------------------------------------------
+
+
+def _as_datatype(name: str, arr: Any, datatype: str) -> np.ndarray:
+    if datatype == "BYTES":
+        return np.asarray(arr, dtype=object)
+    arr = np.asarray(arr)
+    target = _NUMPY[datatype]
+    return arr if arr.dtype == target else arr.astype(target)
+
+
+def _json_bytes(name: str, arr: np.ndarray) -> list[str]:
+    out = []
+    for item in arr.ravel(order="C").tolist():
+        if isinstance(item, bytes):
+            try:
+                item = item.decode("utf-8")
+            except UnicodeDecodeError:
+                raise V2Error(
+                    f"output '{name}' holds bytes that are not UTF-8 text; request it with "
+                    "binary_data=true"
+                ) from None
+        out.append(item if isinstance(item, str) else str(item))
+    return out
+
+
+def _wire_bytes(arr: np.ndarray, datatype: str) -> bytes:
+    if datatype == "BYTES":
+        return serialize_bytes(arr)
+    if datatype == "BOOL":
+        return arr.astype(np.uint8).tobytes(order="C")
+    return arr.astype(_WIRE[datatype], copy=False).tobytes(order="C")
+
+
+def encode_infer_response(
+    model_name: str,
+    model_version: str | int,
+    request_id: str | None,
+    outputs: dict[str, Any],
+    signature: ModelSignature,
+    binary: dict[str, bool] | None,
+) -> tuple[bytes, dict[str, str]]:
+    """Encode the response body and its headers.
+
+    The outputs sent are ``binary``'s keys, in order (``InferRequest.outputs_binary``), or all
+    of the signature's outputs as JSON when it is empty. Arrays are cast to the signature's
+    datatype. When any output is binary, the body is the JSON header followed by the binary
+    blobs and the headers carry ``Inference-Header-Content-Length`` (which ``tritonclient``
+    needs; it ignores Content-Type) and ``Content-Type: application/octet-stream``; otherwise
+    the body is JSON with ``Content-Type: application/json``.
+
+    A missing or undeclared output is a server bug (ValueError); an output requested as JSON
+    that holds non-UTF-8 bytes is a V2Error (400).
+    """
+    names = list(binary) if binary else signature.output_names
+    entries: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name in names:
+        spec = signature.output(name)
+        if spec is None:
+            raise ValueError(f"output '{name}' is not in model '{signature.name}'s signature")
+        if name not in outputs:
+            raise ValueError(f"the model returned no output '{name}'; it returned {list(outputs)}")
+        arr = _as_datatype(name, outputs[name], spec.datatype)
+        entry: dict[str, Any] = {
+            "name": name,
+            "datatype": spec.datatype,
+            "shape": [int(d) for d in arr.shape],
+        }
+        if binary and binary.get(name):
+            raw = _wire_bytes(arr, spec.datatype)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        elif spec.datatype == "BYTES":
+            entry["data"] = _json_bytes(name, arr)
+        else:
+            entry["data"] = arr.ravel(order="C").tolist()
+        entries.append(entry)
+
+    response: dict[str, Any] = {"model_name": model_name, "model_version": str(model_version)}
+    if request_id is not None:
+        response["id"] = request_id
+    response["outputs"] = entries
+    header = json.dumps(response, separators=(",", ":")).encode("utf-8")
+    if blobs:
+        headers = {
+            "Content-Type": "application/octet-stream",
+            HEADER_LENGTH: str(len(header)),
+        }
+        return b"".join([header, *blobs]), headers
+    return header, {"Content-Type": "application/json"}
