@@ -1,0 +1,123 @@
+"""How a served model meets the wire: its v2 signature, request batching, and output decoding.
+
+An adapter turns decoded request tensors into one model batch and the model's output back into
+per-request arrays. Images: FP32 ``[N, 1, 8, 8]`` (or ``[N, 64]``) in, class scores out.
+Text: BYTES ``[N]`` sentences in, L2-normalised mean-pooled sentence embeddings out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from compression.inputs import main_output
+from compression.metrics import embed
+from compression.sources import ModelBundle
+from service.v2 import ModelSignature, TensorSpec, V2Error
+
+
+@dataclass
+class ImageAdapter:
+    """Classifier of 8x8 grey images."""
+
+    name: str
+    classes: int = 10
+    input_name: str = "INPUT"
+    output_name: str = "SCORES"
+
+    @property
+    def signature(self) -> ModelSignature:
+        return ModelSignature(
+            name=self.name,
+            inputs=[TensorSpec(name=self.input_name, datatype="FP32", shape=[-1, 1, 8, 8])],
+            outputs=[TensorSpec(name=self.output_name, datatype="FP32", shape=[-1, self.classes])],
+        )
+
+    def sample_rows(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        x = inputs[self.input_name]
+        return x.reshape(-1, 1, 8, 8).astype(np.float32, copy=False)
+
+    def from_json(self, data: Any) -> np.ndarray:
+        """BentoML /predict: a list of 8x8 images (or 64-vectors) in [0, 1]."""
+        try:
+            x = np.asarray(data, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise V2Error("inputs: expected a list of 8x8 images of numbers") from None
+        if x.ndim == 2 and x.shape[1] == 64:
+            x = x.reshape(-1, 1, 8, 8)
+        if x.ndim == 3:
+            x = x[:, None]
+        if x.ndim != 4 or x.shape[1:] != (1, 8, 8):
+            raise V2Error(f"inputs: expected shape [N, 8, 8] or [N, 64], got {list(x.shape)}")
+        return x
+
+    def collate(self, rows: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.concatenate(rows))
+
+    def outputs(self, out: Any, batch: torch.Tensor) -> np.ndarray:
+        return main_output(out).float().numpy()
+
+    def call(self, module: torch.nn.Module, batch: torch.Tensor) -> Any:
+        return module(batch)
+
+
+@dataclass
+class TextAdapter:
+    """Sentence encoder (BERT family): sentences in, normalised mean-pooled embeddings out."""
+
+    name: str
+    bundle: ModelBundle
+    dim: int
+    input_name: str = "TEXT"
+    output_name: str = "EMBEDDING"
+
+    @property
+    def signature(self) -> ModelSignature:
+        return ModelSignature(
+            name=self.name,
+            inputs=[TensorSpec(name=self.input_name, datatype="BYTES", shape=[-1])],
+            outputs=[TensorSpec(name=self.output_name, datatype="FP32", shape=[-1, self.dim])],
+        )
+
+    def sample_rows(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        raw = inputs[self.input_name].reshape(-1)
+        try:
+            return np.array(
+                [b.decode("utf-8") if isinstance(b, bytes) else str(b) for b in raw], dtype=object
+            )
+        except UnicodeDecodeError:
+            raise V2Error(f"{self.input_name}: expected UTF-8 text in every element") from None
+
+    def from_json(self, data: Any) -> np.ndarray:
+        if isinstance(data, str):
+            data = [data]
+        if not isinstance(data, list) or not data or not all(isinstance(s, str) for s in data):
+            raise V2Error("inputs: expected a non-empty list of sentences (strings)")
+        return np.array(data, dtype=object)
+
+    def collate(self, rows: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        sentences = [s for r in rows for s in r.tolist()]
+        return self.bundle.tokenize(sentences)
+
+    def call(self, module: torch.nn.Module, batch: dict) -> Any:
+        return module(**batch)
+
+    def outputs(self, out: Any, batch: dict) -> np.ndarray:
+        pooled = embed(main_output(out), batch)
+        return torch.nn.functional.normalize(pooled, dim=-1).numpy()
+
+
+def adapter_for(bundle: ModelBundle, module: torch.nn.Module):
+    """The adapter of a bundle: text models by tokenizer, classifiers by their input shape."""
+    if bundle.is_text:
+        return TextAdapter(bundle.name, bundle, int(module.config.hidden_size))
+    shape = bundle.extra.get("input_shape")
+    if shape != [1, 8, 8]:
+        raise ValueError(
+            f"{bundle.source}: the service serves 8x8 image classifiers and BERT-family text "
+            f"encoders; this model's input shape {shape} has no adapter yet"
+        )
+    return ImageAdapter(bundle.name, bundle.extra.get("classes", 10))

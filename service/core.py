@@ -1,0 +1,270 @@
+"""The service core: models, variants, jobs and metrics wired together, with no web framework.
+
+The BentoML class in ``service/app.py`` only decodes, calls this, encodes and maps errors.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compression.errors import CompressionError, VariantError
+from compression.sources import ModelBundle, resolve
+from compression.variant import load_variant
+from service import metrics
+from service.adapters import adapter_for
+from service.jobs import Job, JobRunner
+from service.livedata import write_live_calibration
+from service.registry import ORIGINAL, Registry
+from service.runtime import Active, Overloaded, Reservoir, Runtime
+from service.settings import Settings
+
+log = logging.getLogger("slimserve")
+
+
+class UnknownModel(KeyError):
+    """No model of that name is served (HTTP 404)."""
+
+
+def resolve_profile(spec: str, profiles_dir: Path | None) -> tuple[str, str | None]:
+    """(profile name, YAML path or None) for auto, a built-in name, a name in profiles_dir or a path."""
+    from compression.profiles import PROFILES, get_profile
+
+    if spec == "auto":
+        spec = "gpu" if torch.cuda.is_available() else "cpu"
+    if profiles_dir is not None and (Path(profiles_dir) / f"{spec}.yaml").is_file():
+        path = str(Path(profiles_dir) / f"{spec}.yaml")
+        return get_profile(path).name, path
+    if spec in PROFILES:
+        return spec, None
+    profile = get_profile(spec)  # a YAML path; raises ProfileError when invalid
+    return profile.name, spec
+
+
+class Core:
+    """Everything the HTTP layer calls."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        cores = os.cpu_count() or 1
+        torch.set_num_threads(settings.threads or max(1, cores // settings.workers))
+        self.profile, self.profile_path = resolve_profile(settings.profile, settings.profiles_dir)
+        self.registry = Registry(settings.home)
+        self.runtime = Runtime(settings.max_batch_size, settings.max_wait_ms, settings.queue_size)
+        self.bundles: dict[str, ModelBundle] = {}
+        self.originals: dict[str, torch.nn.Module] = {}
+        self._mtimes: dict[str, float] = {}
+        self._activate_lock = threading.Lock()
+        for source in settings.models:
+            self._load_model(source)
+        self.leader = self._become_leader()
+        self.jobs = JobRunner(settings.home / "jobs", self._job_done, settings.job_threads)
+        if settings.auto_compress and self.leader:
+            for name in self.bundles:
+                self._auto_compress(name)
+        threading.Thread(target=self._follow_pointers, name="pointers", daemon=True).start()
+        self.ready = True
+
+    # ---- start-up ----------------------------------------------------------------------------
+
+    def _load_model(self, source: str) -> None:
+        bundle = resolve(source)
+        name = bundle.name
+        module = bundle.factory().eval()
+        self.bundles[name], self.originals[name] = bundle, module
+        self.registry.ensure_original(name, source)
+        live = self.settings.calibration == "live" or not bundle.calibration
+        reservoir = Reservoir(self.settings.reservoir_size) if live else None
+        self.runtime.add(
+            name, adapter_for(bundle, module), Active(ORIGINAL, "none", module), reservoir
+        )
+        metrics.record_swap(name, None, (ORIGINAL, "none"), "start")
+        wanted = self.registry.active(name)
+        self._mtimes[name] = self.registry.pointer_mtime(name)
+        if wanted != ORIGINAL:
+            try:
+                self._swap_to(name, wanted, reason="restore")
+            except (VariantError, KeyError) as err:
+                log.error(
+                    "model %s: active variant %s refused (%s); serving the original",
+                    name,
+                    wanted,
+                    err,
+                )
+                metrics.series().refused.labels(name).inc()
+
+    def _become_leader(self) -> bool:
+        """One worker per home runs the background jobs (a lock held for the process's life)."""
+        self._leader_file = open(self.settings.home / "jobs.lock", "w")  # noqa: SIM115
+        try:
+            fcntl.flock(self._leader_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            return False
+
+    def _auto_compress(self, name: str) -> None:
+        served = self.runtime.models[name]
+        if served.reservoir is None:
+            self.compress(name, self.profile)
+            return
+
+        def wait_for_traffic() -> None:
+            while len(served.reservoir.items) < self.settings.live_min_samples:
+                time.sleep(1.0)
+            self.compress(name, self.profile)
+
+        threading.Thread(target=wait_for_traffic, name=f"live-{name}", daemon=True).start()
+
+    # ---- inference ---------------------------------------------------------------------------
+
+    def served(self, name: str):
+        try:
+            return self.runtime.models[name]
+        except KeyError:
+            raise UnknownModel(
+                f"unknown model {name!r}: this server serves {sorted(self.runtime.models)}"
+            ) from None
+
+    async def infer(self, name: str, rows: np.ndarray) -> tuple[np.ndarray, Active]:
+        """Batched inference with latency and outcome metrics."""
+        served = self.served(name)
+        s = metrics.series()
+        start = time.perf_counter()
+        s.inflight.labels(name).inc()
+        try:
+            out, active = await self.runtime.infer(name, rows)
+        except Overloaded:
+            s.requests.labels(name, served.active.variant, "overloaded").inc()
+            raise
+        except Exception:
+            s.requests.labels(name, served.active.variant, "error").inc()
+            raise
+        finally:
+            s.inflight.labels(name).dec()
+        s.latency.labels(name, active.variant, active.profile).observe(time.perf_counter() - start)
+        s.requests.labels(name, active.variant, "ok").inc()
+        return out, active
+
+    def count_client_error(self, name: str) -> None:
+        served = self.runtime.models.get(name)
+        variant = served.active.variant if served else "none"
+        label = name if served else "unknown"
+        metrics.series().requests.labels(label, variant, "client_error").inc()
+
+    # ---- variants ----------------------------------------------------------------------------
+
+    def _load(self, name: str, vid: str) -> Active:
+        if vid == ORIGINAL:
+            return Active(ORIGINAL, "none", self.originals[name])
+        path = self.registry.variant_path(name, vid)
+        variant = load_variant(path, model=self.bundles[name].factory())
+        report = variant.report.to_dict()
+        return Active(vid, report["profile"], variant.module.eval(), report)
+
+    def _swap_to(self, name: str, vid: str, reason: str) -> Active:
+        with self._activate_lock:
+            active = self._load(name, vid)
+            old = self.runtime.swap(name, active)
+        if active.report:
+            metrics.record_variant(name, vid, active.profile, active.report)
+            metrics.record_variant(name, ORIGINAL, "none", _original_figures(active.report))
+        metrics.record_swap(name, (old.variant, old.profile), (vid, active.profile), reason)
+        return old
+
+    def activate(self, name: str, vid: str, reason: str = "manual") -> dict:
+        """Serve ``vid`` (after its checksum passes) and record it as active."""
+        self.served(name)
+        try:
+            self._swap_to(name, vid, reason)
+        except VariantError:
+            metrics.series().refused.labels(name).inc()
+            raise
+        self.registry.set_active(name, vid)
+        self._mtimes[name] = self.registry.pointer_mtime(name)
+        return {"model": name, "active_variant": vid}
+
+    def rollback(self, name: str) -> dict:
+        """Back to the variant active before the last swap."""
+        self.served(name)
+        previous = self.registry.pop_previous(name)
+        if previous is None:
+            raise LookupError(f"model {name!r} has no earlier variant to roll back to")
+        self._swap_to(name, previous, "rollback")
+        self._mtimes[name] = self.registry.pointer_mtime(name)
+        return {"model": name, "active_variant": previous}
+
+    def _follow_pointers(self) -> None:
+        """Other workers may swap: follow the registry's active pointers."""
+        while True:
+            time.sleep(self.settings.poll_s)
+            for name, served in list(self.runtime.models.items()):
+                mtime = self.registry.pointer_mtime(name)
+                if mtime == self._mtimes.get(name):
+                    continue
+                self._mtimes[name] = mtime
+                wanted = self.registry.active(name)
+                if wanted != served.active.variant:
+                    try:
+                        self._swap_to(name, wanted, "sync")
+                    except Exception as err:
+                        log.error("model %s: cannot follow pointer to %s: %s", name, wanted, err)
+                        metrics.series().refused.labels(name).inc()
+
+    # ---- jobs --------------------------------------------------------------------------------
+
+    def compress(self, name: str, profile: str | None = None) -> Job:
+        """Queue a compression job for ``name`` (202 in the admin API)."""
+        self.served(name)
+        profile_name, path = resolve_profile(profile or self.profile, self.settings.profiles_dir)
+        from compression.profiles import get_profile
+
+        limit = self.settings.job_timeout_s or get_profile(path or profile_name).time_limit_s
+        live = None
+        reservoir = self.runtime.models[name].reservoir
+        if reservoir is not None:
+            rows = reservoir.snapshot()
+            if len(rows) < 8:
+                raise CompressionError(
+                    f"model {name!r} calibrates on live traffic and has {len(rows)} samples; "
+                    "send at least 8 requests first"
+                )
+            live = write_live_calibration(rows, self.settings.home / "live" / name)
+        return self.jobs.submit(name, self.bundles[name].source, profile_name, path, limit, live)
+
+    def _job_done(self, job: Job, out: Path | None) -> None:
+        s = metrics.series()
+        s.jobs.labels(job.profile, job.outcome or job.state).inc()
+        if job.seconds is not None:
+            s.compression_seconds.labels(job.model, job.profile).observe(job.seconds)
+        if out is None or job.report is None:
+            return
+        job.variant = self.registry.add_variant(job.model, out, job.profile)
+        if job.report["accepted"]:
+            self.activate(job.model, job.variant, reason="compression")
+
+    # ---- admin views -------------------------------------------------------------------------
+
+    def models(self) -> list[dict]:
+        return [
+            {"name": n, "active_variant": s.active.variant, "profile": s.active.profile}
+            for n, s in self.runtime.models.items()
+        ]
+
+
+def _original_figures(report: dict) -> dict:
+    """The original's figures, as measured by a compression report."""
+    return {
+        "metric": report["metric"],
+        "metric_after": report["metric_before"],
+        "budget": report.get("budget", 0.0),
+        "speedup": 1.0,
+        "params_after": report["params_before"],
+        "macs_after": report["macs_before"],
+    }

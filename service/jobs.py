@@ -1,0 +1,232 @@
+"""Compression jobs: run ``compression.compress`` in a child process, one at a time.
+
+A child process has its own torch thread count, cannot starve the serving threads of the GIL,
+and cannot crash the server; cancelling or timing out a job terminates it. Progress comes back
+over a pipe. A job ends ``succeeded`` (accepted, swapped in), ``rejected`` (over budget, stored,
+the current variant keeps serving), ``failed`` (error or time limit) or ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import queue
+import secrets
+import shutil
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("slimserve.jobs")
+STATES = ("queued", "running", "succeeded", "rejected", "failed", "cancelled")
+
+
+@dataclass
+class Job:
+    """One compression job's public state."""
+
+    id: str
+    model: str
+    profile: str
+    state: str = "queued"
+    progress: float = 0.0
+    message: str = ""
+    report: dict | None = None
+    variant: str | None = None
+    error: str | None = None
+    created: float = field(default_factory=time.time)
+    finished: float | None = None
+    seconds: float | None = None
+    outcome: str | None = None  # for metrics: the state, or "timeout"
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def summary(self) -> dict:
+        return {
+            "id": self.id,
+            "model": self.model,
+            "profile": self.profile,
+            "state": self.state,
+            "progress": round(self.progress, 3),
+        }
+
+    def detail(self) -> dict:
+        return {
+            **self.summary(),
+            "message": self.message,
+            "report": self.report,
+            "variant": self.variant,
+            "error": self.error,
+            "created": self.created,
+            "finished": self.finished,
+        }
+
+
+def _child(spec: dict, conn) -> None:
+    """Entry point of the job process: build the bundle, compress, save, report back."""
+    try:
+        import torch
+
+        torch.set_num_threads(spec["threads"])
+        from compression import compress
+        from compression.profiles import get_profile
+        from compression.sources import resolve
+        from service.livedata import load_live_calibration
+
+        bundle = resolve(spec["source"])
+        if spec.get("live_calibration"):
+            load_live_calibration(bundle, Path(spec["live_calibration"]))
+        profile = get_profile(spec["profile_path"] or spec["profile"])
+        if spec.get("time_limit_s"):
+            profile = profile.model_copy(update={"time_limit_s": spec["time_limit_s"]})
+        variant = compress(
+            bundle.factory(),
+            profile,
+            example_inputs=bundle.example_inputs,
+            calibration=bundle.calibration,
+            validation=bundle.validation,
+            metric=bundle.metric,
+            source=spec["source"],
+            progress=lambda f, m: conn.send(("progress", f, m)),
+        )
+        variant.save(spec["out"])
+        conn.send(("done", variant.report.to_dict()))
+    except BaseException as err:  # report every failure to the parent, then exit
+        conn.send(("error", f"{type(err).__name__}: {err}", traceback.format_exc(limit=5)))
+    finally:
+        conn.close()
+
+
+class JobRunner:
+    """Queue of jobs executed one at a time in child processes."""
+
+    def __init__(
+        self, workdir: Path, on_done: Callable[[Job, Path | None], None], threads: int = 1
+    ):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.on_done = on_done
+        self.threads = threads
+        self.jobs: dict[str, Job] = {}
+        self._queue: queue.Queue = queue.Queue()
+        self._specs: dict[str, dict] = {}
+        self._lock = threading.Lock()
+        threading.Thread(target=self._loop, name="jobs", daemon=True).start()
+
+    def submit(
+        self,
+        model: str,
+        source: str,
+        profile: str,
+        profile_path: str | None,
+        time_limit_s: float,
+        live_calibration: Path | None = None,
+    ) -> Job:
+        job = Job(id=secrets.token_hex(6), model=model, profile=profile)
+        spec = {
+            "source": source,
+            "profile": profile,
+            "profile_path": profile_path,
+            "time_limit_s": time_limit_s,
+            "threads": self.threads,
+            "out": str(self.workdir / job.id),
+            "live_calibration": str(live_calibration) if live_calibration else None,
+        }
+        with self._lock:
+            self.jobs[job.id] = job
+            self._specs[job.id] = spec
+        self._queue.put(job.id)
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        job = self.jobs[job_id]
+        job._cancel.set()
+        if job.state == "queued":
+            self._finish(job, "cancelled", None)
+        return job
+
+    def list(self) -> list[Job]:
+        return sorted(self.jobs.values(), key=lambda j: j.created, reverse=True)
+
+    def _loop(self) -> None:
+        while True:
+            job = self.jobs[self._queue.get()]
+            if job.state != "queued":
+                continue
+            try:
+                self._run(job, self._specs.pop(job.id))
+            except Exception as err:  # never let one job stop the runner
+                log.exception("job %s crashed the runner", job.id)
+                job.error = f"{type(err).__name__}: {err}"
+                self._finish(job, "failed", None)
+
+    def _run(self, job: Job, spec: dict) -> None:
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_child, args=(spec, child), daemon=True, name=f"job-{job.id}")
+        job.state, job.message = "running", "starting"
+        started = time.monotonic()
+        proc.start()
+        child.close()
+        # Generous margin over the engine's own time limit: model loading and saving.
+        deadline = started + spec["time_limit_s"] * 1.2 + 60
+        result = None
+        while result is None:
+            if job._cancel.is_set():
+                proc.terminate()
+                self._finish(job, "cancelled", None, started)
+                return
+            if time.monotonic() > deadline:
+                proc.terminate()
+                job.error = f"time limit: no result after {spec['time_limit_s']:.0f} s"
+                self._finish(job, "failed", None, started, outcome="timeout")
+                return
+            if parent.poll(0.2):
+                try:
+                    msg = parent.recv()
+                except EOFError:
+                    proc.join(5)
+                    job.error = f"job process died (exit code {proc.exitcode})"
+                    self._finish(job, "failed", None, started)
+                    return
+                if msg[0] == "progress":
+                    job.progress, job.message = float(msg[1]) * 0.95, msg[2]
+                else:
+                    result = msg
+            elif not proc.is_alive() and not parent.poll(0):
+                job.error = f"job process died (exit code {proc.exitcode})"
+                self._finish(job, "failed", None, started)
+                return
+        proc.join(10)
+        if result[0] == "error":
+            job.error = result[1]
+            log.warning("job %s failed: %s\n%s", job.id, result[1], result[2])
+            self._finish(job, "failed", None, started)
+            return
+        job.report = result[1]
+        state = "succeeded" if job.report["accepted"] else "rejected"
+        self._finish(job, state, Path(spec["out"]), started)
+
+    def _finish(
+        self,
+        job: Job,
+        state: str,
+        out: Path | None,
+        started: float | None = None,
+        outcome: str | None = None,
+    ) -> None:
+        job.state, job.outcome = state, outcome or state
+        job.finished = time.time()
+        job.seconds = None if started is None else round(time.monotonic() - started, 2)
+        job.progress = 1.0 if state in ("succeeded", "rejected") else job.progress
+        job.message = job.outcome
+        try:
+            self.on_done(job, out)
+        except Exception as err:  # e.g. the variant failed its checksum on load
+            log.exception("job %s: finishing failed", job.id)
+            job.state, job.error = "failed", f"{type(err).__name__}: {err}"
+        finally:
+            if out is not None:
+                shutil.rmtree(out, ignore_errors=True)

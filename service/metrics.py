@@ -1,0 +1,110 @@
+"""Every Prometheus series SlimServe exports, in one place (the contract in shared/DESIGN.md).
+
+BentoML serves ``prometheus_client``'s multiprocess registry on ``/metrics``; series are created
+lazily, on first use inside a worker, after BentoML has set ``PROMETHEUS_MULTIPROC_DIR``. Labels
+are bounded: model names, variant ids and profiles from the registry, and a status class.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from types import SimpleNamespace
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@lru_cache(maxsize=1)
+def series() -> SimpleNamespace:
+    """The metric objects (created once per process)."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    model_gauge = {"multiprocess_mode": "mostrecent"}
+    return SimpleNamespace(
+        latency=Histogram(
+            "slimserve_inference_latency_seconds",
+            "Time from request decoded to response ready, by served variant.",
+            ["model", "variant", "profile"],
+            buckets=LATENCY_BUCKETS,
+        ),
+        requests=Counter(
+            "slimserve_inference_requests_total",
+            "Inference requests by outcome (ok, client_error, overloaded, error).",
+            ["model", "variant", "status"],
+        ),
+        accuracy=Gauge(
+            "slimserve_model_accuracy",
+            "Verified metric of a variant (accuracy, f1 or cosine fidelity).",
+            ["model", "variant", "metric"],
+            **model_gauge,
+        ),
+        budget=Gauge(
+            "slimserve_accuracy_budget",
+            "Lowest acceptable value of the verified metric.",
+            ["model", "variant", "metric"],
+            **model_gauge,
+        ),
+        speedup=Gauge(
+            "slimserve_model_speedup",
+            "Measured speed-up over the original.",
+            ["model", "variant"],
+            **model_gauge,
+        ),
+        params=Gauge("slimserve_model_params", "Parameters.", ["model", "variant"], **model_gauge),
+        macs=Gauge(
+            "slimserve_model_macs",
+            "MACs of one example forward.",
+            ["model", "variant"],
+            **model_gauge,
+        ),
+        active=Gauge(
+            "slimserve_active_variant",
+            "1 for the variant serving a model, 0 for variants that served before.",
+            ["model", "variant", "profile"],
+            **model_gauge,
+        ),
+        swaps=Counter("slimserve_swaps_total", "Variant swaps by reason.", ["model", "reason"]),
+        compression_seconds=Histogram(
+            "slimserve_compression_seconds",
+            "Wall time of compression jobs.",
+            ["model", "profile"],
+            buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800),
+        ),
+        jobs=Counter(
+            "slimserve_compression_jobs_total",
+            "Compression jobs by outcome (succeeded, rejected, failed, timeout, cancelled).",
+            ["profile", "outcome"],
+        ),
+        inflight=Gauge(
+            "slimserve_inflight_requests",
+            "Requests being served now (the HPA's scaling signal).",
+            ["model"],
+            multiprocess_mode="livesum",
+        ),
+        refused=Counter(
+            "slimserve_variant_load_failures_total",
+            "Variants refused at load (checksum mismatch, missing files).",
+            ["model"],
+        ),
+    )
+
+
+def record_variant(model: str, variant: str, profile: str, report: dict | None) -> None:
+    """Publish a variant's verified figures (original: params/MACs and metric from its report)."""
+    s = series()
+    if not report:
+        return
+    s.accuracy.labels(model, variant, report["metric"]).set(report["metric_after"])
+    s.budget.labels(model, variant, report["metric"]).set(report.get("budget", 0.0))
+    s.speedup.labels(model, variant).set(report.get("speedup", 1.0))
+    s.params.labels(model, variant).set(report["params_after"])
+    s.macs.labels(model, variant).set(report["macs_after"])
+
+
+def record_swap(model: str, old: tuple[str, str] | None, new: tuple[str, str], reason: str) -> None:
+    """Move the active flag from ``old`` (variant, profile) to ``new`` and count the swap."""
+    s = series()
+    if old is not None and old != new:
+        s.active.labels(model, *old).set(0)
+    s.active.labels(model, *new).set(1)
+    if reason != "start":
+        s.swaps.labels(model, reason).inc()

@@ -1,0 +1,84 @@
+"""Service settings, validated once at start-up from ``SLIMSERVE_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "SLIMSERVE_"
+
+
+class Settings(BaseModel):
+    """Everything the service reads from its environment (``SLIMSERVE_<FIELD>``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    home: Path = Field(
+        default_factory=lambda: Path.home() / ".cache" / "slimserve",
+        description="Data directory: BentoML model store, active pointers, job work dirs, caches.",
+    )
+    models: list[str] = Field(
+        default_factory=lambda: ["digits-cnn", "minilm"],
+        description="Model sources to serve (comma-separated in the environment).",
+    )
+    profile: str = Field("auto", description="auto, gpu, cpu, edge or a profile YAML path.")
+    profiles_dir: Path | None = Field(None, description="Directory of extra profile YAML files.")
+    admin_token: str | None = Field(
+        None, description="Bearer token of the admin API; unset = refused."
+    )
+    auto_compress: bool = Field(
+        True, description="Compress every model in the background at start."
+    )
+    calibration: str = Field(
+        "builtin",
+        description="builtin: the model's shipped data; live: a reservoir of real requests.",
+    )
+    live_min_samples: int = Field(64, ge=8, description="Live samples needed before compressing.")
+    reservoir_size: int = Field(512, ge=8, description="Live request inputs kept (reservoir).")
+    workers: int = Field(1, ge=1, description="BentoML worker processes (scale with replicas).")
+    threads: int | None = Field(
+        None, ge=1, description="torch threads per worker (default: cores / workers)."
+    )
+    job_threads: int = Field(1, ge=1, description="torch threads of a compression job process.")
+    max_batch_size: int = Field(32, ge=1, description="Largest micro-batch one forward runs.")
+    max_wait_ms: float = Field(
+        2.0, ge=0, description="Longest a request waits for a batch to fill."
+    )
+    queue_size: int = Field(2048, ge=1, description="Requests queued per model before 503.")
+    max_body_bytes: int = Field(8 << 20, ge=1024, description="Largest accepted request body.")
+    job_timeout_s: float | None = Field(
+        None, gt=0, description="Overrides the profile's time limit."
+    )
+    poll_s: float = Field(2.0, gt=0, description="How often a worker re-reads the active pointers.")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split(cls, value):
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("calibration")
+    @classmethod
+    def _calibration(cls, value: str) -> str:
+        if value not in ("builtin", "live"):
+            raise ValueError(f"expected 'builtin' or 'live', got {value!r}")
+        return value
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """Read ``SLIMSERVE_*`` variables; errors name the variable."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for name in cls.model_fields:
+            key = ENV_PREFIX + name.upper()
+            if environ.get(key) not in (None, ""):
+                values[name] = environ[key]
+        try:
+            return cls(**values)
+        except ValidationError as err:
+            first = err.errors()[0]
+            key = ENV_PREFIX + str(first["loc"][0]).upper() if first["loc"] else "settings"
+            raise ValueError(f"{key}: {first['msg']} (got {first.get('input')!r})") from None
