@@ -95,10 +95,9 @@ async def infer(request: Request) -> Response:
             content_encoding=request.headers.get("content-encoding"),
         )
         rows = served.adapter.sample_rows(parsed.inputs)
-    except ValueError as err:  # includes V2Error; a bad header length is a ValueError too
+    except (v2.V2Error, ValueError) as err:
         c.count_client_error(name)
-        status = getattr(err, "status", 400)
-        return _error(status, str(err))
+        return _error(getattr(err, "status", 400), str(err))
     try:
         out, active = await c.infer(name, rows)
     except Overloaded as err:
@@ -276,7 +275,7 @@ class SlimServe:
         except UnknownModel as err:
             self.core.count_client_error(model)
             raise bentoml.exceptions.NotFound(err.args[0]) from None
-        except ValueError as err:
+        except (v2.V2Error, ValueError) as err:
             self.core.count_client_error(model)
             raise bentoml.exceptions.InvalidArgument(str(err)) from None
         try:
