@@ -9,6 +9,7 @@ from pathlib import Path
 # Before anything imports prometheus_client (BentoML serves metrics in multiprocess mode).
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="slimserve-prom-"))
 os.environ.setdefault("SLIMSERVE_HOME", str(Path(tempfile.gettempdir()) / "slimserve-test-home"))
+os.environ.setdefault("BENTOML_HOME", tempfile.mkdtemp(prefix="slimserve-bentoml-"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

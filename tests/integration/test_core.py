@@ -1,0 +1,83 @@
+"""The service core in process: live-traffic calibration, jobs, refusal of a tampered variant."""
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from service.core import Core
+from service.registry import ORIGINAL
+from service.settings import Settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _settings(home, **kw) -> Settings:
+    return Settings(home=home, models=["digits-mlp"], profile="cpu", **kw)
+
+
+def _wait(core: Core, job_id: str, timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = core.jobs.jobs[job_id]
+        if job.state not in ("queued", "running"):
+            return job.detail()
+        time.sleep(0.5)
+    raise TimeoutError(job_id)
+
+
+def _requests(core: Core, n: int) -> None:
+    rng = np.random.default_rng(0)
+
+    async def send():
+        for _ in range(n):
+            await core.infer("digits-mlp", rng.random((1, 1, 8, 8), dtype=np.float32))
+        await core.runtime.close()
+
+    asyncio.run(send())
+
+
+def test_live_traffic_calibration_compresses_by_fidelity(tmp_path):
+    core = Core(_settings(tmp_path, calibration="live", live_min_samples=32, reservoir_size=64))
+    assert core.runtime.models["digits-mlp"].reservoir is not None
+    assert core.jobs.list() == []  # waits for traffic
+    _requests(core, 80)
+    deadline = time.monotonic() + 30
+    while not core.jobs.list() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (job,) = core.jobs.list()
+    detail = _wait(core, job.id)
+    assert detail["state"] in ("succeeded", "rejected"), detail
+    report = detail["report"]
+    assert report["metric"] == "cosine"  # no labels in live traffic: fidelity to the original
+    assert report["macs_after"] <= report["macs_before"]
+    assert len(core.runtime.models["digits-mlp"].reservoir.items) == 64
+
+
+def test_cancelled_job_leaves_the_original_serving(tmp_path):
+    core = Core(_settings(tmp_path, auto_compress=False))
+    job = core.compress("digits-mlp")
+    time.sleep(1.0)
+    core.jobs.cancel(job.id)
+    detail = _wait(core, job.id)
+    assert detail["state"] == "cancelled"
+    assert core.runtime.models["digits-mlp"].active.variant == ORIGINAL
+    assert core.registry.active("digits-mlp") == ORIGINAL
+
+
+def test_tampered_variant_is_refused_at_restart(tmp_path):
+    core = Core(_settings(tmp_path, auto_compress=False))
+    detail = _wait(core, core.compress("digits-mlp").id)
+    assert detail["state"] == "succeeded", detail
+    vid = detail["variant"]
+    assert core.runtime.models["digits-mlp"].active.variant == vid
+    weights = core.registry.variant_path("digits-mlp", vid) / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    restarted = Core(_settings(tmp_path, auto_compress=False))
+    assert restarted.runtime.models["digits-mlp"].active.variant == ORIGINAL
+    with pytest.raises(Exception, match="checksum"):
+        restarted.activate("digits-mlp", vid)
+    assert restarted.runtime.models["digits-mlp"].active.variant == ORIGINAL

@@ -1,0 +1,61 @@
+import json
+
+import pytest
+
+from service.registry import ORIGINAL, Registry
+from service.settings import Settings
+
+pytestmark = pytest.mark.unit
+
+
+def test_active_pointer_and_rollback_stack(tmp_path):
+    reg = Registry(tmp_path)
+    assert reg.active("m") == ORIGINAL
+    assert reg.set_active("m", "cpu-1") == ORIGINAL
+    reg.set_active("m", "cpu-2")
+    assert reg.active("m") == "cpu-2"
+    assert Registry(tmp_path).active("m") == "cpu-2"  # survives a restart
+    assert reg.pop_previous("m") == "cpu-1" and reg.active("m") == "cpu-1"
+    assert reg.pop_previous("m") == ORIGINAL and reg.active("m") == ORIGINAL
+    assert reg.pop_previous("m") is None
+
+
+def test_corrupt_pointer_falls_back_to_original(tmp_path):
+    reg = Registry(tmp_path)
+    (tmp_path / "active" / "m.json").write_text("{not json")
+    assert reg.active("m") == ORIGINAL
+
+
+def test_variants_live_in_the_bentoml_model_store(tmp_path):
+    reg = Registry(tmp_path)
+    reg.ensure_original("tiny", "py:nowhere:build")
+    vdir = tmp_path / "v"
+    vdir.mkdir()
+    report = {
+        "accepted": False,
+        "speedup": 1.2,
+        "metric": "accuracy",
+        "metric_after": 0.9,
+        "params_after": 10,
+    }
+    (vdir / "report.json").write_text(json.dumps(report))
+    (vdir / "weights.safetensors").write_bytes(b"w")
+    vid = reg.add_variant("tiny", vdir, "edge")
+    rows = reg.variants("tiny")
+    assert [r["id"] for r in rows] == [ORIGINAL, vid]
+    assert rows[1]["accepted"] is False and rows[1]["profile"] == "edge"
+    assert rows[1]["report"]["speedup"] == 1.2
+    assert (reg.variant_path("tiny", vid) / "weights.safetensors").read_bytes() == b"w"
+    with pytest.raises(KeyError, match="has no variant 'nope'"):
+        reg.variant_path("tiny", "nope")
+
+
+def test_settings_from_env_and_errors_name_the_variable():
+    s = Settings.from_env(
+        {"SLIMSERVE_MODELS": "digits-cnn, minilm", "SLIMSERVE_MAX_BATCH_SIZE": "16"}
+    )
+    assert s.models == ["digits-cnn", "minilm"] and s.max_batch_size == 16
+    with pytest.raises(ValueError, match="SLIMSERVE_MAX_BATCH_SIZE"):
+        Settings.from_env({"SLIMSERVE_MAX_BATCH_SIZE": "zero"})
+    with pytest.raises(ValueError, match="SLIMSERVE_CALIBRATION"):
+        Settings.from_env({"SLIMSERVE_CALIBRATION": "sometimes"})

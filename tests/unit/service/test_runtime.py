@@ -1,0 +1,115 @@
+import asyncio
+
+import numpy as np
+import pytest
+import torch
+
+from service.adapters import ImageAdapter
+from service.runtime import Active, Overloaded, Reservoir, Runtime
+
+pytestmark = pytest.mark.unit
+
+
+class Scale(torch.nn.Module):
+    """Multiplies by a constant: which variant answered is visible in the output."""
+
+    def __init__(self, k: float, delay: float = 0.0) -> None:
+        super().__init__()
+        self.k, self.delay, self.calls = k, delay, []
+
+    def forward(self, x):
+        self.calls.append(len(x))
+        if self.delay:
+            import time
+
+            time.sleep(self.delay)
+        return x.flatten(1)[:, :10] * self.k
+
+
+def _runtime(module, **kw) -> Runtime:
+    rt = Runtime(**kw)
+    rt.add("m", ImageAdapter("m"), Active("v1", "cpu", module))
+    return rt
+
+
+def _rows(n, value=1.0):
+    return np.full((n, 1, 8, 8), value, dtype=np.float32)
+
+
+def test_requests_are_micro_batched_and_answered_in_order():
+    module = Scale(2.0, delay=0.02)
+    rt = _runtime(module, max_batch_size=8, max_wait_ms=20)
+
+    async def run():
+        results = await asyncio.gather(*(rt.infer("m", _rows(1, float(i))) for i in range(16)))
+        await rt.close()
+        return results
+
+    results = asyncio.run(run())
+    for i, (out, active) in enumerate(results):
+        assert out.shape == (1, 10) and out[0, 0] == 2.0 * i and active.variant == "v1"
+    assert sum(module.calls) == 16
+    assert max(module.calls) == 8 and len(module.calls) <= 4, module.calls
+
+
+def test_swap_lets_in_flight_batches_finish_on_their_variant():
+    slow = Scale(1.0, delay=0.2)
+    rt = _runtime(slow, max_batch_size=4, max_wait_ms=1)
+
+    async def run():
+        first = asyncio.ensure_future(rt.infer("m", _rows(1)))
+        await asyncio.sleep(0.05)  # the first batch is inside its forward now
+        old = rt.swap("m", Active("v2", "cpu", Scale(10.0)))
+        second = await rt.infer("m", _rows(1))
+        out = await first, second, old
+        await rt.close()
+        return out
+
+    (out1, a1), (out2, a2), old = asyncio.run(run())
+    assert (a1.variant, out1[0, 0]) == ("v1", 1.0)
+    assert (a2.variant, out2[0, 0]) == ("v2", 10.0)
+    assert old.variant == "v1" and rt.models["m"].history == ["v1"]
+
+
+def test_full_queue_is_overloaded_not_an_error():
+    rt = _runtime(Scale(1.0, delay=0.2), max_batch_size=1, max_wait_ms=0, queue_size=2)
+
+    async def run():
+        tasks = [asyncio.ensure_future(rt.infer("m", _rows(1))) for _ in range(6)]
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        await rt.close()
+        return results
+
+    results = asyncio.run(run())
+    overloaded = [r for r in results if isinstance(r, Overloaded)]
+    served = [r for r in results if isinstance(r, tuple)]
+    assert len(overloaded) >= 1 and len(served) >= 2
+    assert "requests already queued" in str(overloaded[0])
+
+
+def test_a_failing_forward_fails_its_batch_and_the_worker_lives_on():
+    class Flaky(torch.nn.Module):
+        def forward(self, x):
+            if float(x.flatten()[0]) < 0:
+                raise RuntimeError("boom")
+            return x.flatten(1)[:, :10]
+
+    rt = _runtime(Flaky(), max_batch_size=1, max_wait_ms=0)
+
+    async def run():
+        with pytest.raises(RuntimeError, match="boom"):
+            await rt.infer("m", _rows(1, -1.0))
+        out, _ = await rt.infer("m", _rows(1, 3.0))
+        await rt.close()
+        return out
+
+    assert asyncio.run(run())[0, 0] == 3.0
+
+
+def test_reservoir_keeps_a_bounded_uniform_sample():
+    r = Reservoir(100, seed=1)
+    for i in range(10_000):
+        r.add(np.array([[i]]))
+    sample = np.array([int(x[0]) for x in r.snapshot()])
+    assert len(sample) == 100 and r.seen == 10_000
+    assert 3_000 < sample.mean() < 7_000  # drawn from the whole stream, not its start
