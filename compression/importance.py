@@ -176,7 +176,7 @@ def input_grams(model: nn.Module, layer_names: list[str], batch: Batch) -> dict[
 
 
 def lsq_scores(
-    model: nn.Module, units: list[PruneUnit], grams: dict[str, torch.Tensor], rounds: int = 8
+    model: nn.Module, units: list[PruneUnit], grams: dict[str, torch.Tensor], rounds: int = 4
 ) -> dict[str, torch.Tensor]:
     """Refit-aware scores: the output error that *remains after* a least-squares refit.
 

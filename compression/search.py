@@ -1,7 +1,8 @@
 """The search: prune -> rebuild -> verify, over pruning amounts and layer splits, within budget.
 
-For each allocation (uniform, global) the amounts are tried in increasing order until one goes
-over budget; every candidate is measured (metric on validation data, MACs, params, latency on
+Both layer splits (uniform, global) are tried at the first amount and the one that keeps the
+metric better goes on; amounts are tried in increasing order until one goes over budget; every
+candidate is measured (metric on validation data, MACs, params, latency on
 the profile's device). The profile's precision step is then tried on the fastest candidates
 (and on the unpruned model), kept only where it measurably speeds up and stays within budget.
 The winner is the fastest candidate within budget, or for a size budget the most accurate one
@@ -133,31 +134,35 @@ def with_precision(ctx: SearchContext, built: Built) -> Built | None:
 
 def run(ctx: SearchContext, original_built: Built) -> list[Built]:
     """All candidates the search built, in the order it built them."""
-    modes = (
-        ["uniform", "global"] if ctx.profile.allocation == "search" else [ctx.profile.allocation]
-    )
     ratios = sorted(ctx.profile.ratios)
-    planned = len(modes) * len(ratios)
     built: list[Built] = []
-    done = 0
-    for mode in modes:
-        for ratio in ratios:
-            ctx.check()
-            if time.monotonic() > ctx.deadline:
-                break
-            ctx.progress(0.1 + 0.7 * done / planned, f"{mode} allocation, pruning {ratio:.0%}")
-            b = build(ctx, ratio, mode)
-            built.append(b)
-            done += 1
-            if not b.candidate.within_budget:
-                break  # larger amounts only lose more
-        done = len(built)
-    # Precision on the fastest few within budget, and on the unpruned model.
+
+    def step(ratio: float, mode: str) -> Built:
+        ctx.check()
+        done = len(built) / (len(ratios) + 1)
+        ctx.progress(0.1 + 0.7 * done, f"{mode} allocation, pruning {ratio:.0%}")
+        b = build(ctx, ratio, mode)
+        built.append(b)
+        return b
+
+    if ctx.profile.allocation == "search":
+        # Both splits at the first amount; the one that keeps the metric better goes on.
+        trials = [step(ratios[0], mode) for mode in ("uniform", "global")]
+        best = max(trials, key=lambda b: b.candidate.metric)
+        mode, ratios = best.candidate.allocation, ratios[1:]
+        last_ok = best.candidate.within_budget
+    else:
+        mode, last_ok = ctx.profile.allocation, True
+    for ratio in ratios:
+        if not last_ok or time.monotonic() > ctx.deadline:
+            break  # larger amounts only lose more
+        last_ok = step(ratio, mode).candidate.within_budget
+    # Precision on the two fastest within budget, and on the unpruned model.
     ctx.progress(0.85, "precision")
     fits = sorted(
         (b for b in built if b.candidate.within_budget), key=lambda b: b.candidate.latency_ms
     )
-    for b in [*fits[:3], original_built]:
+    for b in [*fits[:2], original_built]:
         ctx.check()
         if time.monotonic() > ctx.deadline:
             break
