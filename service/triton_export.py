@@ -1,0 +1,441 @@
+"""Export a saved variant to a Triton Inference Server model repository (TorchScript).
+
+For GPU fleets the accepted variant runs in Triton; this writes the repository Triton loads::
+
+    REPO/<name>/config.pbtxt        platform "pytorch_libtorch", tensors, max_batch_size,
+                                    dynamic_batching
+    REPO/<name>/1/model.pt          the variant as TorchScript (traced or scripted)
+    REPO/<name>/slimserve.json      where it came from: source, profile, precision, report
+
+TorchScript rather than ONNX: it handles all three built-ins, the int8-dynamic variants
+(``torch.ao`` quantized Linear layers export as ``quantized::linear_dynamic``, which ONNX has
+no operator for) and Hugging Face BERT, and needs nothing beyond torch.
+
+Tensors (dims in config.pbtxt leave out the batch dimension):
+
+- image / tensor models (digits-cnn, digits-mlp, ``py:`` sources): ``INPUT__0`` FP32
+  ``[N, *input_shape]`` -> ``OUTPUT__0`` FP32 ``[N, *output_shape]`` (the digits models:
+  ``[N, 1, 8, 8]`` -> ``[N, 10]`` class scores). The libtorch backend maps ``<name>__<index>``
+  to the forward argument / returned tensor by index.
+- text encoders (minilm, ``hf:`` sources): ``input_ids`` and ``attention_mask`` INT64
+  ``[N, L]`` (named after the forward arguments, which the libtorch backend matches) ->
+  ``OUTPUT__0`` FP32 ``[N, hidden]``: the **sentence embedding**, the mean of the last hidden
+  state over real tokens, L2-normalised (how all-MiniLM-L6-v2 is used, and what
+  :func:`compression.metrics.embed` compares before normalising). ``last_hidden_state`` is not
+  exported: an embedding is what a Triton client of a sentence encoder wants.
+
+The exported model always takes and returns FP32 (INT64 for token ids): a float16/bfloat16
+variant casts inside the TorchScript. Quantized int8-dynamic variants get
+``instance_group [{ kind: KIND_CPU }]``, because torch's dynamic int8 kernels exist only on
+CPU. Every export is checked before it is written: the TorchScript module must reproduce the
+variant's outputs on batches of other sizes (and, for text, other lengths) than it was traced
+with.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PLATFORM = "pytorch_libtorch"
+MODEL_FILE = "model.pt"
+VERSION = "1"
+# Largest difference between the TorchScript module and the variant the export accepts.
+CHECK_ATOL = 1e-4
+TRITON_TYPES = {
+    torch.float32: "TYPE_FP32",
+    torch.float16: "TYPE_FP16",
+    torch.bfloat16: "TYPE_BF16",
+    torch.int64: "TYPE_INT64",
+    torch.int32: "TYPE_INT32",
+}
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class ExportError(ValueError):
+    """A variant that cannot be exported, or an export that does not reproduce the variant."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of the Triton model; ``dims`` leave out the batch dimension."""
+
+    name: str
+    data_type: str
+    dims: tuple[int, ...]
+
+
+@dataclass
+class TritonModel:
+    """What :func:`export_triton` wrote."""
+
+    name: str
+    path: Path
+    kind: str  # "tensor" | "text-embedding"
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    max_batch_size: int
+    instance_kind: str | None = None
+    meta: dict = field(default_factory=dict)
+
+
+class TensorModel(nn.Module):
+    """``INPUT__0`` (FP32) -> the variant -> ``OUTPUT__0`` (FP32), casting to its dtype."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.module = module
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.to(self.dtype)).float()
+
+
+class SentenceEmbedding(nn.Module):
+    """A BERT-family encoder as ``(input_ids, attention_mask) -> L2-normalised mean pooling``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask)[0].float()
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        return F.normalize(pooled, p=2.0, dim=1)
+
+
+def _is_text_model(module: nn.Module) -> bool:
+    config = getattr(module, "config", None)
+    return config is not None and hasattr(config, "vocab_size") and hasattr(config, "hidden_size")
+
+
+def _default_name(plan: dict, variant_dir: Path) -> str:
+    source = str(plan.get("source") or variant_dir.name)
+    if source.startswith(("hf:", "py:")):
+        source = source.rstrip("/").replace(":", "-").split("/")[-1]
+    profile = (plan.get("profile") or {}).get("name")
+    name = f"{source}-{profile}" if profile else source
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", name)
+
+
+def _text_examples(bundle: Any, module: nn.Module) -> list[tuple[torch.Tensor, ...]]:
+    """Token batches: one padded batch to trace with, then other batch sizes and lengths."""
+    if bundle is not None and getattr(bundle, "tokenizer", None) is not None:
+        sentences = [
+            "Triton serves the compressed variant.",
+            "A short one.",
+            "Structured pruning removes whole attention heads and feed-forward channels, then "
+            "a least-squares refit rebuilds what the next layer sees.",
+            "Sentence embeddings are mean-pooled over the real tokens.",
+        ]
+        batches = [
+            bundle.tokenize(sentences[:3]),  # padded: the mask path is traced
+            bundle.tokenize(sentences[1:2]),  # one sentence, no padding
+            bundle.tokenize(sentences),
+        ]
+        return [(b["input_ids"], b["attention_mask"]) for b in batches]
+    gen = torch.Generator().manual_seed(0)
+    vocab = int(module.config.vocab_size)
+    out = []
+    for n, length in ((3, 12), (1, 5), (4, 20)):
+        ids = torch.randint(1000 if vocab > 2000 else 1, vocab, (n, length), generator=gen)
+        mask = torch.ones(n, length, dtype=torch.int64)
+        if n > 1:
+            mask[1:, length // 2 :] = 0
+        out.append((ids, mask))
+    return out
+
+
+def _tensor_examples(bundle: Any, input_shape: Sequence[int] | None) -> list[tuple[torch.Tensor]]:
+    example = getattr(bundle, "example_inputs", None) if bundle is not None else None
+    if input_shape is None and isinstance(example, torch.Tensor):
+        input_shape = tuple(example.shape[1:])
+    if input_shape is None:
+        raise ExportError(
+            "cannot tell the model's input shape: its source ships no example inputs; pass "
+            "input_shape (CLI: --input-shape C,H,W without the batch dimension)"
+        )
+    shape = tuple(int(d) for d in input_shape)
+    if isinstance(example, torch.Tensor) and tuple(example.shape[1:]) == shape:
+        base = example.float()
+    else:
+        base = torch.rand((8, *shape), generator=torch.Generator().manual_seed(0))
+    return [(base[:4],), (base[:1],), (torch.cat([base, base.flip(0)])[:11],)]
+
+
+def _to_torchscript(
+    wrapper: nn.Module, examples: list[tuple[torch.Tensor, ...]]
+) -> tuple[Any, str]:
+    """Script the wrapper when TorchScript can; otherwise trace it on the first example."""
+    errors = []
+    with torch.no_grad():
+        if isinstance(wrapper, TensorModel):
+            try:
+                return torch.jit.script(wrapper), "script"
+            except Exception as err:  # noqa: BLE001 - many model codes do not script; trace then
+                errors.append(f"script: {type(err).__name__}: {str(err).splitlines()[0]}")
+        try:
+            with warnings.catch_warnings():
+                # Shape-dependent Python branches get frozen; _check() below proves the trace
+                # right on other batch sizes and lengths instead of warning about it.
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                traced = torch.jit.trace(wrapper, examples[0], strict=False, check_trace=False)
+            return traced, "trace"
+        except Exception as err:  # noqa: BLE001
+            errors.append(f"trace: {type(err).__name__}: {str(err).splitlines()[0]}")
+    raise ExportError("TorchScript cannot capture the variant: " + "; ".join(errors))
+
+
+def _check(wrapper: nn.Module, scripted: Any, examples: list[tuple[torch.Tensor, ...]]) -> float:
+    worst = 0.0
+    with torch.no_grad():
+        for ex in examples:
+            want, got = wrapper(*ex), scripted(*ex)
+            if want.shape != got.shape:
+                raise ExportError(
+                    f"the TorchScript model answers shape {list(got.shape)} for inputs of shape "
+                    f"{[list(t.shape) for t in ex]}; the variant answers {list(want.shape)}"
+                )
+            worst = max(worst, (want - got).abs().max().item())
+    if worst > CHECK_ATOL:
+        raise ExportError(
+            f"the TorchScript model differs from the variant by up to {worst:.3g} "
+            f"(allowed {CHECK_ATOL}); the model likely has input-dependent control flow"
+        )
+    return worst
+
+
+def config_pbtxt(model: TritonModel, platform: str = PLATFORM) -> str:
+    """The model's ``config.pbtxt`` (protobuf text of Triton's ModelConfig)."""
+
+    def tensors(specs: list[TensorSpec]) -> str:
+        items = [
+            "  {\n"
+            f'    name: "{s.name}"\n'
+            f"    data_type: {s.data_type}\n"
+            f"    dims: [ {', '.join(str(d) for d in s.dims)} ]\n"
+            "  }"
+            for s in specs
+        ]
+        return ",\n".join(items)
+
+    lines = [
+        f'name: "{model.name}"',
+        f'platform: "{platform}"',
+        f"max_batch_size: {model.max_batch_size}",
+        f"input [\n{tensors(model.inputs)}\n]",
+        f"output [\n{tensors(model.outputs)}\n]",
+        "dynamic_batching { }",
+    ]
+    if model.instance_kind:
+        lines.append(f"instance_group [ {{ count: 1 kind: {model.instance_kind} }} ]")
+    # Serve under torch.inference_mode (the libtorch backend's INFERENCE_MODE parameter).
+    lines.append('parameters: { key: "INFERENCE_MODE" value: { string_value: "true" } }')
+    return "\n".join(lines) + "\n"
+
+
+def export_triton(
+    variant_dir: str | Path,
+    repo_dir: str | Path,
+    model_name: str | None = None,
+    max_batch_size: int = 64,
+    input_shape: Sequence[int] | None = None,
+) -> Path:
+    """Write ``repo_dir/<name>/`` (config.pbtxt, 1/model.pt, slimserve.json) for a variant.
+
+    ``model_name`` defaults to ``<source>-<profile>`` (e.g. ``digits-cnn-cpu``). Returns the
+    model's directory. An existing model directory of that name is replaced whole.
+    """
+    from compression import load_variant
+    from compression.errors import CompressionError
+    from compression.sources import resolve
+
+    variant_dir, repo_dir = Path(variant_dir), Path(repo_dir)
+    if max_batch_size < 1:
+        raise ExportError(f"max_batch_size must be at least 1, got {max_batch_size}")
+    try:
+        plan = json.loads((variant_dir / "plan.json").read_text())
+    except FileNotFoundError:
+        raise ExportError(f"{variant_dir} is not a variant: plan.json is missing") from None
+    except json.JSONDecodeError as err:
+        raise ExportError(f"{variant_dir}/plan.json is corrupted: {err}") from None
+    name = model_name or _default_name(plan, variant_dir)
+    if not _NAME_RE.match(name):
+        raise ExportError(f"model name {name!r}: use letters, digits, '_', '-' and '.' only")
+
+    bundle = None
+    try:
+        if plan.get("source"):
+            bundle = resolve(plan["source"])
+        variant = load_variant(variant_dir, model=bundle.factory() if bundle else None)
+    except CompressionError as err:
+        raise ExportError(str(err)) from None
+    module = variant.module.eval()
+    dtype = _DTYPES.get(plan.get("dtype", "float32"), torch.float32)
+
+    if _is_text_model(module):
+        kind = "text-embedding"
+        wrapper: nn.Module = SentenceEmbedding(module).eval()
+        examples = _text_examples(bundle, module)
+    else:
+        kind = "tensor"
+        wrapper = TensorModel(module, dtype).eval()
+        examples = _tensor_examples(bundle, input_shape)
+    scripted, how = _to_torchscript(wrapper, examples)
+    max_diff = _check(wrapper, scripted, examples)
+
+    with torch.no_grad():
+        out = wrapper(*examples[0])
+    if kind == "text-embedding":
+        inputs = [
+            TensorSpec("input_ids", "TYPE_INT64", (-1,)),
+            TensorSpec("attention_mask", "TYPE_INT64", (-1,)),
+        ]
+    else:
+        inputs = [TensorSpec("INPUT__0", "TYPE_FP32", tuple(examples[0][0].shape[1:]))]
+    outputs = [TensorSpec("OUTPUT__0", TRITON_TYPES[out.dtype], tuple(out.shape[1:]))]
+    quantized = plan.get("quantization", "none") != "none"
+    model = TritonModel(
+        name=name,
+        path=repo_dir / name,
+        kind=kind,
+        inputs=inputs,
+        outputs=outputs,
+        max_batch_size=max_batch_size,
+        instance_kind="KIND_CPU" if quantized else None,
+    )
+    report = variant.report.to_dict()
+    model.meta = {
+        "format": "triton",
+        "platform": PLATFORM,
+        "kind": kind,
+        "variant_dir": str(variant_dir.resolve()),
+        "source": plan.get("source"),
+        "profile": (plan.get("profile") or {}).get("name"),
+        "dtype": plan.get("dtype"),
+        "quantization": plan.get("quantization"),
+        "weights_sha256": plan.get("weights_sha256"),
+        "torch": torch.__version__,
+        "torchscript": how,
+        "export_max_abs_diff": max_diff,
+        "inputs": [asdict(s) | {"dims": list(s.dims)} for s in inputs],
+        "outputs": [asdict(s) | {"dims": list(s.dims)} for s in outputs],
+        "output_meaning": (
+            "L2-normalised mean-pooled sentence embedding"
+            if kind == "text-embedding"
+            else "the variant's output (class scores for classifiers)"
+        ),
+        "report": {k: report.get(k) for k in ("accepted", "speedup", "metric", "metric_after")},
+    }
+
+    # Write into a temporary directory beside the target, then move it into place, so a
+    # Triton polling the repository never sees half a model.
+    repo_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo_dir))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it 0700; Triton may run as another user
+        (tmp / VERSION).mkdir()
+        torch.jit.save(scripted, str(tmp / VERSION / MODEL_FILE))
+        (tmp / "config.pbtxt").write_text(config_pbtxt(model))
+        (tmp / "slimserve.json").write_text(json.dumps(model.meta, indent=2, sort_keys=True))
+        if model.path.exists():
+            shutil.rmtree(model.path)
+        tmp.rename(model.path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return model.path
+
+
+# -- reading config.pbtxt back (tests, tools): the subset of protobuf text format used above --
+
+_TOKEN = re.compile(r'\s*(?:(#[^\n]*)|("(?:[^"\\]|\\.)*")|([{}\[\]:,])|([^\s{}\[\]:,"#]+))')
+
+
+def _tokens(text: str) -> list[str]:
+    out, pos = [], 0
+    text = text.rstrip()
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            raise ValueError(f"config.pbtxt: cannot parse near {text[pos : pos + 20]!r}")
+        pos = m.end()
+        if m.group(1):
+            continue
+        out.append(m.group(2) or m.group(3) or m.group(4))
+    return out
+
+
+def _scalar(tok: str) -> Any:
+    if tok.startswith('"'):
+        return json.loads(tok)
+    if tok in ("true", "false"):
+        return tok == "true"
+    try:
+        return int(tok)
+    except ValueError:
+        try:
+            return float(tok)
+        except ValueError:
+            return tok  # an enum such as TYPE_FP32
+
+
+def parse_config(text: str) -> dict:
+    """Parse ``config.pbtxt`` into dicts; ``[...]`` lists and repeated fields become lists."""
+    toks = _tokens(text)
+    pos = 0
+
+    def value() -> Any:
+        nonlocal pos
+        tok = toks[pos]
+        pos += 1
+        if tok == "{":
+            return message("}")
+        if tok == "[":
+            items = []
+            while toks[pos] != "]":
+                items.append(value())
+                if toks[pos] == ",":
+                    pos += 1
+            pos += 1
+            return items
+        return _scalar(tok)
+
+    def message(end: str | None) -> dict:
+        nonlocal pos
+        msg: dict = {}
+        while pos < len(toks) and toks[pos] != end:
+            key = toks[pos]
+            pos += 1
+            if toks[pos] == ":":
+                pos += 1
+            val = value()
+            if key in msg:
+                prev = msg[key] if isinstance(msg[key], list) else [msg[key]]
+                msg[key] = prev + (val if isinstance(val, list) else [val])
+            else:
+                msg[key] = val
+            if pos < len(toks) and toks[pos] in (",", ";"):
+                pos += 1
+        pos += 1
+        return msg
+
+    return message(None)
+
+
+def read_config(model_dir: str | Path) -> dict:
+    """``parse_config`` of ``model_dir/config.pbtxt``."""
+    return parse_config((Path(model_dir) / "config.pbtxt").read_text())
