@@ -19,9 +19,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
-# Tools beyond pip that some tests use (promtool); skips quietly where apt is unavailable.
+# Tools beyond pip that some tests use: promtool (skips quietly where apt is unavailable) and
+# .venv-triton, a real Triton Inference Server through nvidia-pytriton (it pins numpy<2, so it
+# lives in its own venv).
 tools:
 	bash deploy/install-tools.sh
+	bash deploy/triton/install-venv.sh
 
 # Compress a built-in model for a profile: variants/<model>-<profile>/ gets the variant,
 # report.json and report.png.
@@ -44,8 +47,14 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Benchmarks (results in benchmarks/results/): `make bench`, `make bench BENCH=--quick` for a
+# smoke run, `make bench BENCH=--readme` to regenerate the README tables. vs_triton skips itself
+# without .venv-triton (deploy/triton/install-venv.sh).
 bench: install
-	$(BIN)/python -m benchmarks.compression_quality
+	$(BIN)/python -m benchmarks.compression_quality $(filter --readme,$(BENCH))
+	$(BIN)/python -m benchmarks.vs_torch_pruning $(BENCH)
+	$(BIN)/python -m benchmarks.load_test $(BENCH)
+	$(BIN)/python -m benchmarks.vs_triton $(BENCH)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -10,6 +10,8 @@ Upstream: https://github.com/VainF/Torch-Pruning (``DependencyGraph``, ``Group``
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass, field
 
 import torch
@@ -168,5 +170,8 @@ def prune(model: nn.Module, example_inputs: Batch, removed: dict[str, list[int]]
 
 def count_macs_params(model: nn.Module, example_inputs: Batch) -> tuple[int, int]:
     """Multiply-accumulates of one forward on ``example_inputs``, and parameter count."""
-    macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+    # Torch-Pruning prints a warning for keyword-only inputs to stdout; keep stdout clean for
+    # callers that print JSON (the CLI).
+    with contextlib.redirect_stdout(io.StringIO()):
+        macs, params = tp.utils.count_ops_and_params(model, example_inputs)
     return int(macs), int(params)
