@@ -37,15 +37,27 @@ def _sync(device: str) -> None:
 
 
 def latency_ms(
-    model: nn.Module, batch: Batch, device: str = "cpu", repeats: int = 15, warmup: int = 3
+    model: nn.Module,
+    batch: Batch,
+    device: str = "cpu",
+    repeats: int = 15,
+    warmup: int = 3,
+    min_seconds: float = 0.3,
 ) -> float:
-    """Median wall time of one forward on ``batch`` in milliseconds."""
-    times = []
+    """Median wall time of one forward on ``batch`` in milliseconds.
+
+    At least ``repeats`` timed runs, and more (up to 1000) until ``min_seconds`` have passed:
+    a 1 ms model gets hundreds of samples, so one scheduler hiccup cannot move the median.
+    """
+    times: list[float] = []
     with torch.inference_mode():
         for _ in range(warmup):
             call(model, batch)
         _sync(device)
-        for _ in range(repeats):
+        started = time.perf_counter()
+        while len(times) < repeats or (
+            time.perf_counter() - started < min_seconds and len(times) < 1000
+        ):
             start = time.perf_counter()
             call(model, batch)
             _sync(device)

@@ -1,7 +1,7 @@
 """The search: prune -> rebuild -> verify, over pruning amounts and layer splits, within budget.
 
-Both layer splits (uniform, global) are tried at the first amount and the one that keeps the
-metric better goes on; amounts are tried in increasing order until one goes over budget; every
+Both layer splits (uniform, global) are tried at the first amount and the one closer to the
+original goes on; amounts are tried in increasing order until one goes over budget; every
 candidate is measured (metric on validation data, MACs, params, latency on
 the profile's device). The profile's precision step is then tried on the fastest candidates
 (and on the unpruned model), kept only where it measurably speeds up and stays within budget.
@@ -146,9 +146,10 @@ def run(ctx: SearchContext, original_built: Built) -> list[Built]:
         return b
 
     if ctx.profile.allocation == "search":
-        # Both splits at the first amount; the one that keeps the metric better goes on.
+        # Both splits at the first amount; the one closer to the original goes on (fidelity is
+        # continuous, where accuracy on a few hundred samples moves in steps of one sample).
         trials = [step(ratios[0], mode) for mode in ("uniform", "global")]
-        best = max(trials, key=lambda b: b.candidate.metric)
+        best = max(trials, key=lambda b: (b.candidate.within_budget, b.candidate.fidelity))
         mode, ratios = best.candidate.allocation, ratios[1:]
         last_ok = best.candidate.within_budget
     else:
@@ -192,7 +193,12 @@ def choose(ctx: SearchContext, built: list[Built], original: Candidate) -> tuple
         return min(
             fits, key=lambda b: b.candidate.params
         ), "size target not reached; smallest within budget"
-    return min(fits, key=lambda b: b.candidate.latency_ms), "fastest candidate within budget"
+    # Latencies within 5% of the fastest are a tie on a noisy machine: take the one with the
+    # fewest MACs among them (its speed-up also holds on other batch sizes and hardware).
+    fastest = min(b.candidate.latency_ms for b in fits)
+    ties = [b for b in fits if b.candidate.latency_ms <= 1.05 * fastest]
+    best = min(ties, key=lambda b: (b.candidate.macs, b.candidate.latency_ms))
+    return best, "fastest candidate within budget (ties within 5%: fewest MACs)"
 
 
 def score_units(
