@@ -16,7 +16,6 @@ import asyncio
 import logging
 import random
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -177,17 +176,7 @@ class Runtime:
         with torch.inference_mode():
             return adapter.outputs(adapter.call(active.module, batch), batch)
 
-    def forward_now(self, name: str, rows: np.ndarray) -> tuple[np.ndarray, Active]:
-        """Unbatched forward in the calling thread (benchmarks compare against batching)."""
-        served = self.models[name]
-        active = served.active
-        return self._forward(served.adapter, active, [rows]), active
-
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def monotonic_ms() -> float:
-    return time.monotonic() * 1000.0
