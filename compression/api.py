@@ -27,6 +27,9 @@ from compression.profiles import DeviceProfile, get_profile
 from compression.report import CompressionReport
 from compression.variant import CompressedModel
 
+# Samples of the calibration set on which the rebuild ladder measures its error.
+PROBE_SAMPLES = 128
+
 
 def _device(profile: DeviceProfile) -> str:
     if profile.device == "cuda" and not torch.cuda.is_available():
@@ -98,7 +101,8 @@ def compress(
             original, example_inputs, units, profile.importance, calib
         )
         scoring_s = time.perf_counter() - t
-        reference = rebuild.reference_outputs(original, calib)
+        probe = index(calib, slice(0, PROBE_SAMPLES))
+        reference = rebuild.reference_outputs(original, probe)
         reference_val = metrics.outputs(original, val_list)
         metric_before = metrics.score(metric, reference_val, val_list, reference_val)
         labelled = metric != "cosine"
@@ -116,6 +120,7 @@ def compress(
             scores=scores,
             stats=stats,
             reference=reference,
+            probe=probe,
             reference_val=reference_val,
             latency_batch=latency_batch,
             budget=budget,

@@ -347,10 +347,17 @@ def rebuild(
     steps: list[str],
     ridge: float = 1e-2,
     distill_seconds: float = 0.0,
+    probe: Batch | None = None,
 ) -> list[StepRecord]:
-    """Run the ladder on ``pruned`` in place; returns one record per step tried."""
+    """Run the ladder on ``pruned`` in place; returns one record per step tried.
+
+    Steps fit on all of ``batch``; the error that decides whether a step stays is measured on
+    ``probe`` (a slice of it, with ``reference`` its original outputs) when given, else on
+    ``batch`` -- three full calibration forwards per candidate are most of the ladder's time.
+    """
+    check = batch if probe is None else probe
     records = []
-    error = calibration_error(pruned, batch, reference)
+    error = calibration_error(pruned, check, reference)
     records.append(StepRecord("prune", True, error, error, 0.0, "after structural pruning"))
     for step in steps:
         start = time.perf_counter()
@@ -372,7 +379,7 @@ def rebuild(
             raise ValueError(f"unknown rebuild step {step!r}")
         if n == 0:
             continue
-        new_error = calibration_error(pruned, batch, reference)
+        new_error = calibration_error(pruned, check, reference)
         kept = new_error < error
         if not kept:  # undo: restore weights and drop biases this step added
             for name in biases:

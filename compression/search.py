@@ -53,7 +53,8 @@ class SearchContext:
     units: list[PruneUnit]
     scores: dict[str, torch.Tensor]
     stats: dict
-    reference: torch.Tensor
+    reference: torch.Tensor  # the original's outputs on ``probe``
+    probe: Batch  # the calibration slice that decides which rebuild steps stay
     reference_val: list[torch.Tensor]
     latency_batch: Batch
     budget: float
@@ -107,6 +108,7 @@ def build(ctx: SearchContext, ratio: float, mode: str) -> Built:
         ctx.profile.rebuild,
         ctx.profile.ridge,
         ctx.profile.distill_seconds,
+        probe=ctx.probe,
     )
     pruned.eval()
     ctx.tick("prune_rebuild", start)
