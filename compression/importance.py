@@ -21,7 +21,15 @@ from torch import nn
 
 from compression import graph
 from compression.graph import PruneUnit
-from compression.inputs import Batch, call, flat_tokens, main_output, split, token_mask
+from compression.inputs import (
+    Batch,
+    call,
+    conv_rows,
+    flat_tokens,
+    main_output,
+    split,
+    token_mask,
+)
 
 CRITERIA = ("magnitude", "taylor", "activation", "lsq")
 
@@ -41,20 +49,12 @@ def _channel_rows(module: nn.Module, x: torch.Tensor, mask: torch.Tensor | None)
     return x.transpose(0, 1).reshape(x.shape[1], -1).T
 
 
-def input_stats(model: nn.Module, layer_names: list[str], batch: Batch) -> dict[str, InputStats]:
-    """Mean and mean square of each named layer's input channels over ``batch``."""
-    sums: dict[str, list] = {}
+def observe_inputs(model: nn.Module, layer_names: list[str], batch: Batch, record) -> None:
+    """One forward over ``batch`` calling ``record(name, layer, x, mask)`` on each named layer's input."""
     mask = token_mask(batch)
 
     def hook(name):
-        def record(module, args):
-            rows = _channel_rows(module, args[0].detach().float(), mask)
-            acc = sums.setdefault(name, [0.0, 0.0, 0])
-            acc[0] = acc[0] + rows.sum(0)
-            acc[1] = acc[1] + rows.pow(2).sum(0)
-            acc[2] += rows.shape[0]
-
-        return record
+        return lambda layer, args: record(name, layer, args[0].detach().float(), mask)
 
     handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in set(layer_names)]
     try:
@@ -63,6 +63,20 @@ def input_stats(model: nn.Module, layer_names: list[str], batch: Batch) -> dict[
     finally:
         for h in handles:
             h.remove()
+
+
+def input_stats(model: nn.Module, layer_names: list[str], batch: Batch) -> dict[str, InputStats]:
+    """Mean and mean square of each named layer's input channels over ``batch``."""
+    sums: dict[str, list] = {}
+
+    def record(name, layer, x, mask):
+        rows = _channel_rows(layer, x, mask)
+        acc = sums.setdefault(name, [0.0, 0.0, 0])
+        acc[0] = acc[0] + rows.sum(0)
+        acc[1] = acc[1] + rows.pow(2).sum(0)
+        acc[2] += rows.shape[0]
+
+    observe_inputs(model, layer_names, batch, record)
     return {n: InputStats(s / c, q / c) for n, (s, q, c) in sums.items()}
 
 
@@ -146,32 +160,15 @@ def granule_scores(unit: PruneUnit, scores: torch.Tensor) -> torch.Tensor:
 def input_grams(model: nn.Module, layer_names: list[str], batch: Batch) -> dict[str, torch.Tensor]:
     """Uncentred Gram matrix E[x x^T] of each named layer's input rows (unfolded for convs)."""
     grams: dict[str, list] = {}
-    mask = token_mask(batch)
 
-    def hook(name):
-        def record(module, args):
-            x = args[0].detach().float()
-            if isinstance(module, nn.Conv2d):
-                cols = nn.functional.unfold(
-                    x, module.kernel_size, module.dilation, module.padding, module.stride
-                )
-                rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])
-            else:
-                rows = flat_tokens(x, mask)
-            rows = rows.double()
-            acc = grams.setdefault(name, [0.0, 0])
-            acc[0] = acc[0] + rows.T @ rows
-            acc[1] += rows.shape[0]
+    def record(name, layer, x, mask):
+        rows = conv_rows(layer, x) if isinstance(layer, nn.Conv2d) else flat_tokens(x, mask)
+        rows = rows.double()
+        acc = grams.setdefault(name, [0.0, 0])
+        acc[0] = acc[0] + rows.T @ rows
+        acc[1] += rows.shape[0]
 
-        return record
-
-    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in set(layer_names)]
-    try:
-        with torch.inference_mode():
-            call(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
+    observe_inputs(model, layer_names, batch, record)
     return {n: g / c for n, (g, c) in grams.items()}
 
 

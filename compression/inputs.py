@@ -158,3 +158,11 @@ def flat_tokens(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if mask is not None and x.dim() == 3 and x.shape[:2] == mask.shape:
         return x[mask.bool()]
     return x.reshape(-1, x.shape[-1])
+
+
+def conv_rows(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A conv's input as the rows its weight multiplies: one row of C*kh*kw per output pixel."""
+    cols = nn.functional.unfold(
+        x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride
+    )
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])

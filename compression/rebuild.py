@@ -27,7 +27,16 @@ from torch import nn
 from compression import families
 from compression.graph import PruneUnit
 from compression.importance import InputStats
-from compression.inputs import Batch, call, flat_tokens, index, main_output, split, token_mask
+from compression.inputs import (
+    Batch,
+    call,
+    conv_rows,
+    flat_tokens,
+    index,
+    main_output,
+    split,
+    token_mask,
+)
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -146,13 +155,6 @@ def compensate_bias(
 # ---- 3. least-squares refit ------------------------------------------------------------------
 
 
-def _conv_rows(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    cols = nn.functional.unfold(
-        x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride
-    )
-    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-
-
 def _ridge(x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Solve min ||[x 1] [W; b] - y||^2 + lam ||W||^2; returns (W^T, b)."""
     # Products of the centred data in float32 (fast), the solve in float64 (stable).
@@ -225,7 +227,7 @@ def refit_consumers(
     def refit(name):
         def hook(layer, args):
             x = args[0].detach().float()
-            rows = _conv_rows(layer, x) if isinstance(layer, nn.Conv2d) else flat_tokens(x, mask)
+            rows = conv_rows(layer, x) if isinstance(layer, nn.Conv2d) else flat_tokens(x, mask)
             target = targets.pop(name)
             if name in skips:
                 target = target + skips.pop(name)
