@@ -247,14 +247,19 @@ class Core:
 
     def _job_done(self, job: Job, out: Path | None) -> None:
         s = metrics.series()
-        s.jobs.labels(job.profile, job.outcome or job.state).inc()
-        if job.seconds is not None:
-            s.compression_seconds.labels(job.model, job.profile).observe(job.seconds)
-        if out is None or job.report is None:
-            return
-        job.variant = self.registry.add_variant(job.model, out, job.profile)
-        if job.report["accepted"]:
-            self.activate(job.model, job.variant, reason="compression")
+        outcome = job.outcome or job.state
+        try:
+            if out is not None and job.report is not None:
+                job.variant = self.registry.add_variant(job.model, out, job.profile)
+                if job.report["accepted"]:
+                    self.activate(job.model, job.variant, reason="compression")
+        except Exception:
+            outcome = "failed"
+            raise
+        finally:
+            s.jobs.labels(job.profile, outcome).inc()
+            if job.seconds is not None:
+                s.compression_seconds.labels(job.model, job.profile).observe(job.seconds)
 
     # ---- admin views -------------------------------------------------------------------------
 

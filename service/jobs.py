@@ -217,16 +217,19 @@ class JobRunner:
         started: float | None = None,
         outcome: str | None = None,
     ) -> None:
-        job.state, job.outcome = state, outcome or state
-        job.finished = time.time()
+        # The state is published last: a client polling the job sees "succeeded" only once
+        # the variant is registered (and activated), never before.
+        job.outcome = outcome or state
         job.seconds = None if started is None else round(time.monotonic() - started, 2)
-        job.progress = 1.0 if state in ("succeeded", "rejected") else job.progress
-        job.message = job.outcome
         try:
             self.on_done(job, out)
         except Exception as err:  # e.g. the variant failed its checksum on load
             log.exception("job %s: finishing failed", job.id)
-            job.state, job.error = "failed", f"{type(err).__name__}: {err}"
+            state, job.error = "failed", f"{type(err).__name__}: {err}"
         finally:
             if out is not None:
                 shutil.rmtree(out, ignore_errors=True)
+        job.finished = time.time()
+        job.progress = 1.0 if state in ("succeeded", "rejected") else job.progress
+        job.message = job.outcome
+        job.state = state

@@ -1,0 +1,37 @@
+"""Job bookkeeping: what a client polling /admin/jobs/{id} may observe."""
+
+from __future__ import annotations
+
+from service.jobs import Job, JobRunner
+
+
+def _runner(tmp_path, on_done) -> JobRunner:
+    return JobRunner(tmp_path / "jobs", on_done=on_done)
+
+
+def test_state_is_published_after_the_variant_is_registered(tmp_path):
+    seen = {}
+
+    def on_done(job: Job, out) -> None:
+        seen["state_during_on_done"] = job.state
+        job.variant = "cpu-123"
+
+    runner = _runner(tmp_path, on_done)
+    job = Job(id="j1", model="m", profile="cpu", state="running")
+    job.report = {"accepted": True}
+    runner._finish(job, "succeeded", None, started=0.0)
+    assert seen["state_during_on_done"] == "running"
+    assert job.state == "succeeded" and job.variant == "cpu-123"
+    assert job.progress == 1.0 and job.finished is not None
+
+
+def test_a_failure_while_finishing_marks_the_job_failed(tmp_path):
+    def on_done(job: Job, out) -> None:
+        raise ValueError("checksum mismatch for weights.safetensors")
+
+    runner = _runner(tmp_path, on_done)
+    job = Job(id="j2", model="m", profile="cpu", state="running")
+    job.report = {"accepted": True}
+    runner._finish(job, "succeeded", None)
+    assert job.state == "failed"
+    assert job.error == "ValueError: checksum mismatch for weights.safetensors"
