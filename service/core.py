@@ -62,7 +62,8 @@ class Core:
         self.bundles: dict[str, ModelBundle] = {}
         self.originals: dict[str, torch.nn.Module] = {}
         self._mtimes: dict[str, float] = {}
-        self._activate_lock = threading.Lock()
+        # Held across a swap and its pointer write, so the follower never sees one without the other.
+        self._activate_lock = threading.RLock()
         for source in settings.models:
             self._load_model(source)
         self.leader = self._become_leader()
@@ -188,23 +189,25 @@ class Core:
     def activate(self, name: str, vid: str, reason: str = "manual") -> dict:
         """Serve ``vid`` (after its checksum passes) and record it as active."""
         self.served(name)
-        try:
-            self._swap_to(name, vid, reason)
-        except VariantError:
-            metrics.series().refused.labels(name).inc()
-            raise
-        self.registry.set_active(name, vid)
-        self._mtimes[name] = self.registry.pointer_mtime(name)
+        with self._activate_lock:
+            try:
+                self._swap_to(name, vid, reason)
+            except VariantError:
+                metrics.series().refused.labels(name).inc()
+                raise
+            self.registry.set_active(name, vid)
+            self._mtimes[name] = self.registry.pointer_mtime(name)
         return {"model": name, "active_variant": vid}
 
     def rollback(self, name: str) -> dict:
         """Back to the variant active before the last swap."""
         self.served(name)
-        previous = self.registry.pop_previous(name)
-        if previous is None:
-            raise LookupError(f"model {name!r} has no earlier variant to roll back to")
-        self._swap_to(name, previous, "rollback")
-        self._mtimes[name] = self.registry.pointer_mtime(name)
+        with self._activate_lock:
+            previous = self.registry.pop_previous(name)
+            if previous is None:
+                raise LookupError(f"model {name!r} has no earlier variant to roll back to")
+            self._swap_to(name, previous, "rollback")
+            self._mtimes[name] = self.registry.pointer_mtime(name)
         return {"model": name, "active_variant": previous}
 
     def _follow_pointers(self) -> None:
@@ -212,17 +215,21 @@ class Core:
         while True:
             time.sleep(self.settings.poll_s)
             for name, served in list(self.runtime.models.items()):
-                mtime = self.registry.pointer_mtime(name)
-                if mtime == self._mtimes.get(name):
-                    continue
-                self._mtimes[name] = mtime
-                wanted = self.registry.active(name)
-                if wanted != served.active.variant:
-                    try:
-                        self._swap_to(name, wanted, "sync")
-                    except Exception as err:
-                        log.error("model %s: cannot follow pointer to %s: %s", name, wanted, err)
-                        metrics.series().refused.labels(name).inc()
+                with self._activate_lock:
+                    self._follow(name, served)
+
+    def _follow(self, name: str, served) -> None:
+        mtime = self.registry.pointer_mtime(name)
+        if mtime == self._mtimes.get(name):
+            return
+        self._mtimes[name] = mtime
+        wanted = self.registry.active(name)
+        if wanted != served.active.variant:
+            try:
+                self._swap_to(name, wanted, "sync")
+            except Exception as err:
+                log.error("model %s: cannot follow pointer to %s: %s", name, wanted, err)
+                metrics.series().refused.labels(name).inc()
 
     # ---- jobs --------------------------------------------------------------------------------
 

@@ -142,8 +142,10 @@ class JobRunner:
 
     def cancel(self, job_id: str) -> Job:
         job = self.jobs[job_id]
-        job._cancel.set()
-        if job.state == "queued":
+        with self._lock:  # against _loop taking the job at the same moment
+            job._cancel.set()
+            queued = job.state == "queued"
+        if queued:
             self._finish(job, "cancelled", None)
         return job
 
@@ -153,10 +155,13 @@ class JobRunner:
     def _loop(self) -> None:
         while True:
             job = self.jobs[self._queue.get()]
-            if job.state != "queued":
-                continue
+            with self._lock:
+                spec = self._specs.pop(job.id)
+                if job.state != "queued" or job._cancel.is_set():
+                    continue
+                job.state, job.message = "running", "starting"
             try:
-                self._run(job, self._specs.pop(job.id))
+                self._run(job, spec)
             except Exception as err:  # never let one job stop the runner
                 log.exception("job %s crashed the runner", job.id)
                 job.error = f"{type(err).__name__}: {err}"
@@ -166,7 +171,6 @@ class JobRunner:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=_child, args=(spec, child), daemon=True, name=f"job-{job.id}")
-        job.state, job.message = "running", "starting"
         started = time.monotonic()
         proc.start()
         child.close()

@@ -155,7 +155,7 @@ def load_digits_model(name: str) -> nn.Module:
     finally:
         torch.set_num_threads(threads)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # concurrent first uses
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
     os.replace(tmp, path)
     return model.eval()

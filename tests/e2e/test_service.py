@@ -193,7 +193,7 @@ def _wait_job(server, job_id: str, timeout: float = 600) -> dict:
 
 
 def test_swap_under_load_rollback_restart_and_metrics(server, server_home):
-    before = httpx.get(f"{server.url}/metrics").text
+    before = httpx.get(f"{server.url}/metrics", timeout=60).text
     ok_before = metric_value(
         before, "slimserve_inference_requests_total", model="digits-cnn", status="ok"
     )
@@ -213,7 +213,7 @@ def test_swap_under_load_rollback_restart_and_metrics(server, server_home):
     assert job["report"]["accepted"] and job["report"]["macs_after"] < job["report"]["macs_before"]
 
     # /metrics counts what we sent (plus nothing else hits digits-cnn meanwhile)
-    text = httpx.get(f"{server.url}/metrics").text
+    text = httpx.get(f"{server.url}/metrics", timeout=60).text
     ok_after = metric_value(
         text, "slimserve_inference_requests_total", model="digits-cnn", status="ok"
     )
@@ -260,7 +260,7 @@ def test_swap_under_load_rollback_restart_and_metrics(server, server_home):
         models = {m["name"]: m for m in again.admin("GET", "/models").json()["models"]}
         assert models["digits-cnn"]["active_variant"] == new
         assert models["minilm"]["active_variant"] == "original"
-        r = httpx.post(f"{again.url}/v2/models/digits-cnn/infer", content=load.body)
+        r = httpx.post(f"{again.url}/v2/models/digits-cnn/infer", content=load.body, timeout=60)
         assert r.status_code == 200 and r.headers["x-slimserve-variant"] == new
     finally:
         again.stop()

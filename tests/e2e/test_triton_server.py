@@ -244,7 +244,8 @@ def test_triton_serves_an_exported_repository(tmp_path, digits_x):
             inp.set_data_from_numpy(digits_x[i : i + 1], binary_data=True)
             pending.append(client.async_infer("digits-fp32", [inp]))
         got = np.concatenate([p.get_result().as_numpy("OUTPUT__0") for p in pending])
-        np.testing.assert_allclose(got, variant_outputs(fp32, digits_x[:32]), atol=1e-5)
+        # Triton batches these as they come: float sums in another order, hence rtol.
+        np.testing.assert_allclose(got, variant_outputs(fp32, digits_x[:32]), rtol=1e-5, atol=1e-4)
 
         # A wrong shape is the client's error, answered by Triton itself.
         with pytest.raises(Exception, match="(?i)shape|dims"):

@@ -17,7 +17,8 @@ def _settings(home, **kw) -> Settings:
     return Settings(home=home, models=["digits-mlp"], profile="cpu", **kw)
 
 
-def _wait(core: Core, job_id: str, timeout: float = 300) -> dict:
+def _wait(core: Core, job_id: str, timeout: float = 600) -> dict:
+    # Longer than the runner's own limit (time_limit_s * 1.2 + 60 s): the job ends first.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = core.jobs.jobs[job_id]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from service.jobs import Job, JobRunner
 
 
@@ -35,3 +37,17 @@ def test_a_failure_while_finishing_marks_the_job_failed(tmp_path):
     runner._finish(job, "succeeded", None)
     assert job.state == "failed"
     assert job.error == "ValueError: checksum mismatch for weights.safetensors"
+
+
+def test_a_job_cancelled_while_queued_never_starts(tmp_path):
+    finished = []
+    runner = _runner(tmp_path, lambda job, out: finished.append(job.state))
+    job = Job(id="j3", model="m", profile="cpu")
+    runner.jobs[job.id], runner._specs[job.id] = job, {"out": str(tmp_path / "out")}
+    runner.cancel(job.id)  # cancelled before the runner's loop sees it
+    runner._queue.put(job.id)
+    deadline = time.monotonic() + 10
+    while job.id in runner._specs and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert job.id not in runner._specs  # the loop took it off the queue ...
+    assert job.state == "cancelled" and finished == ["queued"]  # ... and did not run it

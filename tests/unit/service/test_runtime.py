@@ -58,7 +58,8 @@ def test_swap_lets_in_flight_batches_finish_on_their_variant():
 
     async def run():
         first = asyncio.ensure_future(rt.infer("m", _rows(1)))
-        await asyncio.sleep(0.05)  # the first batch is inside its forward now
+        while not slow.calls:  # wait until the first batch is inside its forward
+            await asyncio.sleep(0.005)
         old = rt.swap("m", Active("v2", "cpu", Scale(10.0)))
         second = await rt.infer("m", _rows(1))
         out = await first, second, old
