@@ -54,6 +54,10 @@ class ImageAdapter:
             raise V2Error(f"inputs: expected shape [N, 8, 8] or [N, 64], got {list(x.shape)}")
         return x
 
+    def probe_rows(self, n: int) -> np.ndarray:
+        """``n`` inputs shaped like real requests (to time the model at start-up)."""
+        return np.zeros((n, 1, 8, 8), dtype=np.float32)
+
     def collate(self, rows: list[np.ndarray]) -> torch.Tensor:
         return torch.from_numpy(np.concatenate(rows))
 
@@ -97,6 +101,11 @@ class TextAdapter:
         if not isinstance(data, list) or not data or not all(isinstance(s, str) for s in data):
             raise V2Error("inputs: expected a non-empty list of sentences (strings)")
         return np.array(data, dtype=object)
+
+    def probe_rows(self, n: int) -> np.ndarray:
+        """``n`` sentences of a typical length (to time the model at start-up)."""
+        sentence = "Structured pruning removes whole channels, so the smaller model is faster."
+        return np.array([sentence] * n, dtype=object)
 
     def collate(self, rows: list[np.ndarray]) -> dict[str, torch.Tensor]:
         sentences = [s for r in rows for s in r.tolist()]

@@ -5,8 +5,10 @@ record's ``active`` attribute in one assignment; a batch reads it once before it
 requests in flight finish on the variant they started with and none fails because of a swap.
 
 Requests queue per model in a bounded asyncio queue; one task drains it into micro-batches of
-up to ``max_batch_size`` samples, waiting at most ``max_wait_ms`` for a batch to fill, and runs
-the forward in a single worker thread. Overload means queueing first; only a full queue answers
+up to ``max_batch_size`` samples and runs the forward in a single worker thread. Batching is
+adaptive: a batch takes whatever queued while the previous forward ran, and waits up to
+``max_wait_ms`` for more only when the previous batch held more than one request (under load),
+so a lone client is never delayed. Overload means queueing first; only a full queue answers
 503. No bentoml import here: the runtime is testable without a server.
 """
 
@@ -80,6 +82,8 @@ class Served:
     reservoir: Reservoir | None = None
     queue: asyncio.Queue | None = None
     history: list[str] = field(default_factory=list)
+    last_batch: int = 0  # requests in the last micro-batch (adaptive wait)
+    threads: int | None = None  # torch threads of this model's forwards (None: leave as set)
 
 
 class Runtime:
@@ -97,9 +101,14 @@ class Runtime:
     # ---- models and swaps ---------------------------------------------------------------------
 
     def add(
-        self, name: str, adapter: Any, active: Active, reservoir: Reservoir | None = None
+        self,
+        name: str,
+        adapter: Any,
+        active: Active,
+        reservoir: Reservoir | None = None,
+        threads: int | None = None,
     ) -> None:
-        self.models[name] = Served(name, adapter, active, reservoir)
+        self.models[name] = Served(name, adapter, active, reservoir, threads=threads)
 
     def swap(self, name: str, active: Active) -> Active:
         """Make ``active`` serve ``name``; returns the variant it replaced."""
@@ -138,7 +147,10 @@ class Runtime:
         while True:
             first = await served.queue.get()
             batch, size = [first], len(first.rows)
-            deadline = loop.time() + self.max_wait
+            # Adaptive: wait for a batch to fill only under load (the last batch had company);
+            # a lone client never pays the wait, a busy model batches more per forward.
+            wait = self.max_wait if served.last_batch > 1 else 0.0
+            deadline = loop.time() + wait
             while size < self.max_batch_size:
                 try:
                     nxt = served.queue.get_nowait()
@@ -152,10 +164,16 @@ class Runtime:
                         break
                 batch.append(nxt)
                 size += len(nxt.rows)
+            served.last_batch = len(batch)
             active = served.active  # read once: the whole batch runs on this variant
             try:
                 outputs = await loop.run_in_executor(
-                    self._executor, self._forward, served.adapter, active, [p.rows for p in batch]
+                    self._executor,
+                    self._forward,
+                    served.adapter,
+                    active,
+                    [p.rows for p in batch],
+                    served.threads,
                 )
             except Exception as err:  # a forward failure fails this batch, not the worker
                 log.exception("forward failed on %s/%s", served.name, active.variant)
@@ -171,7 +189,11 @@ class Runtime:
                 start += n
 
     @staticmethod
-    def _forward(adapter: Any, active: Active, rows: list[np.ndarray]) -> np.ndarray:
+    def _forward(
+        adapter: Any, active: Active, rows: list[np.ndarray], threads: int | None = None
+    ) -> np.ndarray:
+        if threads is not None and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)  # forwards run on one thread: no other model races
         batch = adapter.collate(rows)
         with torch.inference_mode():
             return adapter.outputs(adapter.call(active.module, batch), batch)

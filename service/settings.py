@@ -39,12 +39,18 @@ class Settings(BaseModel):
     reservoir_size: int = Field(512, ge=8, description="Live request inputs kept (reservoir).")
     workers: int = Field(1, ge=1, description="BentoML worker processes (scale with replicas).")
     threads: int | None = Field(
-        None, ge=1, description="torch threads per worker (default: cores / workers)."
+        None,
+        ge=1,
+        description="torch threads of every forward (default: per model, 1 for light models "
+        "whose forward costs less than their HTTP handling, else cores / workers).",
     )
     job_threads: int = Field(1, ge=1, description="torch threads of a compression job process.")
     max_batch_size: int = Field(32, ge=1, description="Largest micro-batch one forward runs.")
     max_wait_ms: float = Field(
-        2.0, ge=0, description="Longest a request waits for a batch to fill."
+        2.0,
+        ge=0,
+        description="Longest a request waits for a batch to fill; only under load (the last "
+        "batch held more than one request), so a lone client never waits.",
     )
     queue_size: int = Field(2048, ge=1, description="Requests queued per model before 503.")
     max_body_bytes: int = Field(8 << 20, ge=1024, description="Largest accepted request body.")
@@ -52,6 +58,10 @@ class Settings(BaseModel):
         None, gt=0, description="Overrides the profile's time limit."
     )
     poll_s: float = Field(2.0, gt=0, description="How often a worker re-reads the active pointers.")
+    access_log: bool = Field(False, description="BentoML's access log line for every request.")
+    trace_inference: bool = Field(
+        False, description="OpenTelemetry spans for inference requests (BentoML tracing)."
+    )
 
     @field_validator("models", mode="before")
     @classmethod

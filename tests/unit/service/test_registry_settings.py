@@ -59,3 +59,13 @@ def test_settings_from_env_and_errors_name_the_variable():
         Settings.from_env({"SLIMSERVE_MAX_BATCH_SIZE": "zero"})
     with pytest.raises(ValueError, match="SLIMSERVE_CALIBRATION"):
         Settings.from_env({"SLIMSERVE_CALIBRATION": "sometimes"})
+
+
+def test_bentoml_per_request_logging_and_tracing_are_opt_in():
+    from service.app import _bentoml_options
+
+    default = _bentoml_options(Settings())
+    assert default["logging"] == {"access": {"enabled": False}}
+    assert "/v2/models/" in default["tracing"]["excluded_urls"]
+    assert _bentoml_options(Settings(access_log=True, trace_inference=True)) == {}
+    assert Settings.from_env({"SLIMSERVE_ACCESS_LOG": "true"}).access_log is True

@@ -114,3 +114,46 @@ def test_reservoir_keeps_a_bounded_uniform_sample():
     sample = np.array([int(x[0]) for x in r.snapshot()])
     assert len(sample) == 100 and r.seen == 10_000
     assert 3_000 < sample.mean() < 7_000  # drawn from the whole stream, not its start
+
+
+def test_a_lone_request_never_waits_for_a_batch_to_fill():
+    """The bounded wait applies only under load: with a 10 s wait, one request still returns."""
+    module = Scale(2.0)
+    rt = _runtime(module, max_batch_size=8, max_wait_ms=10_000)
+
+    async def run():
+        outs = [await asyncio.wait_for(rt.infer("m", _rows(1)), timeout=5) for _ in range(3)]
+        await rt.close()
+        return outs
+
+    outs = asyncio.run(run())
+    assert [o[0].shape for o in outs] == [(1, 10)] * 3 and module.calls == [1, 1, 1]
+
+
+def test_under_load_a_batch_waits_for_company():
+    """After a batch of several requests, the next batch waits (bounded) and fills up."""
+    module = Scale(2.0, delay=0.05)
+    rt = _runtime(module, max_batch_size=4, max_wait_ms=300)
+
+    async def run():
+        first = [asyncio.ensure_future(rt.infer("m", _rows(1))) for _ in range(2)]
+        await asyncio.gather(*first)  # a batch of 2: the model is under load
+        later = []
+        for _ in range(4):  # arrive one by one, 20 ms apart: the wait gathers them
+            later.append(asyncio.ensure_future(rt.infer("m", _rows(1))))
+            await asyncio.sleep(0.02)
+        await asyncio.gather(*later)
+        await rt.close()
+
+    asyncio.run(run())
+    assert module.calls == [2, 4], module.calls
+
+
+def test_each_model_forward_runs_with_its_own_thread_count():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        Runtime._forward(ImageAdapter("m"), Active("v", "cpu", Scale(1.0)), [_rows(1)], threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
