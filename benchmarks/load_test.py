@@ -143,13 +143,16 @@ def run(args) -> dict:
     from compression.sources import resolve
 
     home = Path(args.home or tempfile.mkdtemp(prefix="slimserve-bench-"))
-    threads = args.threads
+    env = {"SLIMSERVE_THREADS": str(args.threads)} if args.threads else {}
     result: dict = {"settings": {k: v for k, v in vars(args).items() if k != "readme"}}
     bundle = resolve("digits-cnn")
     x = digit_batch(args.batch)
     try:
-        batched = SlimServer(home, args.serve_models, SLIMSERVE_THREADS=str(threads))
+        batched = SlimServer(home, args.serve_models, **env)
         with batched.start():
+            served = batched.admin("GET", "/models").json()["models"]
+            result["threads"] = {m["name"]: m["threads"] for m in served}
+            threads = result["threads"]["digits-cnn"]  # in-process forwards: the same
             t0 = time.perf_counter()
             job = batched.compress("digits-cnn", args.profile)
             vid, report = job["variant"], job["report"]
@@ -171,9 +174,7 @@ def run(args) -> dict:
             variants = ["original", vid]
             rows = sweep(batched, "batched", variants, args.models, args)
             result["hot_swap"] = hot_swap(batched, vid, args)
-        unbatched = SlimServer(
-            home, args.serve_models, SLIMSERVE_THREADS=str(threads), SLIMSERVE_MAX_BATCH_SIZE="1"
-        )
+        unbatched = SlimServer(home, args.serve_models, SLIMSERVE_MAX_BATCH_SIZE="1", **env)
         with unbatched.start():
             rows += sweep(unbatched, "unbatched", variants, args.models, args)
     finally:
@@ -191,7 +192,9 @@ def markdown(result: dict, command: str) -> str:
         f"Measured {result['date']} on {common.describe_machine(result['machine'])} "
         f"(`{command}`): tritonclient.http, binary tensors, {s['batch']} digit(s) per request, "
         f"{s['duration']} s per cell after {s['warmup']} s warm-up; client and server share the "
-        f"machine; server torch threads {s['threads']}.",
+        f"machine; server torch threads per model "
+        f"{', '.join(f'{m} {t}' for m, t in result['threads'].items())}"
+        f"{' (set)' if s['threads'] else ' (its own choice)'}.",
         "",
         f"Compressed variant `{v['id']}` ({v['state']}, cpu profile, "
         f"{v['ratio']:.0%} {v['allocation']}, {v['precision']}): MACs "
@@ -276,7 +279,7 @@ def parse(argv=None):
         "--models", default=None, help="models under load (default digits-cnn,minilm; quick: cnn)"
     )
     p.add_argument("--profile", default="cpu", help="profile of the compressed variant")
-    p.add_argument("--threads", type=int, default=None, help="server torch threads (all cores)")
+    p.add_argument("--threads", type=int, default=None, help="server torch threads (auto)")
     p.add_argument("--swap-concurrency", type=int, default=8)
     p.add_argument("--swap-duration", type=float, default=15.0)
     p.add_argument("--swaps", type=int, default=6)
@@ -286,9 +289,7 @@ def parse(argv=None):
     if args.quick:
         args.duration, args.warmup, args.swap_duration, args.swaps = 2.0, 0.5, 3.0, 2
         args.inproc_repeats = 100
-    import os
 
-    args.threads = args.threads or os.cpu_count() or 1
     args.concurrency = [int(c) for c in str(args.concurrency).split(",")]
     args.models = args.models or ("digits-cnn" if args.quick else "digits-cnn,minilm")
     args.models = [m for m in args.models.split(",") if m]

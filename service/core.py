@@ -308,7 +308,12 @@ class Core:
 
     def models(self) -> list[dict]:
         return [
-            {"name": n, "active_variant": s.active.variant, "profile": s.active.profile}
+            {
+                "name": n,
+                "active_variant": s.active.variant,
+                "profile": s.active.profile,
+                "threads": s.threads,
+            }
             for n, s in self.runtime.models.items()
         ]
 
