@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,8 @@ def resolve_profile(spec: str, profiles_dir: Path | None) -> tuple[str, str | No
 # A model whose forward costs less than this per sample (one thread, a full batch) is lighter
 # than the HTTP work of its requests: it gets one torch thread and leaves the rest to the loop.
 LIGHT_MODEL_MS_PER_SAMPLE = 0.5
+# Compressed variants kept loaded per model (besides the original, always loaded).
+RESIDENT_VARIANTS = 2
 
 
 class Core:
@@ -67,6 +70,8 @@ class Core:
         self.bundles: dict[str, ModelBundle] = {}
         self.originals: dict[str, torch.nn.Module] = {}
         self._mtimes: dict[str, float] = {}
+        # Variants that served recently stay loaded: rollback and re-activation are one swap.
+        self._resident: OrderedDict[tuple[str, str], Active] = OrderedDict()
         # Held across a swap and its pointer write, so the follower never sees one without the other.
         self._activate_lock = threading.RLock()
         for source in settings.models:
@@ -205,12 +210,22 @@ class Core:
     # ---- variants ----------------------------------------------------------------------------
 
     def _load(self, name: str, vid: str) -> Active:
+        """The variant ready to serve: from memory if it served recently, else from the store."""
         if vid == ORIGINAL:
             return Active(ORIGINAL, "none", self.originals[name])
+        key = (name, vid)
+        if key in self._resident:
+            self._resident.move_to_end(key)
+            return self._resident[key]
         path = self.registry.variant_path(name, vid)
         variant = load_variant(path, model=self.bundles[name].factory())
         report = variant.report.to_dict()
-        return Active(vid, report["profile"], variant.module.eval(), report)
+        active = Active(vid, report["profile"], variant.module.eval(), report)
+        self._resident[key] = active
+        mine = [k for k in self._resident if k[0] == name]
+        for old in mine[: max(0, len(mine) - RESIDENT_VARIANTS)]:
+            del self._resident[old]
+        return active
 
     def _swap_to(self, name: str, vid: str, reason: str) -> Active:
         with self._activate_lock:

@@ -80,6 +80,11 @@ def test_tampered_variant_is_refused_at_restart(tmp_path):
     assert detail["state"] == "succeeded", detail
     vid = detail["variant"]
     assert core.runtime.models["digits-mlp"].active.variant == vid
+    # Rollback and re-activation swap resident modules: nothing is reloaded.
+    module = core.served("digits-mlp").active.module
+    assert core.rollback("digits-mlp")["active_variant"] == ORIGINAL
+    core.activate("digits-mlp", vid)
+    assert core.served("digits-mlp").active.module is module
     weights = core.registry.variant_path("digits-mlp", vid) / "weights.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
