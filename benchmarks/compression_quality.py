@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from compression import compress
+from benchmarks.common import neighbour_recall
+from compression import compress, metrics
 from compression.sources import resolve
 
 RESULTS = Path(__file__).parent / "results"
@@ -65,6 +66,10 @@ def run(models: list[str], profiles: list[str]) -> dict:
                     "timings": r.timings,
                 }
             )
+            if bundle.metric == "cosine":  # neighbour recall@10 against the original
+                reference = metrics.outputs(bundle.factory(), bundle.validation)
+                got = metrics.outputs(variant.module, bundle.validation)
+                rows[-1]["recall@10"] = round(neighbour_recall(got, reference), 4)
             print(json.dumps(rows[-1]), flush=True)
     return {"date": date.today().isoformat(), "machine": machine(), "rows": rows}
 
@@ -75,14 +80,15 @@ def markdown(result: dict) -> str:
         "(`python -m benchmarks.compression_quality --readme`), no fine-tuning:",
         "",
         "| model | profile | accepted | MACs× | params× | speed-up | metric | before | after "
-        "| pruned | precision | seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| recall@10 | pruned | precision | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         lines.append(
             f"| {r['model']} | {r['profile']} | {'yes' if r['accepted'] else 'no'} | "
             f"{r['macs_x']} | {r['params_x']} | {r['speedup']} | {r['metric']} | {r['before']} | "
-            f"{r['after']} | {r['ratio']:.0%} {r['allocation']} | {r['precision']} | "
+            f"{r['after']} | {r.get('recall@10', '–')} | {r['ratio']:.0%} {r['allocation']} | "
+            f"{r['precision']} | "
             f"{r['seconds']} |"
         )
     return "\n".join(lines) + "\n"

@@ -132,21 +132,6 @@ def build(s: Setup, method: str, ratio: float, distill_s: float) -> tuple[nn.Mod
     return model, s.scoring_s[kind] + time.perf_counter() - start, [r.to_dict() for r in records]
 
 
-def neighbour_recall(model_out: list, reference_out: list, k: int = K) -> float:
-    """Mean overlap of each sentence's k nearest neighbours (cosine, among all validation
-    sentences, itself excluded) under the variant and under the original."""
-
-    def neighbours(embeddings: list) -> torch.Tensor:
-        e = nn.functional.normalize(torch.cat(embeddings).float(), dim=1)
-        sims = e @ e.T
-        sims.fill_diagonal_(float("-inf"))
-        return sims.topk(k, dim=1).indices
-
-    a, b = neighbours(model_out), neighbours(reference_out)
-    hits = [len(set(x.tolist()) & set(y.tolist())) for x, y in zip(a, b, strict=True)]
-    return sum(hits) / (k * len(hits))
-
-
 def quality(s: Setup, model: nn.Module) -> dict:
     from compression import metrics
 
@@ -155,7 +140,7 @@ def quality(s: Setup, model: nn.Module) -> dict:
         return {"accuracy": round(metrics.score("accuracy", out, s.validation, None), 4)}
     return {
         "cosine": round(metrics.cosine(out, s.reference_val), 4),
-        "recall@10": round(neighbour_recall(out, s.reference_val), 4),
+        "recall@10": round(common.neighbour_recall(out, s.reference_val, K), 4),
     }
 
 
