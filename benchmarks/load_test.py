@@ -279,7 +279,9 @@ def parse(argv=None):
         "--models", default=None, help="models under load (default digits-cnn,minilm; quick: cnn)"
     )
     p.add_argument("--profile", default="cpu", help="profile of the compressed variant")
-    p.add_argument("--threads", type=int, default=None, help="server torch threads (auto)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="server thread budget (SLIMSERVE_THREADS)"
+    )
     p.add_argument("--swap-concurrency", type=int, default=8)
     p.add_argument("--swap-duration", type=float, default=15.0)
     p.add_argument("--swaps", type=int, default=6)

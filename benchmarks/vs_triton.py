@@ -174,7 +174,9 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=float, default=2.0, help="seconds discarded per cell")
     p.add_argument("--batch", type=int, default=1, help="samples per request")
     p.add_argument("--profile", default="cpu", help="profile of the compressed variant")
-    p.add_argument("--threads", type=int, default=None, help="SlimServe torch threads (auto)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="SlimServe thread budget (SLIMSERVE_THREADS)"
+    )
     p.add_argument("--triton-threads", default=None, help="Triton torch threads (1,all cores)")
     p.add_argument("--max-batch-size", type=int, default=32, help="largest batch, both servers")
     p.add_argument("--start-timeout", type=float, default=600)

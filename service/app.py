@@ -252,8 +252,9 @@ def _bentoml_options(settings: Settings) -> dict:
     """BentoML's per-request access log and OpenTelemetry spans, unless asked for.
 
     Both run on every request in the worker's event loop: on a small model they cost more than
-    the forward itself (2 cores, digits-cnn, concurrency 32: ~1300 req/s with both, ~2760
-    without; see the README's load test). Health, metrics and admin calls keep their spans.
+    the forward itself (benchmarks/loadgen.py on 2 cores, digits-cnn, one torch thread,
+    concurrency 32: ~1300 req/s with both, ~2760 without). Health, metrics and admin calls keep
+    their spans.
     """
     options: dict = {}
     if not settings.access_log:

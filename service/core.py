@@ -57,13 +57,25 @@ LIGHT_MODEL_MS_PER_SAMPLE = 0.5
 RESIDENT_VARIANTS = 2
 
 
+def available_cores() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (containers)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores or 1, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores or 1)
+
+
 class Core:
     """Everything the HTTP layer calls."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        cores = os.cpu_count() or 1
-        torch.set_num_threads(settings.threads or max(1, cores // settings.workers))
+        self.thread_budget = settings.threads or max(1, available_cores() // settings.workers)
+        torch.set_num_threads(self.thread_budget)
         self.profile, self.profile_path = resolve_profile(settings.profile, settings.profiles_dir)
         self.registry = Registry(settings.home)
         self.runtime = Runtime(settings.max_batch_size, settings.max_wait_ms, settings.queue_size)
@@ -124,13 +136,14 @@ class Core:
 
         The worker's event loop needs a core of its own for HTTP: at ~0.35 ms of CPU per
         request (digits-cnn, 2 cores, 2700 req/s) a light model's forward costs less than its
-        requests do, and a second torch thread only takes that core from the loop. Measured by
-        benchmarks/load_test: digits-cnn at 1 thread 970/1320/2400 req/s at concurrency
-        1/8/32 vs 590/1020/2400 at 2; minilm at 2 threads 285 req/s vs 172 at 1 (c=32).
+        requests do, and a second torch thread only takes that core from the loop. Measured
+        with benchmarks/loadgen.py (tritonclient, 8 s per cell, this 2-core machine):
+        digits-cnn at 1 thread 970/1320/2400 req/s at concurrency 1/8/32 vs 590/1020/2400 at
+        2; minilm at 2 threads 285 req/s vs 172 at 1 (c=32).
         """
-        cores = max(1, (os.cpu_count() or 1) // self.settings.workers)
-        if self.settings.threads or cores == 1:
-            return self.settings.threads or 1
+        cores = self.thread_budget
+        if cores == 1:
+            return 1
         n = self.settings.max_batch_size
         rows = [adapter.probe_rows(n)]
         Runtime._forward(adapter, original, rows, threads=1)  # warm-up

@@ -41,8 +41,8 @@ class Settings(BaseModel):
     threads: int | None = Field(
         None,
         ge=1,
-        description="torch threads of every forward (default: per model, 1 for light models "
-        "whose forward costs less than their HTTP handling, else cores / workers).",
+        description="Most torch threads a forward uses (default: available cores / workers, "
+        "cgroup quota included); models lighter than their HTTP handling use one.",
     )
     job_threads: int = Field(1, ge=1, description="torch threads of a compression job process.")
     max_batch_size: int = Field(32, ge=1, description="Largest micro-batch one forward runs.")

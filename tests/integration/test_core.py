@@ -56,11 +56,10 @@ def test_live_traffic_calibration_compresses_by_fidelity(tmp_path):
     assert len(core.runtime.models["digits-mlp"].reservoir.items) == 64
 
 
-def test_light_models_get_one_torch_thread_unless_told(tmp_path):
+def test_light_models_get_one_torch_thread_whatever_the_budget(tmp_path):
     # digits-mlp's forward costs a few microseconds per sample: HTTP dominates, one thread.
-    assert Core(_settings(tmp_path / "a", auto_compress=False)).served("digits-mlp").threads == 1
-    told = Core(_settings(tmp_path / "b", auto_compress=False, threads=3))
-    assert told.served("digits-mlp").threads == 3
+    core = Core(_settings(tmp_path, auto_compress=False, threads=3))
+    assert core.thread_budget == 3 and core.served("digits-mlp").threads == 1
 
 
 def test_cancelled_job_leaves_the_original_serving(tmp_path):

@@ -69,3 +69,11 @@ def test_bentoml_per_request_logging_and_tracing_are_opt_in():
     assert "/v2/models/" in default["tracing"]["excluded_urls"]
     assert _bentoml_options(Settings(access_log=True, trace_inference=True)) == {}
     assert Settings.from_env({"SLIMSERVE_ACCESS_LOG": "true"}).access_log is True
+
+
+def test_available_cores_respects_affinity():
+    import os
+
+    from service.core import available_cores
+
+    assert 1 <= available_cores() <= len(os.sched_getaffinity(0))
