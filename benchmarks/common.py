@@ -156,20 +156,3 @@ def finish(name: str, result: dict, markdown: str, readme: str | None = None) ->
         update_readme(name, readme)
     print(markdown)
     print(f"wrote {js.relative_to(ROOT)} and {md.relative_to(ROOT)}")
-
-
-def neighbour_recall(model_out: list, reference_out: list, k: int = 10) -> float:
-    """Mean overlap of each sentence's k nearest neighbours (cosine, among all validation
-    sentences, itself excluded) under the variant and under the original."""
-
-    import torch
-
-    def neighbours(embeddings: list) -> torch.Tensor:
-        e = torch.nn.functional.normalize(torch.cat(embeddings).float(), dim=1)
-        sims = e @ e.T
-        sims.fill_diagonal_(float("-inf"))
-        return sims.topk(k, dim=1).indices
-
-    a, b = neighbours(model_out), neighbours(reference_out)
-    hits = [len(set(x.tolist()) & set(y.tolist())) for x, y in zip(a, b, strict=True)]
-    return sum(hits) / (k * len(hits))

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import neighbour_recall
 from compression import compress, metrics
 from compression.sources import resolve
 
@@ -69,7 +68,7 @@ def run(models: list[str], profiles: list[str]) -> dict:
             if bundle.metric == "cosine":  # neighbour recall@10 against the original
                 reference = metrics.outputs(bundle.factory(), bundle.validation)
                 got = metrics.outputs(variant.module, bundle.validation)
-                rows[-1]["recall@10"] = round(neighbour_recall(got, reference), 4)
+                rows[-1]["recall@10"] = round(metrics.neighbour_recall(got, reference), 4)
             print(json.dumps(rows[-1]), flush=True)
     return {"date": date.today().isoformat(), "machine": machine(), "rows": rows}
 

@@ -140,7 +140,7 @@ def quality(s: Setup, model: nn.Module) -> dict:
         return {"accuracy": round(metrics.score("accuracy", out, s.validation, None), 4)}
     return {
         "cosine": round(metrics.cosine(out, s.reference_val), 4),
-        "recall@10": round(common.neighbour_recall(out, s.reference_val, K), 4),
+        "recall@10": round(metrics.neighbour_recall(out, s.reference_val, K), 4),
     }
 
 

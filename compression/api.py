@@ -191,6 +191,7 @@ def compress(
             importance=profile.importance,
             precision=c.precision,
             target_met=target_met,
+            neighbour_recall=c.recall,
             timings=ctx.timings,
             candidates=[b.candidate for b in candidates],
         )

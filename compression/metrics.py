@@ -65,6 +65,29 @@ def cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return float(nn.functional.cosine_similarity(x, y, dim=1).mean())
 
 
+def neighbour_recall(
+    model_out: list[torch.Tensor], reference_out: list[torch.Tensor], k: int = 10
+) -> float | None:
+    """Mean overlap of each sample's ``k`` nearest neighbours (cosine, among all validation
+    samples, itself excluded) under the model and under the original; None with <= ``k`` samples.
+
+    Cosine fidelity can stay high while the embedding space folds: retrieval cares whether the
+    same sentences stay closest, and this measures exactly that.
+    """
+
+    def neighbours(embeddings: list[torch.Tensor]) -> torch.Tensor:
+        e = nn.functional.normalize(torch.cat(embeddings).float(), dim=1)
+        sims = e @ e.T
+        sims.fill_diagonal_(float("-inf"))
+        return sims.topk(k, dim=1).indices
+
+    if sum(len(e) for e in reference_out) <= k:
+        return None
+    a, b = neighbours(model_out), neighbours(reference_out)
+    hits = [len(set(x.tolist()) & set(y.tolist())) for x, y in zip(a, b, strict=True)]
+    return sum(hits) / (k * len(hits))
+
+
 def score(
     metric: Metric,
     model_out: list[torch.Tensor],

@@ -54,6 +54,13 @@ class DeviceProfile(BaseModel):
         le=1.0,
         description="Smallest allowed cosine fidelity when there are no labels.",
     )
+    min_neighbour_recall: float | None = Field(
+        0.8,
+        ge=0.0,
+        le=1.0,
+        description="Cosine metric only: smallest allowed overlap of each validation sample's "
+        "10 nearest neighbours with the original's (embedding retrieval); null to skip.",
+    )
     importance: Literal["magnitude", "taylor", "activation", "lsq"] = Field(
         "lsq",
         description="Channel importance: weight magnitude, Taylor sensitivity, activation-aware, "

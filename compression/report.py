@@ -20,6 +20,7 @@ class Candidate:
     fidelity: float
     within_budget: bool
     note: str = ""
+    recall: float | None = None  # neighbour recall@10 (cosine metric), see metrics
 
 
 @dataclass
@@ -49,6 +50,7 @@ class CompressionReport:
     importance: str = ""
     precision: str = "float32"
     target_met: bool = False
+    neighbour_recall: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
     candidates: list[Candidate] = field(default_factory=list)
 

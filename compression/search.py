@@ -2,11 +2,11 @@
 
 Both layer splits (uniform, global) are tried at the first amount and the one closer to the
 original goes on; amounts are tried in increasing order until one goes over budget; every
-candidate is measured (metric on validation data, MACs, params, latency on
-the profile's device). The profile's precision step is then tried on the fastest candidates
-(and on the unpruned model), kept only where it measurably speeds up and stays within budget.
-The winner is the fastest candidate within budget, or for a size budget the most accurate one
-that fits.
+candidate is measured (metric on validation data, MACs, params, latency on the profile's
+device; for the cosine metric also neighbour recall, see ``metrics.neighbour_recall``). The
+profile's precision step is then tried on the fastest candidates, the most faithful one and the
+unpruned model, kept only where it measurably speeds up and stays within budget. The winner is
+the fastest candidate within budget, or for a size budget the most accurate one that fits.
 """
 
 from __future__ import annotations
@@ -78,6 +78,10 @@ def measure(ctx: SearchContext, module: nn.Module, float_module: nn.Module, **in
     out = metrics.outputs(module, ctx.validation)
     value = metrics.score(ctx.metric, out, ctx.validation, ctx.reference_val)
     fidelity = value if ctx.metric == "cosine" else metrics.cosine(out, ctx.reference_val)
+    floor = ctx.profile.min_neighbour_recall
+    recall = None
+    if ctx.metric == "cosine" and floor is not None:
+        recall = metrics.neighbour_recall(out, ctx.reference_val)
     macs, params = macs_params(float_module, ctx.example_inputs)
     lat = latency_ms(module, ctx.latency_batch, ctx.profile.device, ctx.profile.latency_repeats)
     ctx.tick("verify", start)
@@ -87,7 +91,8 @@ def measure(ctx: SearchContext, module: nn.Module, float_module: nn.Module, **in
         latency_ms=round(lat, 4),
         metric=round(value, 6),
         fidelity=round(fidelity, 6),
-        within_budget=value >= ctx.budget - 1e-9,
+        within_budget=value >= ctx.budget - 1e-9 and (recall is None or recall >= floor - 1e-9),
+        recall=None if recall is None else round(recall, 4),
         **info,
     )
 
@@ -161,12 +166,18 @@ def run(ctx: SearchContext, original_built: Built) -> list[Built]:
         if not last_ok or time.monotonic() > ctx.deadline:
             break  # larger amounts only lose more
         last_ok = step(ratio, mode).candidate.within_budget
-    # Precision on the two fastest within budget, and on the unpruned model.
+    # Precision on the three fastest within budget, the most faithful one (lower precision
+    # costs quality: the candidate with the most headroom may be the one that stays within
+    # budget), and the unpruned model.
     ctx.progress(0.85, "precision")
     fits = sorted(
         (b for b in built if b.candidate.within_budget), key=lambda b: b.candidate.latency_ms
     )
-    for b in [*fits[:2], original_built]:
+    tries = fits[:3]
+    if fits:
+        faithful = max(fits, key=lambda b: b.candidate.fidelity)
+        tries += [faithful] if faithful not in tries else []
+    for b in [*tries, original_built]:
         ctx.check()
         if time.monotonic() > ctx.deadline:
             break
@@ -210,10 +221,14 @@ def choose(ctx: SearchContext, built: list[Built], original: Candidate) -> tuple
     if not fits:
         best = max(built, key=lambda b: b.candidate.metric, default=None)
         got = f"{best.candidate.metric:.4f}" if best else "nothing (time limit)"
-        return (
-            None,
-            f"no candidate within budget: best {ctx.metric} {got} < budget {ctx.budget:.4f}",
-        )
+        reason = f"no candidate within budget: best {ctx.metric} {got} < budget {ctx.budget:.4f}"
+        if best and best.candidate.recall is not None and best.candidate.metric >= ctx.budget:
+            reason = (
+                f"no candidate within budget: best {ctx.metric} {got} keeps only "
+                f"{best.candidate.recall:.4f} of the 10 nearest neighbours "
+                f"(floor {ctx.profile.min_neighbour_recall})"
+            )
+        return None, reason
     target = ctx.profile.target_size_ratio
     if target is not None:
         small = [b for b in fits if b.candidate.params <= target * original.params]

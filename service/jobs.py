@@ -81,6 +81,8 @@ def _child(spec: dict, conn) -> None:
         profile = get_profile(spec["profile_path"] or spec["profile"])
         if spec.get("time_limit_s"):
             profile = profile.model_copy(update={"time_limit_s": spec["time_limit_s"]})
+        if bundle.task != "embedding":  # neighbour recall is a check of embedding spaces
+            profile = profile.model_copy(update={"min_neighbour_recall": None})
         variant = compress(
             bundle.factory(),
             profile,

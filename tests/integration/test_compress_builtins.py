@@ -47,8 +47,14 @@ def test_minilm_cpu_keeps_cosine_fidelity(minilm_bundle, tmp_path):
     full search runs in benchmarks/.
     """
     b = minilm_bundle
+    # Pruning and the rebuild on a BERT (int8 is the precision step's business, tested apart).
     profile = PROFILES["cpu"].model_copy(
-        update={"ratios": [0.2, 0.3], "allocation": "global", "latency_repeats": 5}
+        update={
+            "ratios": [0.2, 0.3],
+            "allocation": "global",
+            "latency_repeats": 5,
+            "quantization": "none",
+        }
     )
     variant = compress(
         b.factory(),
@@ -61,6 +67,7 @@ def test_minilm_cpu_keeps_cosine_fidelity(minilm_bundle, tmp_path):
     r = variant.report
     assert r.accepted, r.reason
     assert r.metric == "cosine" and r.fidelity >= 0.95, r.fidelity
+    assert r.neighbour_recall is not None and r.neighbour_recall >= 0.8, r.neighbour_recall
     assert r.macs_after < r.macs_before and r.params_after < r.params_before
     attn = [m for m in variant.module.modules() if hasattr(m, "num_attention_heads")]
     assert sum(a.num_attention_heads for a in attn) <= 6 * 12
@@ -85,3 +92,21 @@ sys.exit(0 if torch.equal(out, y) else 1)
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_neighbour_recall_floor_rejects_variants_that_fold_the_embedding_space():
+    """Cosine fidelity alone can pass a variant whose nearest neighbours changed."""
+    from compression.sources import resolve
+
+    b = resolve("digits-mlp")
+    unlabelled = [(x, None) for x, _ in b.validation]  # fidelity only: the cosine metric
+    kw = dict(example_inputs=b.example_inputs, calibration=b.calibration, validation=unlabelled)
+    base = {"min_fidelity": 0.0, "ratios": [0.5, 0.7], "quantization": "none"}
+    strict = PROFILES["cpu"].model_copy(update={**base, "min_neighbour_recall": 1.0})
+    r = compress(b.factory(), strict, **kw).report
+    assert not r.accepted and "nearest neighbours" in r.reason, r.reason
+    assert all(c.recall is not None and c.recall < 1.0 for c in r.candidates if c.ratio)
+
+    lenient = PROFILES["cpu"].model_copy(update={**base, "min_neighbour_recall": None})
+    r = compress(b.factory(), lenient, **kw).report
+    assert r.accepted and r.neighbour_recall is None, r.reason

@@ -1,9 +1,9 @@
-"""The benchmarks' own measures (figures in the README come from these)."""
+"""Neighbour recall: the embedding-space check beside cosine fidelity."""
 
 import pytest
 import torch
 
-from benchmarks.common import neighbour_recall
+from compression.metrics import neighbour_recall
 
 pytestmark = pytest.mark.unit
 
