@@ -65,10 +65,7 @@ def observe_inputs(model: nn.Module, layer_names: list[str], batch: Batch, recor
             h.remove()
 
 
-def input_stats(model: nn.Module, layer_names: list[str], batch: Batch) -> dict[str, InputStats]:
-    """Mean and mean square of each named layer's input channels over ``batch``."""
-    sums: dict[str, list] = {}
-
+def _stats_recorder(sums: dict[str, list]):
     def record(name, layer, x, mask):
         rows = _channel_rows(layer, x, mask)
         acc = sums.setdefault(name, [0.0, 0.0, 0])
@@ -76,8 +73,42 @@ def input_stats(model: nn.Module, layer_names: list[str], batch: Batch) -> dict[
         acc[1] = acc[1] + rows.pow(2).sum(0)
         acc[2] += rows.shape[0]
 
-    observe_inputs(model, layer_names, batch, record)
+    return record
+
+
+def _gram_recorder(grams: dict[str, list]):
+    def record(name, layer, x, mask):
+        rows = conv_rows(layer, x) if isinstance(layer, nn.Conv2d) else flat_tokens(x, mask)
+        rows = rows.double()
+        acc = grams.setdefault(name, [0.0, 0])
+        acc[0] = acc[0] + rows.T @ rows
+        acc[1] += rows.shape[0]
+
+    return record
+
+
+def input_stats(model: nn.Module, layer_names: list[str], batch: Batch) -> dict[str, InputStats]:
+    """Mean and mean square of each named layer's input channels over ``batch``."""
+    sums: dict[str, list] = {}
+    observe_inputs(model, layer_names, batch, _stats_recorder(sums))
     return {n: InputStats(s / c, q / c) for n, (s, q, c) in sums.items()}
+
+
+def input_stats_and_grams(
+    model: nn.Module, layer_names: list[str], batch: Batch
+) -> tuple[dict[str, InputStats], dict[str, torch.Tensor]]:
+    """:func:`input_stats` and :func:`input_grams` from one forward (the lsq criterion)."""
+    sums: dict[str, list] = {}
+    grams: dict[str, list] = {}
+    stats_record, gram_record = _stats_recorder(sums), _gram_recorder(grams)
+
+    def record(name, layer, x, mask):
+        stats_record(name, layer, x, mask)
+        gram_record(name, layer, x, mask)
+
+    observe_inputs(model, layer_names, batch, record)
+    stats = {n: InputStats(s / c, q / c) for n, (s, q, c) in sums.items()}
+    return stats, {n: g / c for n, (g, c) in grams.items()}
 
 
 def _consumer_columns(weight: torch.Tensor, channels: int) -> torch.Tensor:
@@ -160,15 +191,7 @@ def granule_scores(unit: PruneUnit, scores: torch.Tensor) -> torch.Tensor:
 def input_grams(model: nn.Module, layer_names: list[str], batch: Batch) -> dict[str, torch.Tensor]:
     """Uncentred Gram matrix E[x x^T] of each named layer's input rows (unfolded for convs)."""
     grams: dict[str, list] = {}
-
-    def record(name, layer, x, mask):
-        rows = conv_rows(layer, x) if isinstance(layer, nn.Conv2d) else flat_tokens(x, mask)
-        rows = rows.double()
-        acc = grams.setdefault(name, [0.0, 0])
-        acc[0] = acc[0] + rows.T @ rows
-        acc[1] += rows.shape[0]
-
-    observe_inputs(model, layer_names, batch, record)
+    observe_inputs(model, layer_names, batch, _gram_recorder(grams))
     return {n: g / c for n, (g, c) in grams.items()}
 
 

@@ -253,9 +253,9 @@ def score_units(
 ) -> tuple[dict, dict]:
     """Input statistics of every consumer and the chosen criterion's channel scores."""
     consumers = [c for u in units for c in u.consumers]
-    stats = importance.input_stats(original, consumers, calibration)
     if criterion == "lsq":
-        grams = importance.input_grams(original, consumers, calibration)
+        stats, grams = importance.input_stats_and_grams(original, consumers, calibration)
         return stats, importance.lsq_scores(original, units, grams)
+    stats = importance.input_stats(original, consumers, calibration)
     work = copy.deepcopy(original)
     return stats, importance.channel_scores(work, example, units, criterion, calibration, stats)

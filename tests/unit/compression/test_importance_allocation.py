@@ -63,3 +63,19 @@ def test_global_allocation_never_empties_a_unit():
     removed = allocation.allocate(units, scores, 0.3, "global")
     assert 16 - len(removed["2"]) >= 2
     assert sum(len(v) for v in removed.values()) == pytest.approx(0.3 * 48, abs=1)
+
+
+def test_stats_and_grams_in_one_forward_equal_the_separate_passes():
+    model = tiny_resnet()
+    x = torch.randn(32, 3, 8, 8)
+    names = [c for u in graph.find_units(model, x[:2]) for c in u.consumers]
+    stats, grams = importance.input_stats_and_grams(model, names, x)
+    alone_stats, alone_grams = (
+        importance.input_stats(model, names, x),
+        importance.input_grams(model, names, x),
+    )
+    assert stats.keys() == alone_stats.keys() == grams.keys() == alone_grams.keys()
+    for n in names:
+        assert torch.equal(stats[n].mean, alone_stats[n].mean)
+        assert torch.equal(stats[n].sq_mean, alone_stats[n].sq_mean)
+        assert torch.equal(grams[n], alone_grams[n])
