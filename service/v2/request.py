@@ -1,75 +1,27 @@
-"""Open Inference Protocol v2 (KServe v2 / Triton HTTP) codec: pure functions, no web stack.
-
-The service's HTTP handlers call these to turn a request body into numpy arrays and a result
-back into a response body. Everything a client can get wrong raises :class:`V2Error` with an
-HTTP status (400, 404 or 413) and a message that says what was expected and what arrived; any
-other exception out of :func:`parse_infer_request` is a bug.
-
-Wire format (what ``tritonclient.http`` speaks):
-
-* JSON: ``{"id", "parameters", "inputs": [{"name", "datatype", "shape", "data"}], "outputs":
-  [{"name", "parameters": {"binary_data": bool}}]}``; ``data`` is a flat or nested list, BYTES
-  elements are strings.
-* Binary tensor data extension: the ``Inference-Header-Content-Length`` header gives the length
-  of the JSON header; the rest of the body is the inputs' raw bytes, concatenated in the order
-  of the inputs that carry ``parameters.binary_data_size``. Numbers are little-endian, row-major;
-  a BYTES element is a 4-byte little-endian length followed by its bytes.
-  ``tritonclient.http`` sends such a body with *no* Content-Type, so the codec never relies on
-  it. Responses use the same framing (header + ``binary_data_size`` per binary output).
-"""
+"""Open Inference Protocol v2 requests: a JSON or binary body into checked numpy arrays."""
 
 from __future__ import annotations
 
 import json
 import math
-import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from importlib import metadata as _metadata
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-__all__ = [
-    "DATATYPES",
-    "HEADER_LENGTH",
-    "InferRequest",
-    "ModelSignature",
-    "TensorSpec",
-    "V2Error",
-    "check_version",
-    "deserialize_bytes",
-    "encode_infer_response",
-    "error_body",
-    "model_not_found",
-    "parse_infer_request",
-    "serialize_bytes",
-    "server_metadata",
-]
+from service.v2.schema import (
+    HEADER_LENGTH,
+    NUMPY_DTYPES,
+    WIRE_DTYPES,
+    ModelSignature,
+    TensorSpec,
+    V2Error,
+    deserialize_bytes,
+    shape_str,
+)
 
-HEADER_LENGTH = "Inference-Header-Content-Length"
-
-_NUMPY: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(object),
-}
-#: The v2 datatypes this codec speaks (BF16 is left out: numpy has no native bfloat16).
-DATATYPES: tuple[str, ...] = tuple(_NUMPY)
-# Little-endian wire dtypes of the fixed-size types.
-_WIRE = {k: v.newbyteorder("<") for k, v in _NUMPY.items() if k not in ("BYTES", "BOOL")}
 _JSON_KINDS = {  # numpy kinds that np.array(json_list) may infer, per datatype family
     "BOOL": ("b", "booleans"),
     "INT": ("iu", "integers"),
@@ -83,7 +35,6 @@ _KIND_NAMES = {
     "U": "strings",
     "O": "mixed values or nulls",
 }
-_LEN = struct.Struct("<I")
 
 
 def _family(datatype: str) -> str:
@@ -92,200 +43,6 @@ def _family(datatype: str) -> str:
     if datatype.startswith(("INT", "UINT")):
         return "INT"
     return "FP"
-
-
-def _shape_str(shape: Any) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"
-
-
-# --------------------------------------------------------------------------------------------
-# Errors
-# --------------------------------------------------------------------------------------------
-
-
-class V2Error(Exception):
-    """A client error: ``status`` is the HTTP status, ``message`` says expected vs. received."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.message = message
-        self.status = status
-
-    def __repr__(self) -> str:
-        return f"V2Error({self.status}, {self.message!r})"
-
-
-def error_body(err: BaseException) -> dict[str, str]:
-    """The v2 error body, ``{"error": message}`` (what tritonclient shows as the message)."""
-    return {"error": err.message if isinstance(err, V2Error) else str(err)}
-
-
-def model_not_found(name: str, known: list[str] | tuple[str, ...] = ()) -> V2Error:
-    """The 404 for an unknown model name; ``known`` are the served model names."""
-    return V2Error(f"unknown model '{name}'; served models: {sorted(known)}", 404)
-
-
-def check_version(signature: ModelSignature, version: str | None) -> None:
-    """404 unless ``version`` (from ``/v2/models/{m}/versions/{v}/...``; None/"" = any) exists."""
-    if version in (None, "") or str(version) in signature.versions:
-        return
-    raise V2Error(
-        f"model '{signature.name}' has no version '{version}'; versions: {signature.versions}",
-        404,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Signatures and metadata
-# --------------------------------------------------------------------------------------------
-
-
-class TensorSpec(BaseModel):
-    """One input or output tensor: v2 datatype and shape (-1 = any size in that dimension)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str = Field(min_length=1)
-    datatype: str
-    shape: list[int]
-    optional: bool = False  # inputs only: a request may leave it out
-
-    @field_validator("datatype")
-    @classmethod
-    def _known_datatype(cls, v: str) -> str:
-        if v not in _NUMPY:
-            raise ValueError(f"datatype must be one of {list(DATATYPES)}, got {v!r}")
-        return v
-
-    @field_validator("shape")
-    @classmethod
-    def _valid_shape(cls, v: list[int]) -> list[int]:
-        if any(d < -1 for d in v):
-            raise ValueError(f"shape dimensions must be >= 0 or -1 (any), got {v}")
-        return v
-
-    def metadata(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
-
-    def describe(self) -> str:
-        return f"{self.name} ({self.datatype} {_shape_str(self.shape)})"
-
-
-class ModelSignature(BaseModel):
-    """What a model takes and returns; ``metadata()`` is the body of ``GET /v2/models/{name}``."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str = Field(min_length=1)
-    inputs: list[TensorSpec] = Field(min_length=1)
-    outputs: list[TensorSpec] = Field(min_length=1)
-    platform: str = "pytorch"
-    versions: list[str] = Field(default_factory=lambda: ["1"])
-
-    _inputs_by_name: dict[str, TensorSpec] = PrivateAttr(default_factory=dict)
-    _outputs_by_name: dict[str, TensorSpec] = PrivateAttr(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _unique_names(self) -> ModelSignature:
-        for kind in ("inputs", "outputs"):
-            names = [t.name for t in getattr(self, kind)]
-            dupes = sorted({n for n in names if names.count(n) > 1})
-            if dupes:
-                raise ValueError(f"duplicate {kind[:-1]} names: {dupes}")
-        return self
-
-    def model_post_init(self, __context: Any) -> None:
-        self._inputs_by_name = {t.name: t for t in self.inputs}
-        self._outputs_by_name = {t.name: t for t in self.outputs}
-
-    def input(self, name: str) -> TensorSpec | None:
-        return self._inputs_by_name.get(name)
-
-    def output(self, name: str) -> TensorSpec | None:
-        return self._outputs_by_name.get(name)
-
-    @property
-    def input_names(self) -> list[str]:
-        return [t.name for t in self.inputs]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [t.name for t in self.outputs]
-
-    def metadata(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "versions": list(self.versions),
-            "platform": self.platform,
-            "inputs": [t.metadata() for t in self.inputs],
-            "outputs": [t.metadata() for t in self.outputs],
-        }
-
-
-def server_metadata() -> dict[str, Any]:
-    """The body of ``GET /v2``."""
-    try:
-        version = _metadata.version("slimserve")
-    except _metadata.PackageNotFoundError:
-        version = "0"
-    return {"name": "slimserve", "version": version, "extensions": ["binary_tensor_data"]}
-
-
-# --------------------------------------------------------------------------------------------
-# BYTES element framing
-# --------------------------------------------------------------------------------------------
-
-
-def serialize_bytes(arr: np.ndarray) -> bytes:
-    """Row-major BYTES elements (bytes, or str as UTF-8), each as 4-byte LE length + bytes."""
-    parts: list[bytes] = []
-    for item in np.asarray(arr, dtype=object).ravel(order="C").tolist():
-        raw = item if isinstance(item, bytes) else str(item).encode("utf-8")
-        parts.append(_LEN.pack(len(raw)))
-        parts.append(raw)
-    return b"".join(parts)
-
-
-def deserialize_bytes(buf: bytes | memoryview, count: int | None = None, what: str = "BYTES"):
-    """Inverse of :func:`serialize_bytes`: a 1-D object array of ``bytes``.
-
-    With ``count``, the buffer must hold exactly that many elements. Malformed framing raises
-    :class:`V2Error` (400) naming ``what``.
-    """
-    view = memoryview(buf).cast("B")
-    total = len(view)
-    items: list[bytes] = []
-    offset = 0
-    while offset < total:
-        if count is not None and len(items) == count:
-            raise V2Error(
-                f"{what}: expected {count} BYTES elements, but {total - offset} bytes remain "
-                f"after element {count}"
-            )
-        if total - offset < 4:
-            raise V2Error(
-                f"{what}: BYTES element {len(items)} needs a 4-byte length prefix, "
-                f"only {total - offset} bytes remain"
-            )
-        (n,) = _LEN.unpack_from(view, offset)
-        offset += 4
-        if n > total - offset:
-            raise V2Error(
-                f"{what}: BYTES element {len(items)} declares {n} bytes, "
-                f"only {total - offset} bytes remain"
-            )
-        items.append(bytes(view[offset : offset + n]))
-        offset += n
-    if count is not None and len(items) != count:
-        raise V2Error(f"{what}: expected {count} BYTES elements, got {len(items)}")
-    out = np.empty(len(items), dtype=object)
-    out[:] = items
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Requests
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -381,14 +138,14 @@ def _check_shape(name: str, spec: TensorSpec, shape: Any) -> list[int]:
     ):
         raise V2Error(
             f"input '{name}': 'shape' must be a list of non-negative integers, expected "
-            f"{_shape_str(spec.shape)} (-1 = any), got {json.dumps(shape)[:80]}"
+            f"{shape_str(spec.shape)} (-1 = any), got {json.dumps(shape)[:80]}"
         )
     if len(shape) != len(spec.shape) or any(
         s != -1 and s != d for s, d in zip(spec.shape, shape, strict=False)
     ):
         raise V2Error(
-            f"input '{name}': expected shape {_shape_str(spec.shape)} (-1 = any), "
-            f"got {_shape_str(shape)}"
+            f"input '{name}': expected shape {shape_str(spec.shape)} (-1 = any), "
+            f"got {shape_str(shape)}"
         )
     return shape
 
@@ -439,7 +196,7 @@ def _json_tensor(name: str, spec: TensorSpec, data: Any, shape: list[int], count
         _flatten_strings(name, data, items)
         if len(items) != count:
             raise V2Error(
-                f"input '{name}': shape {_shape_str(shape)} needs {count} elements, "
+                f"input '{name}': shape {shape_str(shape)} needs {count} elements, "
                 f"data has {len(items)}"
             )
         arr = np.empty(count, dtype=object)
@@ -461,9 +218,9 @@ def _json_tensor(name: str, spec: TensorSpec, data: Any, shape: list[int], count
         raise V2Error(f"input '{name}' ({dt}): JSON data must be {wanted}, got {got}")
     if raw.size != count:
         raise V2Error(
-            f"input '{name}': shape {_shape_str(shape)} needs {count} elements, data has {raw.size}"
+            f"input '{name}': shape {shape_str(shape)} needs {count} elements, data has {raw.size}"
         )
-    target = _NUMPY[dt]
+    target = NUMPY_DTYPES[dt]
     if raw.size and _family(dt) == "INT":
         info = np.iinfo(target)
         lo, hi = int(raw.min()), int(raw.max())
@@ -479,17 +236,17 @@ def _binary_tensor(name: str, spec: TensorSpec, buf: memoryview, shape: list[int
     dt = spec.datatype
     if dt == "BYTES":
         return deserialize_bytes(buf, count, what=f"input '{name}'").reshape(shape)
-    itemsize = _NUMPY[dt].itemsize
+    itemsize = NUMPY_DTYPES[dt].itemsize
     need = count * itemsize
     if len(buf) != need:
         raise V2Error(
-            f"input '{name}': shape {_shape_str(shape)} of {dt} takes {need} bytes "
+            f"input '{name}': shape {shape_str(shape)} of {dt} takes {need} bytes "
             f"({count} x {itemsize}), binary_data_size is {len(buf)}"
         )
     if dt == "BOOL":
         arr = np.frombuffer(buf, dtype=np.uint8) != 0
     else:  # astype copies: a writable, aligned, native-endian array that owns its memory
-        arr = np.frombuffer(buf, dtype=_WIRE[dt]).astype(_NUMPY[dt])
+        arr = np.frombuffer(buf, dtype=WIRE_DTYPES[dt]).astype(NUMPY_DTYPES[dt])
     return arr.reshape(shape)
 
 
@@ -678,98 +435,3 @@ def parse_infer_request(
         requested_outputs=requested,
         parameters=parameters,
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Responses
-# --------------------------------------------------------------------------------------------
-
-
-def _as_datatype(name: str, arr: Any, datatype: str) -> np.ndarray:
-    if datatype == "BYTES":
-        return np.asarray(arr, dtype=object)
-    arr = np.asarray(arr)
-    target = _NUMPY[datatype]
-    return arr if arr.dtype == target else arr.astype(target)
-
-
-def _json_bytes(name: str, arr: np.ndarray) -> list[str]:
-    out = []
-    for item in arr.ravel(order="C").tolist():
-        if isinstance(item, bytes):
-            try:
-                item = item.decode("utf-8")
-            except UnicodeDecodeError:
-                raise V2Error(
-                    f"output '{name}' holds bytes that are not UTF-8 text; request it with "
-                    "binary_data=true"
-                ) from None
-        out.append(item if isinstance(item, str) else str(item))
-    return out
-
-
-def _wire_bytes(arr: np.ndarray, datatype: str) -> bytes:
-    if datatype == "BYTES":
-        return serialize_bytes(arr)
-    if datatype == "BOOL":
-        return arr.astype(np.uint8).tobytes(order="C")
-    return arr.astype(_WIRE[datatype], copy=False).tobytes(order="C")
-
-
-def encode_infer_response(
-    model_name: str,
-    model_version: str | int,
-    request_id: str | None,
-    outputs: dict[str, Any],
-    signature: ModelSignature,
-    binary: dict[str, bool] | None,
-) -> tuple[bytes, dict[str, str]]:
-    """Encode the response body and its headers.
-
-    The outputs sent are ``binary``'s keys, in order (``InferRequest.outputs_binary``), or all
-    of the signature's outputs as JSON when it is empty. Arrays are cast to the signature's
-    datatype. When any output is binary, the body is the JSON header followed by the binary
-    blobs and the headers carry ``Inference-Header-Content-Length`` (which ``tritonclient``
-    needs; it ignores Content-Type) and ``Content-Type: application/octet-stream``; otherwise
-    the body is JSON with ``Content-Type: application/json``.
-
-    A missing or undeclared output is a server bug (ValueError); an output requested as JSON
-    that holds non-UTF-8 bytes is a V2Error (400).
-    """
-    names = list(binary) if binary else signature.output_names
-    entries: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
-    for name in names:
-        spec = signature.output(name)
-        if spec is None:
-            raise ValueError(f"output '{name}' is not in model '{signature.name}'s signature")
-        if name not in outputs:
-            raise ValueError(f"the model returned no output '{name}'; it returned {list(outputs)}")
-        arr = _as_datatype(name, outputs[name], spec.datatype)
-        entry: dict[str, Any] = {
-            "name": name,
-            "datatype": spec.datatype,
-            "shape": [int(d) for d in arr.shape],
-        }
-        if binary and binary.get(name):
-            raw = _wire_bytes(arr, spec.datatype)
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            blobs.append(raw)
-        elif spec.datatype == "BYTES":
-            entry["data"] = _json_bytes(name, arr)
-        else:
-            entry["data"] = arr.ravel(order="C").tolist()
-        entries.append(entry)
-
-    response: dict[str, Any] = {"model_name": model_name, "model_version": str(model_version)}
-    if request_id is not None:
-        response["id"] = request_id
-    response["outputs"] = entries
-    header = json.dumps(response, separators=(",", ":")).encode("utf-8")
-    if blobs:
-        headers = {
-            "Content-Type": "application/octet-stream",
-            HEADER_LENGTH: str(len(header)),
-        }
-        return b"".join([header, *blobs]), headers
-    return header, {"Content-Type": "application/json"}
