@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from compression import compress, metrics
+from compression import metrics
 from compression.sources import resolve
 
 RESULTS = Path(__file__).parent / "results"
@@ -37,15 +37,7 @@ def run(models: list[str], profiles: list[str]) -> dict:
         bundle = resolve(name)
         for profile in profiles:
             start = time.perf_counter()
-            variant = compress(
-                bundle.factory(),
-                profile,
-                example_inputs=bundle.example_inputs,
-                calibration=bundle.calibration,
-                validation=bundle.validation,
-                metric=bundle.metric,
-                source=name,
-            )
+            variant = bundle.compress(profile)
             r = variant.report
             rows.append(
                 {

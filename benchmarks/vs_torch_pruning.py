@@ -209,16 +209,11 @@ def compare(name: str, args) -> dict:
 
 def compress_timings(name: str) -> dict:
     """``compress()`` with the default cpu profile, and where its time went."""
-    from compression import compress
     from compression.sources import resolve
 
     bundle = resolve(name)
     start = time.perf_counter()
-    v = compress(
-        bundle.factory(), "cpu", example_inputs=bundle.example_inputs,
-        calibration=bundle.calibration, validation=bundle.validation, metric=bundle.metric,
-        source=name,
-    )  # fmt: skip
+    v = bundle.compress("cpu")
     seconds = time.perf_counter() - start
     r = v.report
     timings = dict(r.timings)

@@ -53,6 +53,22 @@ class ModelBundle:
     def is_text(self) -> bool:
         return self.tokenizer is not None
 
+    def compress(self, profile, **kwargs):
+        """:func:`compression.compress` of a fresh copy with this bundle's data and metric.
+
+        ``kwargs`` go to ``compress`` and override the bundle's (e.g. ``calibration=``,
+        ``progress=``)."""
+        from compression.api import compress
+
+        options = {
+            "example_inputs": self.example_inputs,
+            "calibration": self.calibration,
+            "validation": self.validation,
+            "metric": self.metric,
+            "source": self.source,
+        }
+        return compress(self.factory(), profile, **{**options, **kwargs})
+
     def tokenize(
         self, sentences: list[str], max_length: int = MAX_TOKENS
     ) -> dict[str, torch.Tensor]:

@@ -49,7 +49,6 @@ def _load_data(bundle, calibration: str | None, validation: str | None) -> None:
 def cmd_compress(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from compression import compress
     from compression.sources import resolve
 
     bundle = resolve(args.model)
@@ -61,16 +60,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         bar.update(max(0, round(fraction * 100) - bar.n))
 
     try:
-        variant = compress(
-            bundle.factory(),
-            args.profile,
-            example_inputs=bundle.example_inputs,
-            calibration=bundle.calibration,
-            validation=bundle.validation,
-            metric=bundle.metric,
-            source=bundle.source,
-            progress=progress,
-        )
+        variant = bundle.compress(args.profile, progress=progress)
     finally:
         bar.close()
     out = variant.save(args.out)

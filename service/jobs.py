@@ -70,7 +70,6 @@ def _child(spec: dict, conn) -> None:
         import torch
 
         torch.set_num_threads(spec["threads"])
-        from compression import compress
         from compression.profiles import get_profile
         from compression.sources import resolve
         from service.livedata import load_live_calibration
@@ -83,16 +82,7 @@ def _child(spec: dict, conn) -> None:
             profile = profile.model_copy(update={"time_limit_s": spec["time_limit_s"]})
         if bundle.task != "embedding":  # neighbour recall is a check of embedding spaces
             profile = profile.model_copy(update={"min_neighbour_recall": None})
-        variant = compress(
-            bundle.factory(),
-            profile,
-            example_inputs=bundle.example_inputs,
-            calibration=bundle.calibration,
-            validation=bundle.validation,
-            metric=bundle.metric,
-            source=spec["source"],
-            progress=lambda f, m: conn.send(("progress", f, m)),
-        )
+        variant = bundle.compress(profile, progress=lambda f, m: conn.send(("progress", f, m)))
         variant.save(spec["out"])
         conn.send(("done", variant.report.to_dict()))
     except BaseException as err:  # report every failure to the parent, then exit

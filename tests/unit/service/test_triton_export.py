@@ -27,22 +27,14 @@ NARROW = {"ratios": [0.5], "allocation": "uniform", "latency_repeats": 3}
 
 
 def make_variant(source: str, out: Path, *, int8: bool = False, **update) -> Path:
-    from compression import PROFILES, compress
+    from compression import PROFILES
     from compression.sources import resolve
 
     bundle = resolve(source)
     profile = PROFILES["cpu"].model_copy(update={**NARROW, **update})
     calibration = bundle.calibration if not bundle.is_text else bundle.calibration[:2]
     validation = bundle.validation if not bundle.is_text else bundle.validation[:1]
-    variant = compress(
-        bundle.factory(),
-        profile,
-        example_inputs=bundle.example_inputs,
-        calibration=calibration,
-        validation=validation,
-        metric=bundle.metric,
-        source=bundle.source,
-    )
+    variant = bundle.compress(profile, calibration=calibration, validation=validation)
     variant.save(out)
     if int8:
         plan = json.loads((out / "plan.json").read_text())
