@@ -15,10 +15,17 @@ import httpx
 TOKEN = "test-admin-token"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
+def free_ports(n: int = 1) -> list[int]:
+    """``n`` distinct ports free right now (all bound at once, then released)."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
 
 
 class Server:
@@ -30,7 +37,7 @@ class Server:
         self.url = ""
 
     def start(self, timeout: float = 300) -> Server:
-        port = free_port()
+        (port,) = free_ports()
         self.url = f"http://127.0.0.1:{port}"
         env = dict(os.environ)
         env.update(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from .server import free_ports
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -90,18 +91,6 @@ def make_variant(
         plan["quantization"] = "int8-dynamic"
         (out / "plan.json").write_text(json.dumps(plan, indent=2, sort_keys=True))
     return out
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class TritonProcess:
