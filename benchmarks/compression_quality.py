@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from compression import metrics
-from compression.sources import resolve
+from service.models.sources import resolve
 
 RESULTS = Path(__file__).parent / "results"
 README = Path(__file__).parent.parent / "README.md"

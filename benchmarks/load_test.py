@@ -35,7 +35,7 @@ SENTENCE = "Structured pruning removes whole channels, so the smaller model is r
 
 
 def digit_batch(n: int) -> np.ndarray:
-    from compression.builtin.digits import digits_split
+    from service.models.digits import digits_split
 
     return np.ascontiguousarray(digits_split()[2][:n].numpy())
 
@@ -140,7 +140,7 @@ def overheads(rows: list[dict], in_process: dict[str, float]) -> list[dict]:
 
 def run(args) -> dict:
     from compression import load_variant
-    from compression.sources import resolve
+    from service.models.sources import resolve
 
     home = Path(args.home or tempfile.mkdtemp(prefix="slimserve-bench-"))
     env = {"SLIMSERVE_THREADS": str(args.threads)} if args.threads else {}

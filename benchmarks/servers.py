@@ -38,7 +38,7 @@ def free_ports(n: int = 1) -> list[int]:
 
 def share_builtin_cache(home: Path) -> None:
     """Let a fresh SLIMSERVE_HOME reuse the trained digits models (same cache key, no retrain)."""
-    from compression.builtin.digits import cache_dir
+    from service.models.digits import cache_dir
 
     shared = cache_dir()
     shared.mkdir(parents=True, exist_ok=True)

@@ -68,7 +68,7 @@ def setup(name: str) -> Setup:
     from compression import PROFILES, graph, rebuild, search
     from compression.inputs import concat, index, materialize
     from compression.metrics import outputs
-    from compression.sources import resolve
+    from service.models.sources import resolve
 
     bundle = resolve(name)
     profile = PROFILES["cpu"]
@@ -79,7 +79,7 @@ def setup(name: str) -> Setup:
     )
     validation = list(bundle.validation)
     if bundle.is_text:
-        from compression.builtin.text import sentence_split
+        from service.models.text import sentence_split
 
         sentences = sentence_split()[1]
         batch32, batch1 = bundle.tokenize(sentences[:32]), bundle.tokenize(sentences[:1])
@@ -209,7 +209,7 @@ def compare(name: str, args) -> dict:
 
 def compress_timings(name: str) -> dict:
     """``compress()`` with the default cpu profile, and where its time went."""
-    from compression.sources import resolve
+    from service.models.sources import resolve
 
     bundle = resolve(name)
     start = time.perf_counter()

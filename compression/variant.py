@@ -7,8 +7,10 @@ A variant directory holds::
     report.json           the CompressionReport (contract in shared/DESIGN.md)
     report.png            metric vs latency of every candidate the search tried
 
-Loading builds a fresh model (from ``model=`` or the recorded source), replays the plan, loads
-the weights after checking their checksum, and re-applies the precision step.
+Loading takes a freshly built original from the caller (the engine knows no model catalog; the
+service's catalog offers ``service.models.load(dir)``, which builds the model the plan names),
+replays the plan, loads the weights after checking their checksum, and re-applies the precision
+step.
 """
 
 from __future__ import annotations
@@ -71,8 +73,22 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def load_variant(directory: str | Path, model: nn.Module | None = None) -> CompressedModel:
-    """Load a saved variant; ``model`` is a fresh original, else the plan's source is built."""
+def read_plan(directory: str | Path) -> dict:
+    """The plan.json of a variant directory (what ``load_variant`` replays)."""
+    path = Path(directory) / "plan.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise VariantError(f"{directory} is not a variant: plan.json is missing") from None
+    except json.JSONDecodeError as err:
+        raise VariantError(f"{path} is corrupted: {err}") from None
+
+
+def load_variant(directory: str | Path, model: nn.Module) -> CompressedModel:
+    """Load a saved variant onto ``model``, a freshly built copy of the original.
+
+    >>> variant = load_variant("out/", model=build_original())  # doctest: +SKIP
+    """
     directory = Path(directory)
     try:
         plan = json.loads((directory / "plan.json").read_text())
@@ -92,12 +108,11 @@ def load_variant(directory: str | Path, model: nn.Module | None = None) -> Compr
             f"{weights}: checksum {actual[:12]}... does not match the plan's "
             f"{str(plan.get('weights_sha256'))[:12]}...; the file was changed or truncated"
         )
-    if model is None:
-        from compression.sources import resolve
-
-        if not plan.get("source"):
-            raise VariantError(f"{directory}: the plan records no source; pass model=")
-        model = resolve(plan["source"]).factory()
+    if not isinstance(model, nn.Module):
+        raise VariantError(
+            f"load_variant needs model=, a freshly built original (nn.Module), got "
+            f"{type(model).__name__}"
+        )
     state = load_file(weights)
     float_module = plan_mod.replay(model, plan["structure"], state).eval()
     module = precision.apply(float_module, plan["dtype"], plan["quantization"]).eval()

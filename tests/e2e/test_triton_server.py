@@ -180,15 +180,15 @@ def infer(client, model: str, x: np.ndarray) -> np.ndarray:
 
 
 def variant_outputs(variant_dir: Path, x: np.ndarray) -> np.ndarray:
-    from compression import load_variant
+    from service.models import load
 
     with torch.no_grad():
-        return load_variant(variant_dir).module(torch.from_numpy(x)).numpy()
+        return load(variant_dir).module(torch.from_numpy(x)).numpy()
 
 
 @pytest.fixture(scope="module")
 def digits_x() -> np.ndarray:
-    from compression.builtin.digits import digits_split
+    from service.models.digits import digits_split
 
     return digits_split()[2].numpy()
 
@@ -262,7 +262,8 @@ def test_triton_serves_a_variant_directory(tmp_path, digits_x):
 
 
 def test_triton_serves_minilm_sentence_embeddings(tmp_path, minilm_bundle):
-    from compression import PROFILES, compress, load_variant
+    from compression import PROFILES, compress
+    from service.models import load
 
     # In process, on two calibration batches: the CLI's full calibration set takes minutes here.
     profile = PROFILES["cpu"].model_copy(
@@ -289,7 +290,7 @@ def test_triton_serves_minilm_sentence_embeddings(tmp_path, minilm_bundle):
             ("input_ids", "INT64", [-1, -1]),
             ("attention_mask", "INT64", [-1, -1]),
         ]
-        module = load_variant(variant).module
+        module = load(variant).module
         sentences = ["Triton answers.", "A compressed sentence encoder, served on a GPU pool."]
         for batch in (sentences, sentences[:1]):
             enc = minilm_bundle.tokenize(batch)

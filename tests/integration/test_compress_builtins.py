@@ -6,8 +6,9 @@ import sys
 import pytest
 import torch
 
-from compression import compress, load_variant
+from compression import compress
 from compression.profiles import PROFILES
+from service.models import load
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +35,7 @@ def test_digits_cnn_cpu_three_times_fewer_macs_within_one_point(digits_cnn_bundl
 
     # Saved, then loaded from its recorded source alone: identical outputs.
     variant.save(tmp_path / "v")
-    again = load_variant(tmp_path / "v")
+    again = load(tmp_path / "v")
     with torch.inference_mode():
         assert torch.equal(again.module(x), variant.module(x))
 
@@ -83,9 +84,9 @@ def test_minilm_cpu_keeps_cosine_fidelity(minilm_bundle, tmp_path):
     script = f"""
 import sys, torch
 from safetensors.torch import load_file
-from compression import load_variant
+from service.models import load
 x = load_file({str(tmp_path / "x.safetensors")!r}); y = load_file({str(tmp_path / "y.safetensors")!r})['y']
-v = load_variant({str(tmp_path / "v")!r})
+v = load({str(tmp_path / "v")!r})
 with torch.inference_mode():
     out = v.module(**x).last_hidden_state
 sys.exit(0 if torch.equal(out, y) else 1)
@@ -96,7 +97,7 @@ sys.exit(0 if torch.equal(out, y) else 1)
 
 def test_neighbour_recall_floor_rejects_variants_that_fold_the_embedding_space():
     """Cosine fidelity alone can pass a variant whose nearest neighbours changed."""
-    from compression.sources import resolve
+    from service.models.sources import resolve
 
     b = resolve("digits-mlp")
     unlabelled = [(x, None) for x, _ in b.validation]  # fidelity only: the cosine metric

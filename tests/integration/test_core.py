@@ -6,9 +6,9 @@ import time
 import numpy as np
 import pytest
 
-from service.core import Core
-from service.registry import ORIGINAL
-from service.settings import Settings
+from service.serving.core import Core
+from service.serving.registry import ORIGINAL
+from service.serving.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -192,7 +192,7 @@ def test_bentofile_keys_and_service():
         "args",
     }
     assert set(data) <= top, f"unknown bentofile keys: {set(data) - top}"
-    assert data["service"] == "service.app:SlimServe"
+    assert data["service"] == "service.serving.app:SlimServe"
     python_keys = {
         "requirements_txt",
         "packages",
@@ -225,7 +225,7 @@ def test_bentofile_loads_in_bentoml():
     build_config = pytest.importorskip("bentoml._internal.bento.build_config")
     with BENTOFILE.open() as f:
         config = build_config.BentoBuildConfig.from_yaml(f)
-    assert config.service == "service.app:SlimServe"
+    assert config.service == "service.serving.app:SlimServe"
     assert config.name == "slimserve"
 
 
@@ -242,7 +242,7 @@ def test_bentofile_includes_the_packages():
         "compression/__init__.py",
         "compression/profiles/cpu.yaml",
         "service/__init__.py",
-        "service/app.py",
+        "service/serving/app.py",
     ):
         assert packed(path), f"{path} is not in the Bento"
     for path in ("tests/unit/test_x.py", "service/__pycache__/app.cpython-311.pyc", ".venv/x.py"):

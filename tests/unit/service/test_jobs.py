@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from service.jobs import Job, JobRunner
+from service.serving.jobs import Job, JobRunner
 
 
 def _runner(tmp_path, on_done) -> JobRunner:

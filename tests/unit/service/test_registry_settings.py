@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from service.registry import ORIGINAL, Registry
-from service.settings import Settings
+from service.serving.registry import ORIGINAL, Registry
+from service.serving.settings import Settings
 
 pytestmark = pytest.mark.unit
 
@@ -62,7 +62,7 @@ def test_settings_from_env_and_errors_name_the_variable():
 
 
 def test_bentoml_per_request_logging_and_tracing_are_opt_in():
-    from service.app import _bentoml_options
+    from service.serving.app import _bentoml_options
 
     default = _bentoml_options(Settings())
     assert default["logging"] == {"access": {"enabled": False}}
@@ -74,6 +74,6 @@ def test_bentoml_per_request_logging_and_tracing_are_opt_in():
 def test_available_cores_respects_affinity():
     import os
 
-    from service.core import available_cores
+    from service.serving.core import available_cores
 
     assert 1 <= available_cores() <= len(os.sched_getaffinity(0))

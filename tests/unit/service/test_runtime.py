@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from service.adapters import ImageAdapter
-from service.runtime import Active, Overloaded, Reservoir, Runtime
+from service.serving.adapters import ImageAdapter
+from service.serving.runtime import Active, Overloaded, Reservoir, Runtime
 
 pytestmark = pytest.mark.unit
 

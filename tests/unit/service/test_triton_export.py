@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.triton_export import (
+from service.export.triton import (
     ExportError,
     config_pbtxt,
     export_triton,
@@ -28,7 +28,7 @@ NARROW = {"ratios": [0.5], "allocation": "uniform", "latency_repeats": 3}
 
 def make_variant(source: str, out: Path, *, int8: bool = False, **update) -> Path:
     from compression import PROFILES
-    from compression.sources import resolve
+    from service.models.sources import resolve
 
     bundle = resolve(source)
     profile = PROFILES["cpu"].model_copy(update={**NARROW, **update})
@@ -55,16 +55,16 @@ def cnn(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def digits_test_images() -> torch.Tensor:
-    from compression.builtin.digits import digits_split
+    from service.models.digits import digits_split
 
     return digits_split()[2]
 
 
 def _variant_outputs(variant_dir: Path, *inputs: torch.Tensor) -> torch.Tensor:
-    from compression import load_variant
+    from service.models import load
 
     with torch.no_grad():
-        return load_variant(variant_dir).module(*inputs)
+        return load(variant_dir).module(*inputs)
 
 
 def _check_digits_config(model_dir: Path, name: str, max_batch_size: int) -> dict:
@@ -142,7 +142,7 @@ def test_bad_inputs_raise_export_error(mlp_int8, tmp_path):
 
 
 def test_cli_export(mlp_int8, tmp_path, capsys):
-    from service.cli import main
+    from service.cli.main import main
 
     code = main(
         [
@@ -175,7 +175,7 @@ def test_cli_export(mlp_int8, tmp_path, capsys):
 
 
 def test_config_pbtxt_parses_back():
-    from service.triton_export import TensorSpec, TritonModel
+    from service.export.triton import TensorSpec, TritonModel
 
     model = TritonModel(
         name="m",
@@ -211,9 +211,9 @@ def test_minilm_int8_exports_the_sentence_embedding(tmp_path, minilm_bundle):
     args = [a.name for a in scripted.forward.schema.arguments][1:]
     assert args == ["input_ids", "attention_mask"]
 
-    from compression import load_variant
+    from service.models import load
 
-    module = load_variant(variant).module
+    module = load(variant).module
     if plan["quantization"] == "int8-dynamic":
         assert "quantized::linear_dynamic" in str(scripted.inlined_graph)
     sentences = [

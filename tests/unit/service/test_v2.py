@@ -14,7 +14,7 @@ import pytest
 from tritonclient.http import InferInput, InferRequestedOutput, InferResult
 from tritonclient.http._utils import _get_inference_request
 
-from service.v2 import (
+from service.serving.v2 import (
     HEADER_LENGTH,
     InferRequest,
     ModelSignature,

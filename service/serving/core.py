@@ -1,6 +1,6 @@
 """The service core: models, variants, jobs and metrics wired together, with no web framework.
 
-The BentoML class in ``service/app.py`` only decodes, calls this, encodes and maps errors.
+The BentoML class in ``service/serving/app.py`` only decodes, calls this, encodes and maps errors.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ import numpy as np
 import torch
 
 from compression.errors import CompressionError, VariantError
-from compression.sources import ModelBundle, resolve
 from compression.variant import load_variant
-from service import metrics
-from service.adapters import adapter_for
-from service.jobs import Job, JobRunner
-from service.livedata import write_live_calibration
-from service.registry import ORIGINAL, Registry
-from service.runtime import Active, Overloaded, Reservoir, Runtime
-from service.settings import Settings
+from service.models.sources import ModelBundle, resolve
+from service.serving import metrics
+from service.serving.adapters import adapter_for
+from service.serving.jobs import Job, JobRunner
+from service.serving.livedata import write_live_calibration
+from service.serving.registry import ORIGINAL, Registry
+from service.serving.runtime import Active, Overloaded, Reservoir, Runtime
+from service.serving.settings import Settings
 
 log = logging.getLogger("slimserve")
 

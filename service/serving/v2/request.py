@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from service.v2.schema import (
+from service.serving.v2.schema import (
     HEADER_LENGTH,
     NUMPY_DTYPES,
     WIRE_DTYPES,

@@ -15,8 +15,8 @@ import torch
 
 from compression.inputs import main_output
 from compression.metrics import embed
-from compression.sources import ModelBundle
-from service.v2 import ModelSignature, TensorSpec, V2Error
+from service.models.sources import ModelBundle
+from service.serving.v2 import ModelSignature, TensorSpec, V2Error
 
 
 @dataclass

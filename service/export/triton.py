@@ -261,7 +261,7 @@ def export_triton(
     """
     from compression import load_variant
     from compression.errors import CompressionError
-    from compression.sources import resolve
+    from service.models import resolve
 
     variant_dir, repo_dir = Path(variant_dir), Path(repo_dir)
     if max_batch_size < 1:
@@ -276,11 +276,13 @@ def export_triton(
     if not _NAME_RE.match(name):
         raise ExportError(f"model name {name!r}: use letters, digits, '_', '-' and '.' only")
 
-    bundle = None
     try:
-        if plan.get("source"):
-            bundle = resolve(plan["source"])
-        variant = load_variant(variant_dir, model=bundle.factory() if bundle else None)
+        bundle = resolve(plan["source"]) if plan.get("source") else None
+        if bundle is None:
+            raise CompressionError(
+                f"{variant_dir}: the plan records no model source, so the model cannot be built"
+            )
+        variant = load_variant(variant_dir, model=bundle.factory())
     except CompressionError as err:
         raise ExportError(str(err)) from None
     module = variant.module.eval()

@@ -84,14 +84,14 @@ def _chunks(x: torch.Tensor, size: int) -> list[torch.Tensor]:
 
 
 def _digits_bundle(name: str) -> ModelBundle:
-    from compression.builtin.digits import digits_split, load_digits_model
+    from service.models.digits import digits_split, load_digits_model
 
     x_tr, _, x_te, y_te = digits_split()
     model = load_digits_model(name)  # trains and caches on first use
     state = {k: v.clone() for k, v in model.state_dict().items()}
 
     def factory() -> nn.Module:
-        from compression.builtin.digits import ARCHITECTURES
+        from service.models.digits import ARCHITECTURES
 
         fresh = ARCHITECTURES[name]()
         fresh.load_state_dict(state)
@@ -113,7 +113,7 @@ def _digits_bundle(name: str) -> ModelBundle:
 def _text_bundle(name: str, source: str, model_dir: Path) -> ModelBundle:
     from transformers import AutoModel, AutoTokenizer
 
-    from compression.builtin.text import sentence_split
+    from service.models.text import sentence_split
 
     if not (model_dir / "config.json").is_file():
         raise ModelSourceError(

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     home.mkdir(parents=True, exist_ok=True)
-    from service.settings import Settings
+    from service.serving.settings import Settings
 
     Settings.from_env()  # fail here, with the variable's name, rather than inside a worker
     cmd = [
@@ -43,13 +43,13 @@ def run(args: argparse.Namespace) -> int:
         "-m",
         "bentoml",
         "serve",
-        "service.app:SlimServe",
+        "service.serving.app:SlimServe",
         "--host",
         args.host,
         "--port",
         str(args.port),
         "--working-dir",
-        str(Path(__file__).resolve().parent.parent),
+        str(Path(__file__).resolve().parents[2]),
     ]
     if args.workers:
         env["SLIMSERVE_WORKERS"] = str(args.workers)

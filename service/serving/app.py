@@ -1,4 +1,4 @@
-"""The BentoML service: decode, delegate to :class:`service.core.Core`, encode, map errors.
+"""The BentoML service: decode, delegate to :class:`service.serving.core.Core`, encode, map errors.
 
 Routes (contract in shared/DESIGN.md): Open Inference Protocol v2 under ``/v2``, the admin API
 under ``/admin`` (bearer token), BentoML's own ``/predict``, ``/livez``, ``/readyz``, ``/metrics``.
@@ -19,10 +19,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from compression.errors import CompressionError, VariantError
-from service import v2
-from service.core import Core, UnknownModel
-from service.runtime import Overloaded
-from service.settings import Settings
+from service.serving import v2
+from service.serving.core import Core, UnknownModel
+from service.serving.runtime import Overloaded
+from service.serving.settings import Settings
 
 log = logging.getLogger("slimserve.http")
 _core: Core | None = None

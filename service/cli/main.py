@@ -13,7 +13,6 @@ Exit status: 0 accepted, 3 compressed but rejected (over budget), 2 bad input.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -22,15 +21,15 @@ EXIT_OK, EXIT_BAD_INPUT, EXIT_REJECTED = 0, 2, 3
 
 
 def _load_data(bundle, calibration: str | None, validation: str | None) -> None:
-    from compression.builtin.text import read_sentences
-    from compression.sources import load_array_batches, set_text_data
+    from service.models.sources import load_array_batches, set_text_data
+    from service.models.text import read_sentences
 
     if bundle.is_text:
         if calibration or validation:
             cal = read_sentences(calibration) if calibration else None
             val = read_sentences(validation) if validation else None
             if cal is None:
-                from compression.builtin.text import sentence_split
+                from service.models.text import sentence_split
 
                 cal = sentence_split()[0]
             set_text_data(bundle, cal, val)
@@ -49,7 +48,7 @@ def _load_data(bundle, calibration: str | None, validation: str | None) -> None:
 def cmd_compress(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from compression.sources import resolve
+    from service.models.sources import resolve
 
     bundle = resolve(args.model)
     _load_data(bundle, args.calibration, args.validation)
@@ -80,7 +79,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from compression.sources import BUILTINS
+    from service.models.sources import BUILTINS
 
     for name, text in BUILTINS.items():
         print(f"{name:12s} {text}")
@@ -119,14 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list model sources").set_defaults(func=cmd_models)
     sub.add_parser("profiles", help="list device profiles").set_defaults(func=cmd_profiles)
-    for name in ("serve_cli", "export_cli"):  # subcommands that live beside their subsystem
-        try:
-            module = importlib.import_module(f"service.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"service.{name}":
-                raise
-            continue
-        module.add_parser(sub)
+    from service.cli import export, serve
+
+    serve.add_parser(sub)
+    export.add_parser(sub)
     return parser
 
 

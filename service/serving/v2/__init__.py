@@ -21,9 +21,9 @@ Modules: :mod:`.schema` (datatypes, errors, model signatures, the BYTES wire for
 :mod:`.request` (parsing), :mod:`.response` (encoding); everything public is re-exported here.
 """
 
-from service.v2.request import InferRequest, parse_infer_request
-from service.v2.response import encode_infer_response
-from service.v2.schema import (
+from service.serving.v2.request import InferRequest, parse_infer_request
+from service.serving.v2.response import encode_infer_response
+from service.serving.v2.schema import (
     DATATYPES,
     HEADER_LENGTH,
     ModelSignature,

@@ -71,8 +71,8 @@ def _child(spec: dict, conn) -> None:
 
         torch.set_num_threads(spec["threads"])
         from compression.profiles import get_profile
-        from compression.sources import resolve
-        from service.livedata import load_live_calibration
+        from service.models.sources import resolve
+        from service.serving.livedata import load_live_calibration
 
         bundle = resolve(spec["source"])
         if spec.get("live_calibration"):

@@ -29,7 +29,7 @@ def load_live_calibration(bundle, path: Path) -> None:
     """Replace a bundle's calibration with the live sample; validation = fidelity on a holdout."""
     import torch
 
-    from compression.sources import set_text_data
+    from service.models.sources import set_text_data
 
     if path.suffix == ".txt":
         sentences = [s for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
