@@ -254,7 +254,7 @@ def markdown(result: dict, command: str) -> str:
         ),
         None,
     )
-    lines += ["", "Against the targets in DESIGN.md:", ""]
+    lines += ["", "Against the design targets:", ""]
     if overhead:
         lines.append(
             f"- HTTP overhead p50 (batched server, original): {overhead['overhead_ms']:.2f} ms "

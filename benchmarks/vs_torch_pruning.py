@@ -323,7 +323,7 @@ def markdown(result: dict, command: str, images: str) -> str:
             ],
         )  # fmt: skip
         lines.append("")
-    lines += ["Against the targets in DESIGN.md:", "", *target_lines(result)]
+    lines += ["Against the design targets:", "", *target_lines(result)]
     return "\n".join(lines) + "\n"
 
 

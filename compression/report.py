@@ -1,4 +1,4 @@
-"""The compression report: ``report.json`` (a contract, see shared/DESIGN.md) and ``report.png``."""
+"""The compression report: ``report.json`` (a contract other tools read: keep its keys) and ``report.png``."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ A variant directory holds::
 
     weights.safetensors   float weights of the pruned model (before int8 quantization)
     plan.json             source, structure diff, precision, and the weights' sha256
-    report.json           the CompressionReport (contract in shared/DESIGN.md)
+    report.json           the CompressionReport (a contract other tools read: keep its keys)
     report.png            metric vs latency of every candidate the search tried
 
 Loading takes a freshly built original from the caller (the engine knows no model catalog; the

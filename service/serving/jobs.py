@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from service.serving.errors import UnknownJob
+
 log = logging.getLogger("slimserve.jobs")
 STATES = ("queued", "running", "succeeded", "rejected", "failed", "cancelled")
 
@@ -105,7 +107,19 @@ class JobRunner:
         self._queue: queue.Queue = queue.Queue()
         self._specs: dict[str, dict] = {}
         self._lock = threading.Lock()
-        threading.Thread(target=self._loop, name="jobs", daemon=True).start()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start running queued jobs (a daemon thread; jobs submitted before wait for it)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="jobs", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Cancel every job still queued or running (their processes end)."""
+        for job in list(self.jobs.values()):
+            if job.state in ("queued", "running"):
+                self.cancel(job.id)
 
     def submit(
         self,
@@ -133,13 +147,20 @@ class JobRunner:
         return job
 
     def cancel(self, job_id: str) -> Job:
-        job = self.jobs[job_id]
+        job = self.get(job_id)
         with self._lock:  # against _loop taking the job at the same moment
             job._cancel.set()
             queued = job.state == "queued"
         if queued:
             self._finish(job, "cancelled", None)
         return job
+
+    def get(self, job_id: str) -> Job:
+        """The job ``job_id``, or :class:`UnknownJob` (404)."""
+        try:
+            return self.jobs[job_id]
+        except KeyError:
+            raise UnknownJob(f"unknown job {job_id!r}: GET /admin/jobs lists the jobs") from None
 
     def list(self) -> list[Job]:
         return sorted(self.jobs.values(), key=lambda j: j.created, reverse=True)

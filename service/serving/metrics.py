@@ -1,4 +1,4 @@
-"""Every Prometheus series SlimServe exports, in one place (the contract in shared/DESIGN.md).
+"""Every Prometheus series SlimServe exports, in one place (dashboards and alerts read them).
 
 BentoML serves ``prometheus_client``'s multiprocess registry on ``/metrics``; series are created
 lazily, on first use inside a worker, after BentoML has set ``PROMETHEUS_MULTIPROC_DIR``. Labels
@@ -98,6 +98,14 @@ def record_variant(model: str, variant: str, profile: str, report: dict | None) 
     s.speedup.labels(model, variant).set(report.get("speedup", 1.0))
     s.params.labels(model, variant).set(report["params_after"])
     s.macs.labels(model, variant).set(report["macs_after"])
+
+
+def record_size(model: str, variant: str, params: int, macs: int | None) -> None:
+    """Publish a model's size, e.g. the original's as soon as it serves."""
+    s = series()
+    s.params.labels(model, variant).set(params)
+    if macs is not None:
+        s.macs.labels(model, variant).set(macs)
 
 
 def record_swap(model: str, old: tuple[str, str] | None, new: tuple[str, str], reason: str) -> None:

@@ -17,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 
+from service.serving.errors import UnknownVariant
+
 ORIGINAL = "original"
 
 
@@ -76,7 +78,10 @@ class Registry:
         try:
             return Path(bentoml.models.get(f"{_store_name(model)}:{vid}").path)
         except bentoml.exceptions.NotFound:
-            raise KeyError(f"model {model!r} has no variant {vid!r}") from None
+            raise UnknownVariant(
+                f"model {model!r} has no variant {vid!r}; GET /admin/models/{model}/variants "
+                "lists them"
+            ) from None
 
     def report(self, model: str, vid: str) -> dict | None:
         if vid == ORIGINAL:
@@ -135,6 +140,11 @@ class Registry:
             tmp.write_text(json.dumps({"variant": vid, "history": history, "time": time.time()}))
             os.replace(tmp, self._pointer(model))
             return previous
+
+    def previous(self, model: str) -> str | None:
+        """The variant a rollback would return to (the top of the stack), or None."""
+        history = self.pointer(model).get("history", [])
+        return history[-1] if history else None
 
     def pop_previous(self, model: str) -> str | None:
         """The variant active before the last swap (removed from the stack), or None."""

@@ -25,11 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from service.serving.errors import Overloaded
+
 log = logging.getLogger("slimserve.runtime")
-
-
-class Overloaded(Exception):
-    """The model's request queue is full (HTTP 503)."""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,20 @@ def _settings(home, **kw) -> Settings:
     return Settings(home=home, models=["digits-mlp"], profile="cpu", **kw)
 
 
+@pytest.fixture
+def started():
+    """Start cores; close each at the end (jobs cancelled, threads and gc settings restored)."""
+    cores: list[Core] = []
+
+    def start(settings: Settings) -> Core:
+        cores.append(Core(settings).start())
+        return cores[-1]
+
+    yield start
+    for core in cores:
+        core.close()
+
+
 def _wait(core: Core, job_id: str, timeout: float = 600) -> dict:
     # Longer than the runner's own limit (time_limit_s * 1.2 + 60 s): the job ends first.
     deadline = time.monotonic() + timeout
@@ -33,14 +47,14 @@ def _requests(core: Core, n: int) -> None:
 
     async def send():
         for _ in range(n):
-            await core.infer("digits-mlp", rng.random((1, 1, 8, 8), dtype=np.float32))
+            await core.plane.infer("digits-mlp", rng.random((1, 1, 8, 8), dtype=np.float32))
         await core.runtime.close()
 
     asyncio.run(send())
 
 
-def test_live_traffic_calibration_compresses_by_fidelity(tmp_path):
-    core = Core(_settings(tmp_path, calibration="live", live_min_samples=32, reservoir_size=64))
+def test_live_traffic_calibration_compresses_by_fidelity(tmp_path, started):
+    core = started(_settings(tmp_path, calibration="live", live_min_samples=32, reservoir_size=64))
     assert core.runtime.models["digits-mlp"].reservoir is not None
     assert core.jobs.list() == []  # waits for traffic
     _requests(core, 80)
@@ -56,15 +70,15 @@ def test_live_traffic_calibration_compresses_by_fidelity(tmp_path):
     assert len(core.runtime.models["digits-mlp"].reservoir.items) == 64
 
 
-def test_light_models_get_one_torch_thread_whatever_the_budget(tmp_path):
+def test_light_models_get_one_torch_thread_whatever_the_budget(tmp_path, started):
     # digits-mlp's forward costs a few microseconds per sample: HTTP dominates, one thread.
-    core = Core(_settings(tmp_path, auto_compress=False, threads=3))
-    assert core.thread_budget == 3 and core.served("digits-mlp").threads == 1
+    core = started(_settings(tmp_path, auto_compress=False, threads=3))
+    assert core.thread_budget == 3 and core.plane.served("digits-mlp").threads == 1
 
 
-def test_cancelled_job_leaves_the_original_serving(tmp_path):
-    core = Core(_settings(tmp_path, auto_compress=False))
-    job = core.compress("digits-mlp")
+def test_cancelled_job_leaves_the_original_serving(tmp_path, started):
+    core = started(_settings(tmp_path, auto_compress=False))
+    job = core.variants.compress("digits-mlp")
     time.sleep(1.0)
     core.jobs.cancel(job.id)
     detail = _wait(core, job.id)
@@ -73,23 +87,23 @@ def test_cancelled_job_leaves_the_original_serving(tmp_path):
     assert core.registry.active("digits-mlp") == ORIGINAL
 
 
-def test_tampered_variant_is_refused_at_restart(tmp_path):
-    core = Core(_settings(tmp_path, auto_compress=False))
-    detail = _wait(core, core.compress("digits-mlp").id)
+def test_tampered_variant_is_refused_at_restart(tmp_path, started):
+    core = started(_settings(tmp_path, auto_compress=False))
+    detail = _wait(core, core.variants.compress("digits-mlp").id)
     assert detail["state"] == "succeeded", detail
     vid = detail["variant"]
     assert core.runtime.models["digits-mlp"].active.variant == vid
     # Rollback and re-activation swap resident modules: nothing is reloaded.
-    module = core.served("digits-mlp").active.module
-    assert core.rollback("digits-mlp")["active_variant"] == ORIGINAL
-    core.activate("digits-mlp", vid)
-    assert core.served("digits-mlp").active.module is module
+    module = core.plane.served("digits-mlp").active.module
+    assert core.variants.rollback("digits-mlp")["active_variant"] == ORIGINAL
+    core.variants.activate("digits-mlp", vid)
+    assert core.plane.served("digits-mlp").active.module is module
     weights = core.registry.variant_path("digits-mlp", vid) / "weights.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    restarted = Core(_settings(tmp_path, auto_compress=False))
+    restarted = started(_settings(tmp_path, auto_compress=False))
     assert restarted.runtime.models["digits-mlp"].active.variant == ORIGINAL
     with pytest.raises(Exception, match="checksum"):
-        restarted.activate("digits-mlp", vid)
+        restarted.variants.activate("digits-mlp", vid)
     assert restarted.runtime.models["digits-mlp"].active.variant == ORIGINAL

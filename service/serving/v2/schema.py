@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from service.serving.errors import ServiceError
+
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 NUMPY_DTYPES: dict[str, np.dtype] = {
@@ -44,13 +46,11 @@ def shape_str(shape: Any) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-class V2Error(Exception):
+class V2Error(ServiceError):
     """A client error: ``status`` is the HTTP status, ``message`` says expected vs. received."""
 
     def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.message = message
-        self.status = status
+        super().__init__(message, status)
 
     def __repr__(self) -> str:
         return f"V2Error({self.status}, {self.message!r})"

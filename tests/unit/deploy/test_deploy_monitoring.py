@@ -1,5 +1,5 @@
 """Prometheus config, alert rules and the Grafana dashboard use only the metrics the service
-exports (DESIGN.md's metrics contract), with their labels; promtool checks and unit-tests the
+exports (the metrics contract in README.md), with their labels; promtool checks and unit-tests the
 rules where it is installed (deploy/install-tools.sh)."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ ALERTS = PROM / "alerts.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "slimserve-dashboard.json"
 PROMTOOL_CASES = Path(__file__).with_name("promtool_alert_cases.yml")
 
-# The metrics contract (DESIGN.md) plus the in-flight and accuracy-budget gauges: name -> labels.
+# The metrics contract (README.md) plus the in-flight and accuracy-budget gauges: name -> labels.
 GAUGES = {
     "slimserve_model_accuracy": {"model", "variant", "metric"},
     "slimserve_model_speedup": {"model", "variant"},

@@ -39,6 +39,16 @@ def test_a_failure_while_finishing_marks_the_job_failed(tmp_path):
     assert job.error == "ValueError: checksum mismatch for weights.safetensors"
 
 
+def test_a_runner_starts_no_thread_until_started(tmp_path):
+    import threading
+
+    before = {t.name for t in threading.enumerate()}
+    runner = _runner(tmp_path, lambda job, out: None)
+    assert {t.name for t in threading.enumerate()} == before
+    runner.start()
+    assert "jobs" in {t.name for t in threading.enumerate()}
+
+
 def test_a_job_cancelled_while_queued_never_starts(tmp_path):
     finished = []
     runner = _runner(tmp_path, lambda job, out: finished.append(job.state))
@@ -46,6 +56,7 @@ def test_a_job_cancelled_while_queued_never_starts(tmp_path):
     runner.jobs[job.id], runner._specs[job.id] = job, {"out": str(tmp_path / "out")}
     runner.cancel(job.id)  # cancelled before the runner's loop sees it
     runner._queue.put(job.id)
+    runner.start()
     deadline = time.monotonic() + 10
     while job.id in runner._specs and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from service.serving.errors import UnknownVariant
 from service.serving.registry import ORIGINAL, Registry
 from service.serving.settings import Settings
 
@@ -46,7 +47,7 @@ def test_variants_live_in_the_bentoml_model_store(tmp_path):
     assert rows[1]["accepted"] is False and rows[1]["profile"] == "edge"
     assert rows[1]["report"]["speedup"] == 1.2
     assert (reg.variant_path("tiny", vid) / "weights.safetensors").read_bytes() == b"w"
-    with pytest.raises(KeyError, match="has no variant 'nope'"):
+    with pytest.raises(UnknownVariant, match="has no variant 'nope'"):
         reg.variant_path("tiny", "nope")
 
 
