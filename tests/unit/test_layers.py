@@ -33,7 +33,9 @@ def _lint(root: Path) -> subprocess.CompletedProcess:
 def tree(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tree")
     for package in ("compression", "service"):
-        shutil.copytree(ROOT / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            ROOT / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
     shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
     return root
 
