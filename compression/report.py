@@ -53,6 +53,10 @@ class CompressionReport:
     neighbour_recall: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
     candidates: list[Candidate] = field(default_factory=list)
+    # Labelled tasks: {"before": {...}, "after": {...}} of accuracy, macro_f1, precision, recall.
+    task_metrics: dict | None = None
+    # Task pruning (compression.task): class names and how the head was trained.
+    task: dict | None = None
 
     @property
     def macs_reduction(self) -> float:
