@@ -2,11 +2,15 @@
 
     slimserve compress --model NAME|hf:DIR|py:module:factory --profile P --out DIR
                        [--calibration FILE] [--validation FILE]
+                       [--task classify --train FILE|python-topics|digits-parity]
     slimserve models | profiles
-    slimserve serve ...              (see the service issue)
+    slimserve serve | export ...
 
 Text models (``minilm``, ``hf:``) read calibration/validation as plain text, one sentence per
-line; other models read ``.npy`` (inputs) or ``.npz`` (arrays ``x`` and ``y``).
+line; other models read ``.npy`` (inputs) or ``.npz`` (arrays ``x`` and ``y``). With ``--task
+classify`` the files are labelled (``label<TAB>sentence`` lines or a CSV with label and text
+columns; ``.npz`` with ``x`` and ``y``), a head is trained on the model, the task model is
+compressed against the labels, and ``--out`` becomes a directory ``serve --model task:DIR`` serves.
 Exit status: 0 accepted, 3 compressed but rejected (over budget), 2 bad input.
 """
 
@@ -45,24 +49,63 @@ def _load_data(bundle, calibration: str | None, validation: str | None) -> None:
         raise DataError(f"{bundle.source} has no built-in data: pass --calibration FILE.npy")
 
 
-def cmd_compress(args: argparse.Namespace) -> int:
+def _progress_bar(name: str):
     from tqdm import tqdm
 
-    from service.models.sources import resolve
-
-    bundle = resolve(args.model)
-    _load_data(bundle, args.calibration, args.validation)
-    bar = tqdm(total=100, desc=f"compress {bundle.name}", unit="%", file=sys.stderr)
+    bar = tqdm(total=100, desc=f"compress {name}", unit="%", file=sys.stderr)
 
     def progress(fraction: float, message: str) -> None:
         bar.set_postfix_str(message)
         bar.update(max(0, round(fraction * 100) - bar.n))
 
+    return bar, progress
+
+
+def _compress_task(args: argparse.Namespace, bundle):
+    """``--task classify``: train a head, compress the task model, write a task directory."""
+    from compression.errors import DataError
+    from compression.task import compress_task, fit_head
+    from service.models.tasks import make_task, write_task_dir
+
+    if args.task != "classify":
+        raise DataError(f"--task {args.task!r}: expected 'classify'")
+    if not args.train:
+        raise DataError("--task classify needs --train FILE (labelled) or a built-in task")
+    task, validation, train_ex, val_ex = make_task(
+        bundle, args.train, args.validation, head=args.head, finetune_seconds=args.finetune_s
+    )
+    task_model, _ = fit_head(bundle.factory(), task)
+    bar, progress = _progress_bar(f"{bundle.name} for the task")
     try:
-        variant = bundle.compress(args.profile, progress=progress)
+        variant = compress_task(
+            task_model,
+            args.profile,
+            task,
+            validation=validation,
+            source=bundle.source,
+            progress=progress,
+        )
     finally:
         bar.close()
     out = variant.save(args.out)
+    write_task_dir(out, bundle, task_model, task.labels, train_ex, val_ex, name=args.name)
+    return variant, out
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from service.models.sources import resolve
+
+    bundle = resolve(args.model)
+    if args.task:
+        variant, out = _compress_task(args, bundle)
+    else:
+        _load_data(bundle, args.calibration, args.validation)
+        bar, progress = _progress_bar(bundle.name)
+        try:
+            variant = bundle.compress(args.profile, progress=progress)
+        finally:
+            bar.close()
+        out = variant.save(args.out)
     r = variant.report
     summary = {
         "out": str(out),
@@ -74,6 +117,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         r.metric: {"before": r.metric_before, "after": r.metric_after},
         "seconds": r.seconds,
     }
+    if r.task_metrics:
+        summary["task"] = r.task_metrics
     print(json.dumps(summary, indent=2))
     return EXIT_OK if r.accepted else EXIT_REJECTED
 
@@ -84,6 +129,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     for name, text in BUILTINS.items():
         print(f"{name:12s} {text}")
     print("hf:DIR       a Hugging Face model directory (BERT family)")
+    print("task:DIR     a task model written by `slimserve compress --task classify`")
     print("py:MOD:FN    a factory function returning an nn.Module (give --calibration)")
     return EXIT_OK
 
@@ -113,7 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="cpu", help="gpu, cpu, edge or a YAML file")
     p.add_argument("--out", required=True, type=Path, help="directory for the variant")
     p.add_argument("--calibration", help="calibration data file")
-    p.add_argument("--validation", help="validation data file")
+    p.add_argument("--validation", help="validation data file (labelled with --task)")
+    p.add_argument("--task", help="classify: prune for a labelled task (needs --train)")
+    p.add_argument(
+        "--train", help="labelled training data: FILE, python-topics or digits-parity (--task)"
+    )
+    p.add_argument("--head", default="linear", help="task head: linear or mlp (--task)")
+    p.add_argument(
+        "--finetune-s", type=float, default=0.0, help="fine-tune the pruned model this long"
+    )
+    p.add_argument("--name", help="served name of the task model (default <model>-task)")
     p.set_defaults(func=cmd_compress)
 
     sub.add_parser("models", help="list model sources").set_defaults(func=cmd_models)

@@ -30,4 +30,10 @@ def load(directory: str | Path) -> CompressedModel:
             f"{directory}: the plan records no model source; load it with "
             "compression.load_variant(directory, model=<a fresh original>)"
         )
-    return load_variant(directory, model=resolve(source).factory())
+    model = resolve(source).factory()
+    task = read_plan(directory).get("task")
+    if task is not None:  # a task model: the source is its encoder; the head is in the weights
+        from compression.task import rebuild_task_model
+
+        model = rebuild_task_model(model, task)
+    return load_variant(directory, model=model)

@@ -196,9 +196,13 @@ def resolve(source: str) -> ModelBundle:
         return _text_bundle(path.name or "hf-model", source, path)
     if source.startswith("py:"):
         return _python_bundle(source)
+    if source.startswith("task:"):
+        from service.models.tasks import task_bundle
+
+        return task_bundle(source)
     raise ModelSourceError(
-        f"unknown model {source!r}: expected a built-in ({', '.join(BUILTINS)}), hf:DIR or "
-        "py:module:factory"
+        f"unknown model {source!r}: expected a built-in ({', '.join(BUILTINS)}), hf:DIR, "
+        "py:module:factory or task:DIR"
     )
 
 

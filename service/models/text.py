@@ -12,21 +12,25 @@ from functools import lru_cache
 _MIN_CHARS, _MAX_CHARS = 25, 300
 
 
-@lru_cache(maxsize=1)
-def stdlib_sentences() -> tuple[str, ...]:
-    """Distinct prose sentences from Python's help topics, in a fixed shuffled order."""
-    import pydoc_data.topics as topics
-
-    text = "\n".join(topics.topics.values())
-    sentences = set()
+def prose_sentences(text: str) -> list[str]:
+    """Prose sentences of help text: code samples and indented grammar left out."""
+    sentences = []
     for paragraph in re.split(r"\n\s*\n", text):
         if paragraph.startswith((" ", "\t", ">>>")):  # code samples and indented grammar
             continue
         flat = " ".join(paragraph.split())
         for s in re.split(r"(?<=[.!?])\s+(?=[A-Z])", flat):
             if _MIN_CHARS <= len(s) <= _MAX_CHARS and s[0].isupper() and s[-1] in ".!?":
-                sentences.add(s)
-    ordered = sorted(sentences)
+                sentences.append(s)
+    return sentences
+
+
+@lru_cache(maxsize=1)
+def stdlib_sentences() -> tuple[str, ...]:
+    """Distinct prose sentences from Python's help topics, in a fixed shuffled order."""
+    import pydoc_data.topics as topics
+
+    ordered = sorted(set(prose_sentences("\n".join(topics.topics.values()))))
     random.Random(0).shuffle(ordered)
     return tuple(ordered)
 

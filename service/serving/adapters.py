@@ -27,6 +27,7 @@ class ImageAdapter:
     classes: int = 10
     input_name: str = "INPUT"
     output_name: str = "SCORES"
+    labels: list[str] | None = None  # class names of a task model (metadata, /predict)
 
     @property
     def signature(self) -> ModelSignature:
@@ -34,6 +35,7 @@ class ImageAdapter:
             name=self.name,
             inputs=[TensorSpec(name=self.input_name, datatype="FP32", shape=[-1, 1, 8, 8])],
             outputs=[TensorSpec(name=self.output_name, datatype="FP32", shape=[-1, self.classes])],
+            parameters={"labels": list(self.labels)} if self.labels else None,
         )
 
     def sample_rows(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -70,13 +72,18 @@ class ImageAdapter:
 
 @dataclass
 class TextAdapter:
-    """Sentence encoder (BERT family): sentences in, normalised mean-pooled embeddings out."""
+    """Sentence encoder (BERT family): sentences in, normalised mean-pooled embeddings out.
+
+    With ``labels`` (a task model: encoder + classification head) the output is ``SCORES``,
+    one score per class, and the class names are in the model's metadata.
+    """
 
     name: str
     bundle: ModelBundle
     dim: int
     input_name: str = "TEXT"
     output_name: str = "EMBEDDING"
+    labels: list[str] | None = None
 
     @property
     def signature(self) -> ModelSignature:
@@ -84,6 +91,7 @@ class TextAdapter:
             name=self.name,
             inputs=[TensorSpec(name=self.input_name, datatype="BYTES", shape=[-1])],
             outputs=[TensorSpec(name=self.output_name, datatype="FP32", shape=[-1, self.dim])],
+            parameters={"labels": list(self.labels)} if self.labels else None,
         )
 
     def sample_rows(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -115,13 +123,20 @@ class TextAdapter:
         return module(**batch)
 
     def outputs(self, out: Any, batch: dict) -> np.ndarray:
+        if self.labels:
+            return main_output(out).float().numpy()
         pooled = embed(main_output(out), batch)
         return torch.nn.functional.normalize(pooled, dim=-1).numpy()
 
 
 def adapter_for(bundle: ModelBundle, module: torch.nn.Module):
     """The adapter of a bundle: text models by tokenizer, classifiers by their input shape."""
+    labels = bundle.extra.get("labels")
     if bundle.is_text:
+        if labels:
+            return TextAdapter(
+                bundle.name, bundle, len(labels), output_name="SCORES", labels=labels
+            )
         return TextAdapter(bundle.name, bundle, int(module.config.hidden_size))
     shape = bundle.extra.get("input_shape")
     if shape != [1, 8, 8]:
@@ -129,4 +144,6 @@ def adapter_for(bundle: ModelBundle, module: torch.nn.Module):
             f"{bundle.source}: the service serves 8x8 image classifiers and BERT-family text "
             f"encoders; this model's input shape {shape} has no adapter yet"
         )
-    return ImageAdapter(bundle.name, bundle.extra.get("classes", 10))
+    return ImageAdapter(
+        bundle.name, len(labels) if labels else bundle.extra.get("classes", 10), labels=labels
+    )

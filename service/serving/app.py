@@ -104,4 +104,8 @@ class SlimServe:
             if err.status < 500:
                 plane.count_client_error(model)
             raise _bentoml_error(err) from None
-        return {"model": model, "variant": active.variant, "outputs": np.asarray(out).tolist()}
+        answer = {"model": model, "variant": active.variant, "outputs": np.asarray(out).tolist()}
+        labels = getattr(served.adapter, "labels", None)
+        if labels:  # a task model: the class names of the best scores
+            answer["labels"] = [labels[i] for i in np.asarray(out).argmax(1).tolist()]
+        return answer

@@ -110,6 +110,8 @@ class Core:
         reservoir = Reservoir(self.settings.reservoir_size) if live else None
         self.plane.add_model(bundle, reservoir)
         self.variants.restore(bundle.name)
+        if bundle.extra.get("variant_dir"):  # a task directory ships its compressed variant
+            self.variants.adopt(bundle.name, bundle.extra["variant_dir"])
 
     def _become_leader(self) -> bool:
         """One worker per home runs the background jobs (a lock held for the process's life)."""

@@ -8,6 +8,7 @@ takes their results. Nothing here imports a web framework.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections import OrderedDict
@@ -64,6 +65,19 @@ class VariantManager:
                 "model %s: active variant %s refused (%s); serving the original", name, wanted, err
             )
             metrics.series().refused.labels(name).inc()
+
+    def adopt(self, name: str, directory: str) -> str | None:
+        """Store a variant shipped with the model (a task directory) once; serve it if accepted.
+
+        Returns its id, or None when the model already has stored variants (a restart).
+        """
+        if any(v["id"] != ORIGINAL for v in self.registry.variants(name)):
+            return None
+        report = json.loads((Path(directory) / "report.json").read_text())
+        vid = self.registry.add_variant(name, Path(directory), report["profile"])
+        if report.get("accepted"):
+            self.activate(name, vid, reason="shipped")
+        return vid
 
     def start(self) -> None:
         """Follow the pointers other workers write (a daemon thread until :meth:`close`)."""

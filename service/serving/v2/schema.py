@@ -122,6 +122,8 @@ class ModelSignature(BaseModel):
     outputs: list[TensorSpec] = Field(min_length=1)
     platform: str = "pytorch"
     versions: list[str] = Field(default_factory=lambda: ["1"])
+    # Extra model metadata, e.g. {"labels": [...]} for a classifier's class names.
+    parameters: dict[str, Any] | None = None
 
     _inputs_by_name: dict[str, TensorSpec] = PrivateAttr(default_factory=dict)
     _outputs_by_name: dict[str, TensorSpec] = PrivateAttr(default_factory=dict)
@@ -160,6 +162,7 @@ class ModelSignature(BaseModel):
             "platform": self.platform,
             "inputs": [t.metadata() for t in self.inputs],
             "outputs": [t.metadata() for t in self.outputs],
+            **({"parameters": dict(self.parameters)} if self.parameters else {}),
         }
 
 
