@@ -65,7 +65,12 @@ def run_task(task_name: str, profile_name: str) -> list[dict]:
     }
 
     with Timer() as t:
-        fidelity = bundle.compress(profile.model_copy(update={"min_neighbour_recall": None}))
+        # What the service does without labels: keep the model's outputs (cosine fidelity).
+        fidelity = bundle.compress(
+            profile,
+            validation=[(x, None) for x, _ in validation],
+            metric="cosine",
+        )
         pruned_task, _ = fit_head(fidelity.module, Task(train=task.train, labels=task.labels))
     rows["b"] = {
         "way": "(b) prune for output fidelity, then fine-tune head",

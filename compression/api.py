@@ -6,6 +6,7 @@ import copy
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -27,6 +28,9 @@ from compression.profiles import DeviceProfile, get_profile
 from compression.report import CompressionReport
 from compression.variant import CompressedModel
 
+if TYPE_CHECKING:
+    from compression.task import Task
+
 # Samples of the calibration set on which the rebuild ladder measures its error.
 PROBE_SAMPLES = 128
 
@@ -44,13 +48,14 @@ def compress(
     model: nn.Module,
     profile: str | Path | DeviceProfile,
     *,
-    example_inputs: Batch,
-    calibration: Iterable[Batch],
+    example_inputs: Batch | None = None,
+    calibration: Iterable[Batch] | None = None,
     validation: Iterable[tuple[Batch, object]] | None = None,
     metric: metrics.Metric = "auto",
     source: str | None = None,
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    task: Task | None = None,
 ) -> CompressedModel:
     """Prune, rebuild and verify a smaller variant of ``model`` for a device profile.
 
@@ -62,7 +67,32 @@ def compress(
     >>> variant = compress(model, "cpu", example_inputs=x[:8], calibration=[x], validation=[(x, y)])
     >>> variant.report.accepted, variant.report.speedup  # doctest: +SKIP
     (True, 3.1)
+
+    With ``task=`` (a :class:`compression.task.Task`: labelled training batches and class
+    names) a classification head is trained on ``model`` first and the task model is
+    compressed against the labels (see :mod:`compression.task`); ``calibration`` and
+    ``example_inputs`` then default to the task's training inputs.
     """
+    if task is not None:
+        from compression.task import compress_task
+
+        return compress_task(
+            model,
+            profile,
+            task,
+            example_inputs=example_inputs,
+            calibration=calibration,
+            validation=validation,
+            metric="accuracy" if metric == "auto" else metric,
+            source=source,
+            progress=progress,
+            should_stop=should_stop,
+        )
+    if example_inputs is None or calibration is None:
+        raise DataError(
+            "compress needs example_inputs= and calibration= (model inputs), or task= "
+            "(labelled training batches) to take both from"
+        )
     started = time.perf_counter()
     profile = get_profile(profile)
     device = _device(profile)
@@ -167,6 +197,9 @@ def compress(
                 "detail": f"{metric_name} {c.metric:.4f} vs budget {budget:.4f}",
             }
         )
+        task_metrics = None
+        if labelled and not callable(metric):  # accuracy, macro precision/recall/F1
+            task_metrics = _classification_report(reference_val, chosen.module, val_list)
         report = CompressionReport(
             model=source or type(model).__name__,
             profile=profile.name,
@@ -194,6 +227,7 @@ def compress(
             neighbour_recall=c.recall,
             timings=ctx.timings,
             candidates=[b.candidate for b in candidates],
+            task_metrics=task_metrics,
         )
     plan = {
         "source": source,
@@ -208,3 +242,15 @@ def compress(
     return CompressedModel(
         module=chosen.module, report=report, float_module=chosen.float_module, plan=plan
     )
+
+
+def _classification_report(reference_val: list, module: nn.Module, val_list: list) -> dict:
+    """Accuracy and macro precision/recall/F1 of the original and of the chosen variant."""
+    from compression.task import classification_metrics
+
+    labels = torch.cat([torch.as_tensor(y).reshape(-1) for _, y in val_list]).numpy()
+    after = metrics.outputs(module, val_list)
+    return {
+        "before": classification_metrics(torch.cat(reference_val).numpy(), labels),
+        "after": classification_metrics(torch.cat(after).cpu().numpy(), labels),
+    }

@@ -38,15 +38,17 @@ class Task:
 
     ``train`` yields ``(inputs, labels)`` batches (labels: int class ids ``0..len(labels)-1``),
     ``labels`` are the class names in id order. The head trains for at most ``head_seconds``;
-    ``finetune_seconds`` > 0 adds a time-boxed fine-tune of the pruned model to the task model's
-    scores (the rebuild ladder's distillation step).
+    ``finetune_seconds`` > 0 adds a time-boxed fine-tune of each pruned candidate to the task
+    model's scores (the rebuild ladder's distillation step; 0 turns it off).
     """
 
     train: list[tuple[Batch, torch.Tensor]]
     labels: list[str]
     head: str = "linear"
     head_seconds: float = 30.0
-    finetune_seconds: float = 0.0
+    # Measured on digits-parity (digits-cnn, cpu profile, int8 off): without it the search
+    # stops at 1.65x fewer MACs; 3 s per candidate reaches 4.57x at the same accuracy budget.
+    finetune_seconds: float = 5.0
     seed: int = 0
     extra: dict = field(default_factory=dict)
 

@@ -166,7 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--head", default="linear", help="task head: linear or mlp (--task)")
     p.add_argument(
-        "--finetune-s", type=float, default=0.0, help="fine-tune the pruned model this long"
+        "--finetune-s",
+        type=float,
+        default=5.0,
+        help="fine-tune each pruned candidate to the task model for this long (0: off)",
     )
     p.add_argument("--name", help="served name of the task model (default <model>-task)")
     p.set_defaults(func=cmd_compress)

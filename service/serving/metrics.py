@@ -98,6 +98,10 @@ def record_variant(model: str, variant: str, profile: str, report: dict | None) 
     s.speedup.labels(model, variant).set(report.get("speedup", 1.0))
     s.params.labels(model, variant).set(report["params_after"])
     s.macs.labels(model, variant).set(report["macs_after"])
+    # Labelled tasks: macro precision, recall and F1 beside the verified metric.
+    for name, value in ((report.get("task_metrics") or {}).get("after") or {}).items():
+        if name != report["metric"]:
+            s.accuracy.labels(model, variant, name).set(value)
 
 
 def record_size(model: str, variant: str, params: int, macs: int | None) -> None:

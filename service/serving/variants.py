@@ -239,4 +239,5 @@ def _original_figures(report: dict) -> dict:
         "speedup": 1.0,
         "params_after": report["params_before"],
         "macs_after": report["macs_before"],
+        "task_metrics": {"after": (report.get("task_metrics") or {}).get("before")},
     }

@@ -32,6 +32,10 @@ def test_digits_cnn_cpu_three_times_fewer_macs_within_one_point(digits_cnn_bundl
     x = b.validation[0][0]
     assert variant.module(x).shape == model(x).shape == (len(x), 10)
     assert any(s["step"] == "refit" and s["kept"] for s in r.steps), r.steps
+    # Labelled: macro precision, recall and F1 beside accuracy, before and after.
+    after = r.task_metrics["after"]
+    assert set(after) == {"accuracy", "macro_f1", "precision", "recall"}, after
+    assert abs(after["accuracy"] - r.metric_after) < 1e-6 and after["macro_f1"] >= 0.95, after
 
     # Saved, then loaded from its recorded source alone: identical outputs.
     variant.save(tmp_path / "v")

@@ -55,7 +55,7 @@ def test_the_head_learns_the_task_on_frozen_features():
 
 def test_compressed_task_model_keeps_accuracy_and_reloads_exactly(tmp_path):
     train, validation = _parity_batches()
-    task = Task(train=train, labels=["even", "odd"], head_seconds=20)
+    task = Task(train=train, labels=["even", "odd"], head_seconds=20, finetune_seconds=0)
     profile = PROFILES["cpu"].model_copy(update={"quantization": "none", "latency_repeats": 3})
     variant = compress_task(_encoder(), profile, task, validation=validation)
     r = variant.report
@@ -71,3 +71,18 @@ def test_compressed_task_model_keeps_accuracy_and_reloads_exactly(tmp_path):
     x = validation[0][0]
     with torch.inference_mode():
         assert torch.equal(again.module(x), variant.module(x))
+
+
+def test_compress_with_task_is_the_same_door():
+    from compression import compress
+
+    train, validation = _parity_batches()
+    task = Task(train=train, labels=["even", "odd"], head_seconds=5, finetune_seconds=0)
+    profile = PROFILES["cpu"].model_copy(
+        update={"quantization": "none", "latency_repeats": 3, "ratios": [0.3]}
+    )
+    variant = compress(_encoder(), profile, task=task, validation=validation)
+    assert variant.report.metric == "accuracy" and variant.report.task_metrics is not None
+    assert variant.module(validation[0][0]).shape == (len(validation[0][0]), 2)
+    with pytest.raises(DataError, match="example_inputs= and calibration="):
+        compress(_encoder(), profile)

@@ -1,0 +1,97 @@
+"""Task pruning on real models and real labels: the task allows more pruning than fidelity does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from compression.profiles import get_profile
+from compression.task import Task, compress_task, evaluate, fit_head
+from service.models import load
+from service.models.sources import resolve
+from service.models.tasks import make_task
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_task_aware_pruning_beats_fidelity_pruning_at_the_same_budget(digits_cnn_bundle):
+    bundle = digits_cnn_bundle
+    profile = get_profile("cpu").model_copy(update={"quantization": "none", "latency_repeats": 3})
+    task, validation, _, _ = make_task(bundle, "digits-parity", None)
+    unpruned, summary = fit_head(bundle.factory(), task)
+    base = evaluate(unpruned, validation)
+    assert base["accuracy"] >= 0.9, base  # the head learns parity (chance: 0.5)
+
+    # (a) task-aware: compress the task model against the labels (with a 3 s fine-tune).
+    task.finetune_seconds = 3.0
+    a = compress_task(unpruned, profile, task, validation=validation).report
+    assert a.accepted, a.reason
+    assert base["accuracy"] - a.task_metrics["after"]["accuracy"] <= profile.max_drop + 1e-9
+
+    # (b) fidelity: compress for the model's outputs, then train the same head on it.
+    fid = bundle.compress(profile, validation=[(x, None) for x, _ in validation], metric="cosine")
+    head_b, _ = fit_head(fid.module, Task(train=task.train, labels=task.labels))
+    b_acc = evaluate(head_b, validation)["accuracy"]
+    assert base["accuracy"] - b_acc <= 0.02, b_acc
+    assert a.macs_reduction > fid.report.macs_reduction, (
+        f"task-aware {a.macs_reduction:.2f}x vs fidelity {fid.report.macs_reduction:.2f}x"
+    )
+
+
+def test_cli_task_dir_round_trip(tmp_path):
+    out = tmp_path / "parity"
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "service.cli", "compress", "--model", "digits-mlp",
+            "--profile", "cpu", "--task", "classify", "--train", "digits-parity",
+            "--finetune-s", "1", "--out", str(out),
+        ],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode in (0, 3), done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert set(summary["task"]["after"]) == {"accuracy", "macro_f1", "precision", "recall"}
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"]["labels"] == ["even", "odd"]
+    for name in ("task.json", "head.safetensors", "train.npz", "validation.npz", "plan.json"):
+        assert (out / name).is_file(), name
+
+    # The catalog serves it: task:DIR's original is the uncompressed task model ...
+    bundle = resolve(f"task:{out}")
+    assert bundle.extra["labels"] == ["even", "odd"] and bundle.metric == "accuracy"
+    original = bundle.factory()
+    x, y = bundle.validation[0]
+    with torch.inference_mode():
+        scores = original(x)
+    assert scores.shape == (len(x), 2)
+    assert (scores.argmax(1) == y).float().mean() >= 0.85
+    # ... and the variant in it reloads exactly from the directory alone.
+    variant = load(out)
+    again = load(out)
+    with torch.inference_mode():
+        assert torch.equal(variant.module(x), again.module(x))
+        acc = float((variant.module(x).argmax(1) == y).float().mean())
+    assert np.isclose(acc, acc) and acc >= 0.85, acc
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [("empty.tsv", "is empty"), ("one.tsv", "one class")],
+)
+def test_cli_task_bad_input_is_exit_2_with_the_reason(tmp_path, train, message):
+    (tmp_path / "empty.tsv").write_text("")
+    (tmp_path / "one.tsv").write_text("a\tFirst sentence here.\na\tSecond sentence here.\n")
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "service.cli", "compress", "--model", "minilm", "--task",
+            "classify", "--train", str(tmp_path / train), "--out", str(tmp_path / "o"),
+        ],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert message in done.stderr, done.stderr[-2000:]
