@@ -43,8 +43,9 @@ def test_task_aware_pruning_beats_fidelity_pruning_at_the_same_budget(digits_cnn
     )
 
 
-def test_cli_task_dir_round_trip(tmp_path):
-    out = tmp_path / "parity"
+@pytest.fixture(scope="module")
+def task_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("task") / "parity"
     done = subprocess.run(
         [
             sys.executable, "-m", "service.cli", "compress", "--model", "digits-mlp",
@@ -54,7 +55,11 @@ def test_cli_task_dir_round_trip(tmp_path):
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode in (0, 3), done.stderr[-3000:]
-    summary = json.loads(done.stdout)
+    return out, json.loads(done.stdout)
+
+
+def test_cli_task_dir_round_trip(task_run):
+    out, summary = task_run
     assert set(summary["task"]["after"]) == {"accuracy", "macro_f1", "precision", "recall"}
     report = json.loads((out / "report.json").read_text())
     assert report["task"]["labels"] == ["even", "odd"]
@@ -77,6 +82,46 @@ def test_cli_task_dir_round_trip(tmp_path):
         assert torch.equal(variant.module(x), again.module(x))
         acc = float((variant.module(x).argmax(1) == y).float().mean())
     assert np.isclose(acc, acc) and acc >= 0.85, acc
+
+
+def test_the_service_serves_a_task_dir_with_its_labels(task_run, tmp_path):
+    import asyncio
+
+    import httpx
+
+    from service.serving.app import create_app
+    from service.serving.core import Core
+    from service.serving.settings import Settings
+
+    out, summary = task_run
+    name = json.loads((out / "task.json").read_text())["name"]
+    settings = Settings(home=tmp_path, models=[f"task:{out}"], auto_compress=False)
+    core = Core(settings).start()
+    try:
+        served = core.plane.served(name)
+        expected = summary["accepted"]
+        assert (served.active.variant != "original") == expected, served.active.variant
+        transport = httpx.ASGITransport(app=create_app(core))
+
+        async def calls():
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                meta = (await client.get(f"/v2/models/{name}")).json()
+                x = np.zeros((3, 1, 8, 8), dtype=np.float32).ravel().tolist()
+                body = {
+                    "inputs": [
+                        {"name": "INPUT", "datatype": "FP32", "shape": [3, 1, 8, 8], "data": x}
+                    ]
+                }
+                r = await client.post(f"/v2/models/{name}/infer", json=body)
+                return meta, r
+
+        meta, r = asyncio.run(calls())
+        assert meta["parameters"]["labels"] == ["even", "odd"], meta
+        assert meta["outputs"][0] == {"name": "SCORES", "datatype": "FP32", "shape": [-1, 2]}
+        assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [3, 2], r.text
+        assert r.headers["x-slimserve-variant"] == served.active.variant
+    finally:
+        core.close()
 
 
 @pytest.mark.parametrize(
