@@ -1,36 +1,49 @@
 """The admin API: models, variants, compression jobs, activate and rollback (bearer token).
 
 Every route checks ``Authorization: Bearer <SLIMSERVE_ADMIN_TOKEN>`` first (401; 403 when no
-token is configured). Bodies are pydantic models that forbid unknown keys. Errors are
+token is configured; compared in constant time). Bodies are pydantic models that forbid unknown
+keys, read with a small size limit. Nothing a client sends names a server file: a profile is a
+built-in or configured name, or an inline mapping validated like a profile YAML file; variant
+and job ids are checked against the form the service issues before any lookup. Errors are
 :class:`~service.serving.errors.ServiceError` subclasses, answered by the app's one handler.
 """
 
 from __future__ import annotations
 
 import hmac
+from typing import Any
 
 import anyio
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service.serving.client_profiles import requested_profile
 from service.serving.errors import AdminDisabled, BadRequest, Unauthorized
-from service.serving.routes import core
+from service.serving.registry import check_variant_id
+from service.serving.routes import core, read_body
+
+# Admin bodies are a few hundred bytes; an inline profile a few KB.
+ADMIN_BODY_BYTES = 64 << 10
 
 
 class CompressBody(BaseModel):
-    """POST /admin/models/{name}/compress"""
+    """POST /admin/models/{name}/compress: ``{"profile": "cpu"}`` or ``{"profile": {...}}``."""
 
     model_config = ConfigDict(extra="forbid")
-    profile: str | None = None
+    profile: str | dict[str, Any] | None = Field(
+        None,
+        description="A built-in or configured profile name, or an inline mapping of profile "
+        "keys (validated like a profile YAML file); never a path.",
+    )
 
 
 class ActivateBody(BaseModel):
     """POST /admin/models/{name}/activate"""
 
     model_config = ConfigDict(extra="forbid")
-    variant: str
+    variant: str = Field(max_length=200)
 
 
 def _authorise(request: Request) -> None:
@@ -43,7 +56,7 @@ def _authorise(request: Request) -> None:
 
 
 async def _body(request: Request, model: type[BaseModel]) -> BaseModel:
-    raw = await request.body()
+    raw = await read_body(request, ADMIN_BODY_BYTES)
     try:
         return model.model_validate_json(raw or b"{}")
     except ValidationError as err:
@@ -69,13 +82,16 @@ async def admin_models(request: Request) -> Response:
 
 @admin_route
 async def admin_variants(request: Request) -> Response:
-    return JSONResponse({"variants": core(request).variants.variants(request.path_params["name"])})
+    return JSONResponse({"variants": core(request).variants_view(request.path_params["name"])})
 
 
 @admin_route
 async def admin_compress(request: Request) -> Response:
     body = await _body(request, CompressBody)
-    job = core(request).variants.compress(request.path_params["name"], body.profile)
+    c = core(request)
+    c.plane.served(request.path_params["name"])  # 404 before anything else
+    name, inline = requested_profile(body.profile, c.settings.profiles_dir)
+    job = c.variants.compress(request.path_params["name"], name, inline=inline)
     return JSONResponse({"job": job.id}, status_code=202)
 
 
@@ -96,9 +112,12 @@ async def admin_job(request: Request) -> Response:
 async def admin_activate(request: Request) -> Response:
     body = await _body(request, ActivateBody)
     manager = core(request).variants
-    # Loading a variant reads and checks its weights: off the event loop.
+    manager.plane.served(request.path_params["name"])  # 404 before the id's 400
+    vid = check_variant_id(body.variant)
+    # Loading a variant reads and checks its weights: off the event loop. An operator's
+    # choice is pinned: a restart serves it and starts no compression over it.
     result = await anyio.to_thread.run_sync(
-        manager.activate, request.path_params["name"], body.variant
+        lambda: manager.activate(request.path_params["name"], vid, pinned=True)
     )
     return JSONResponse(result)
 

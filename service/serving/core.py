@@ -25,9 +25,11 @@ import torch
 from service.models import resolve
 from service.serving.dataplane import DataPlane
 from service.serving.jobs import JobRunner
-from service.serving.registry import Registry
-from service.serving.runtime import Reservoir, Runtime
+from service.serving.liveloop import LiveLoop
+from service.serving.registry import ORIGINAL, Registry
+from service.serving.runtime import Active, Reservoir, Runtime
 from service.serving.settings import Settings
+from service.serving.shadow import ShadowEvaluator
 from service.serving.variants import VariantManager
 
 log = logging.getLogger("slimserve")
@@ -60,6 +62,14 @@ class Core:
             settings.job_threads,
         )
         self.variants = VariantManager(settings, self.plane, self.registry, self.jobs)
+        self.shadow = ShadowEvaluator(
+            settings.shadow_fraction,
+            settings.shadow_max_per_second,
+            settings.shadow_window,
+            settings.shadow_min_samples,
+        )
+        self.runtime.on_batch = self.shadow.offer
+        self.live = LiveLoop(settings, self.variants, self.shadow)
         self.leader = False
         self.ready = False
         self._leader_file = None
@@ -76,8 +86,10 @@ class Core:
         for source in self.settings.models:
             self._add_model(source)
         self.leader = self._become_leader()
+        self.variants.jobs_enabled = self.leader
         self.jobs.start()
         self.variants.start()
+        self.shadow.start()
         if self.settings.auto_compress and self.leader:
             for name in self.plane.bundles:
                 self.variants.auto_compress(name)
@@ -93,6 +105,7 @@ class Core:
     def close(self) -> None:
         """Stop background work and give the process back its collector and thread settings."""
         self.ready = False
+        self.shadow.close()
         self.variants.close()
         self.jobs.close()
         if self._leader_file is not None:
@@ -106,12 +119,23 @@ class Core:
     def _add_model(self, source: str) -> None:
         bundle = resolve(source)
         self.registry.ensure_original(bundle.name, source)
-        live = self.settings.calibration == "live" or not bundle.calibration
-        reservoir = Reservoir(self.settings.reservoir_size) if live else None
-        self.plane.add_model(bundle, reservoir)
+        # Every model keeps a reservoir of live inputs: jobs that calibrate on live traffic
+        # (asked for, no shipped data, or the live loop's recompression) read it.
+        self.plane.add_model(bundle, Reservoir(self.settings.reservoir_size))
+        self.shadow.originals[bundle.name] = Active(
+            ORIGINAL, "none", self.plane.originals[bundle.name]
+        )
         self.variants.restore(bundle.name)
         if bundle.extra.get("variant_dir"):  # a task directory ships its compressed variant
             self.variants.adopt(bundle.name, bundle.extra["variant_dir"])
+
+    def variants_view(self, name: str) -> list[dict]:
+        """Stored variants of ``name`` with their live figures (shadow evaluation) beside."""
+        rows = self.variants.variants(name)
+        live = self.live.view(name)
+        for row in rows:
+            row["live"] = live.get(row["id"])
+        return rows
 
     def _become_leader(self) -> bool:
         """One worker per home runs the background jobs (a lock held for the process's life)."""

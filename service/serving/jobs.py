@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import queue
+import re
 import secrets
 import shutil
 import threading
@@ -23,6 +24,8 @@ from pathlib import Path
 from service.serving.errors import UnknownJob
 
 log = logging.getLogger("slimserve.jobs")
+# Job ids are 12 hex digits (secrets.token_hex(6)); anything outside this form is unknown.
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 STATES = ("queued", "running", "succeeded", "rejected", "failed", "cancelled")
 
 
@@ -43,6 +46,7 @@ class Job:
     finished: float | None = None
     seconds: float | None = None
     outcome: str | None = None  # for metrics: the state, or "timeout"
+    auto: bool = False  # started by the service (start-up), not by an operator
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def summary(self) -> dict:
@@ -72,16 +76,21 @@ def _child(spec: dict, conn) -> None:
         import torch
 
         torch.set_num_threads(spec["threads"])
-        from compression.profiles import get_profile
+        from compression.profiles import get_profile, profile_from_dict
         from service.models.sources import resolve
         from service.serving.livedata import load_live_calibration
 
         bundle = resolve(spec["source"])
         if spec.get("live_calibration"):
             load_live_calibration(bundle, Path(spec["live_calibration"]))
-        profile = get_profile(spec["profile_path"] or spec["profile"])
+        if spec.get("profile_inline") is not None:  # sent over HTTP, validated by the server
+            profile = profile_from_dict(spec["profile_inline"])
+        else:
+            profile = get_profile(spec["profile_path"] or spec["profile"])
         if spec.get("time_limit_s"):
             profile = profile.model_copy(update={"time_limit_s": spec["time_limit_s"]})
+        if spec.get("profile_update"):  # e.g. amounts below one live traffic rejected
+            profile = profile.model_copy(update=spec["profile_update"])
         if bundle.task != "embedding":  # neighbour recall is a check of embedding spaces
             profile = profile.model_copy(update={"min_neighbour_recall": None})
         variant = bundle.compress(profile, progress=lambda f, m: conn.send(("progress", f, m)))
@@ -129,8 +138,11 @@ class JobRunner:
         profile_path: str | None,
         time_limit_s: float,
         live_calibration: Path | None = None,
+        profile_update: dict | None = None,
+        profile_inline: dict | None = None,
+        auto: bool = False,
     ) -> Job:
-        job = Job(id=secrets.token_hex(6), model=model, profile=profile)
+        job = Job(id=secrets.token_hex(6), model=model, profile=profile, auto=auto)
         spec = {
             "source": source,
             "profile": profile,
@@ -139,6 +151,8 @@ class JobRunner:
             "threads": self.threads,
             "out": str(self.workdir / job.id),
             "live_calibration": str(live_calibration) if live_calibration else None,
+            "profile_update": profile_update or {},
+            "profile_inline": profile_inline,
         }
         with self._lock:
             self.jobs[job.id] = job
@@ -157,10 +171,11 @@ class JobRunner:
 
     def get(self, job_id: str) -> Job:
         """The job ``job_id``, or :class:`UnknownJob` (404)."""
-        try:
-            return self.jobs[job_id]
-        except KeyError:
-            raise UnknownJob(f"unknown job {job_id!r}: GET /admin/jobs lists the jobs") from None
+        job = self.jobs.get(job_id) if JOB_ID.fullmatch(job_id) else None
+        if job is None:
+            shown = job_id if JOB_ID.fullmatch(job_id) else job_id[:24] + "..."
+            raise UnknownJob(f"unknown job {shown!r}: GET /admin/jobs lists the jobs")
+        return job
 
     def list(self) -> list[Job]:
         return sorted(self.jobs.values(), key=lambda j: j.created, reverse=True)

@@ -80,6 +80,18 @@ def series() -> SimpleNamespace:
             ["model"],
             multiprocess_mode="livesum",
         ),
+        live_fidelity=Gauge(
+            "slimserve_live_fidelity",
+            "Agreement of a variant with its original on shadowed live requests (windowed): "
+            "cosine (embeddings), top1 and tv_distance (classifiers).",
+            ["model", "variant", "metric"],
+            **model_gauge,
+        ),
+        shadow_samples=Counter(
+            "slimserve_shadow_samples_total",
+            "Live samples a variant was compared with its original on (shadow evaluation).",
+            ["model", "variant"],
+        ),
         refused=Counter(
             "slimserve_variant_load_failures_total",
             "Variants refused at load (checksum mismatch, missing files).",

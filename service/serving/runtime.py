@@ -18,6 +18,7 @@ import asyncio
 import logging
 import random
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,6 +96,8 @@ class Runtime:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
         self._tasks: list[asyncio.Task] = []
         self._swap_lock = threading.Lock()
+        # Called after every served batch (shadow evaluation); must be cheap and never raise.
+        self.on_batch: Callable[[Served, Active, list[np.ndarray], np.ndarray], None] | None = None
 
     # ---- models and swaps ---------------------------------------------------------------------
 
@@ -179,6 +182,11 @@ class Runtime:
                     if not p.future.done():
                         p.future.set_exception(err)
                 continue
+            if self.on_batch is not None:
+                try:
+                    self.on_batch(served, active, [p.rows for p in batch], outputs)
+                except Exception:  # observation only: never fails a served batch
+                    log.exception("on_batch hook failed on %s", served.name)
             start = 0
             for p in batch:
                 n = len(p.rows)

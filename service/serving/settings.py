@@ -58,6 +58,54 @@ class Settings(BaseModel):
         None, gt=0, description="Overrides the profile's time limit."
     )
     poll_s: float = Field(2.0, gt=0, description="How often a worker re-reads the active pointers.")
+    max_variants: int = Field(
+        3,
+        ge=1,
+        description="Compressed variants kept per model; older ones are deleted after each job "
+        "(never the active one nor the one a rollback returns to).",
+    )
+    max_job_s: float = Field(
+        3600.0, gt=0, description="Longest a compression job may run, whatever its profile says."
+    )
+    shadow_fraction: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="Share of served batches the original (or a canary) also runs on, off the "
+        "request path, to measure live fidelity; 0 turns shadow evaluation off.",
+    )
+    shadow_max_per_second: float = Field(
+        20.0, gt=0, description="Most shadowed batches a second per worker (a rate cap)."
+    )
+    shadow_window: int = Field(
+        256, ge=8, description="Live samples in the sliding window of live fidelity."
+    )
+    shadow_min_samples: int = Field(
+        64, ge=1, description="Live samples needed before a canary is promoted or rolled back."
+    )
+    canary: bool = Field(
+        True,
+        description="An accepted variant first runs in shadow and serves only once its live "
+        "fidelity holds for shadow_min_samples; false: it serves at once.",
+    )
+    live_min_agreement: float = Field(
+        0.95,
+        ge=0.0,
+        le=1.0,
+        description="Lowest live top-1 agreement of a classifier's variant with its original "
+        "(embeddings use the variant's verified cosine budget).",
+    )
+    live_hysteresis: float = Field(
+        0.01,
+        ge=0.0,
+        le=0.5,
+        description="A serving variant is rolled back only below its live budget minus this.",
+    )
+    variant_cache: Path | None = Field(
+        None,
+        description="Directory shared by replicas (e.g. a PersistentVolumeClaim): accepted "
+        "variants keyed by model content, profile, hardware and torch version.",
+    )
     access_log: bool = Field(False, description="BentoML's access log line for every request.")
     trace_inference: bool = Field(
         False, description="OpenTelemetry spans for inference requests (BentoML tracing)."

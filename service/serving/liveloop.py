@@ -1,0 +1,185 @@
+"""The closed loop: live traffic decides what serves.
+
+1. **Canary.** An accepted variant does not serve at once: it runs in shadow on a sample of live
+   requests (the original keeps answering) until ``shadow_min_samples`` agreements are in.
+   At or above its live budget it is promoted (``slimserve_swaps_total{reason="canary"}``);
+   below it minus the hysteresis it is dropped and marked.
+2. **Watch.** While a variant serves, the original runs in shadow on a sample; when the
+   window's agreement falls below the budget minus the hysteresis the original is swapped back
+   (``reason="live_fidelity"``), the figures are logged, and the variant is marked.
+3. **Recompress.** A live-fidelity rollback queues a new job calibrated on the reservoir of
+   live requests, with pruning amounts below the rejected variant's (the marks), so the next
+   variant is built on what the model really sees and does not repeat the same settings.
+4. **Share.** With ``SLIMSERVE_VARIANT_CACHE`` an accepted variant is published under a key of
+   (model content, profile, hardware, torch version); a replica that starts on the same key
+   serves it at once, with no job.
+
+The live budget: a variant verified by cosine keeps its verified cosine budget; classifiers use
+``SLIMSERVE_LIVE_MIN_AGREEMENT`` (top-1 agreement with the original).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+
+from service.serving.cache import VariantCache, model_digest
+from service.serving.registry import ORIGINAL
+from service.serving.settings import Settings
+from service.serving.shadow import ShadowEvaluator, Window
+from service.serving.variants import VariantManager
+
+log = logging.getLogger("slimserve.live")
+
+
+class LiveLoop:
+    """Canary promotion, live rollback, recompression and the shared cache."""
+
+    def __init__(self, settings: Settings, manager: VariantManager, shadow: ShadowEvaluator):
+        self.settings = settings
+        self.manager = manager
+        self.shadow = shadow
+        self.cache = VariantCache(settings.variant_cache) if settings.variant_cache else None
+        self._digests: dict[str, str] = {}
+        self._lock = threading.Lock()
+        manager.on_accepted = self.accepted
+        manager.on_start = self.serve_cached
+        shadow.on_window = self.on_window
+
+    # ---- accepted variants -----------------------------------------------------------------
+
+    def accepted(self, name: str, vid: str) -> None:
+        """A job's accepted variant: publish it to the cache, then canary it (or serve it)."""
+        self._publish(name, vid)
+        if not self.settings.canary or self.settings.shadow_fraction <= 0:
+            self.manager.activate(name, vid, reason="compression")
+            return
+        self.shadow.canaries[name] = self.manager.load(name, vid)
+        self.shadow.reset(name, vid)
+        log.info("model %s: variant %s runs as a canary in shadow", name, vid)
+
+    def on_window(self, name: str, vid: str, window: Window) -> None:
+        """The shadow thread has a full-enough window for ``vid``: promote, keep or roll back."""
+        budget = self.budget(name, vid, window.metric)
+        value = window.mean
+        canary = self.shadow.canaries.get(name)
+        with self._lock:
+            if canary is not None and canary.variant == vid:
+                if value >= budget:
+                    del self.shadow.canaries[name]
+                    log.info("model %s: canary %s promoted (%s %.4f >= %.4f over %d samples)",
+                             name, vid, window.metric, value, budget, len(window.values))  # fmt: skip
+                    self.manager.activate(name, vid, reason="canary")
+                elif value < budget - self.settings.live_hysteresis:
+                    del self.shadow.canaries[name]
+                    self._mark(name, vid, window, budget, "canary")
+                return
+            served = self.manager.plane.runtime.models[name].active
+            if served.variant == vid and value < budget - self.settings.live_hysteresis:
+                self._mark(name, vid, window, budget, "rollback")
+                self.manager.activate(name, ORIGINAL, reason="live_fidelity")
+                self.shadow.reset(name, vid)
+                self._recompress(name)
+
+    def budget(self, name: str, vid: str, metric: str) -> float:
+        report = self.manager.load(name, vid).report or {}
+        if metric == "cosine" and report.get("metric") == "cosine":
+            return float(report.get("budget", self.settings.live_min_agreement))
+        return self.settings.live_min_agreement
+
+    # ---- marks and recompression -----------------------------------------------------------
+
+    def _marks_path(self, name: str) -> Path:
+        return self.settings.home / "live" / name / "rejected.json"
+
+    def marks(self, name: str) -> list[dict]:
+        """Variants live traffic rejected, with their settings and figures."""
+        try:
+            return json.loads(self._marks_path(name).read_text())
+        except (OSError, json.JSONDecodeError):
+            return []
+
+    def _mark(self, name: str, vid: str, window: Window, budget: float, when: str) -> None:
+        report = self.manager.load(name, vid).report or {}
+        mark = {
+            "variant": vid,
+            "when": when,
+            "ratio": report.get("ratio"),
+            "allocation": report.get("allocation"),
+            "precision": report.get("precision"),
+            "budget": round(budget, 6),
+            "live": window.summary(),
+        }
+        log.warning(
+            "model %s: variant %s under its live budget (%s %.4f < %.4f over %d samples); "
+            "%s, marked so the next job does not repeat it",
+            name, vid, window.metric, window.mean, budget, len(window.values),
+            "dropped as a canary" if when == "canary" else "rolled back to the original",
+        )  # fmt: skip
+        path = self._marks_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps([*self.marks(name), mark], indent=2))
+
+    def profile_update(self, name: str) -> dict:
+        """The next job's profile overrides: only amounts below every rejected variant's."""
+        from compression.profiles import get_profile
+
+        bad = [m["ratio"] for m in self.marks(name) if m.get("ratio")]
+        if not bad:
+            return {}
+        profile = get_profile(self.manager.profile_path or self.manager.profile)
+        ratios = [r for r in profile.ratios if r < min(bad)]
+        return {"ratios": ratios} if ratios else {"ratios": [round(min(bad) / 2, 3)]}
+
+    def _recompress(self, name: str) -> None:
+        if not self.manager.jobs_enabled:
+            return
+        try:
+            job = self.manager.compress(name, live=True, profile_update=self.profile_update(name))
+            log.info("model %s: recompressing on live traffic (job %s)", name, job.id)
+        except Exception as err:  # e.g. too few live samples yet: the original serves meanwhile
+            log.warning("model %s: no recompression after the rollback: %s", name, err)
+
+    # ---- the shared cache ------------------------------------------------------------------
+
+    def _key(self, name: str) -> str:
+        if name not in self._digests:
+            self._digests[name] = model_digest(self.manager.plane.originals[name])
+        from compression.profiles import get_profile
+
+        profile = get_profile(self.manager.profile_path or self.manager.profile)
+        return VariantCache.key(self._digests[name], profile.model_dump(mode="json"))
+
+    def _publish(self, name: str, vid: str) -> None:
+        if self.cache is None:
+            return
+        try:
+            path = self.cache.put(self._key(name), self.manager.registry.variant_path(name, vid))
+            log.info("model %s: variant %s published to the shared cache %s", name, vid, path)
+        except OSError as err:  # a full or read-only cache never fails a job
+            log.warning("model %s: cannot publish variant %s to the cache: %s", name, vid, err)
+
+    def serve_cached(self, name: str) -> bool:
+        """At start: serve the accepted variant a replica on the same hardware published."""
+        if self.cache is None:
+            return False
+        cached = self.cache.get(self._key(name))
+        if cached is None:
+            return False
+        report = json.loads((cached / "report.json").read_text())
+        vid = self.manager.registry.add_variant(name, cached, report["profile"])
+        self.manager.activate(name, vid, reason="cache")
+        log.info("model %s: serving variant %s from the shared cache, no job", name, vid)
+        return True
+
+    def view(self, name: str) -> dict[str, dict]:
+        """Per variant: its live window, and whether it is a canary or was rejected."""
+        live = self.shadow.view(name)
+        canary = self.shadow.canaries.get(name)
+        for mark in self.marks(name):
+            live.setdefault(mark["variant"], {})["rejected_live"] = mark["when"]
+        if canary is not None:
+            live.setdefault(canary.variant, {})["canary"] = True
+        return live

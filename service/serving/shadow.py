@@ -1,0 +1,206 @@
+"""Shadow evaluation: a compressed variant measured against its original on live traffic.
+
+After a served batch, the runtime offers it here. A sampled fraction (at most ``max_per_second``
+batches a second) is queued, bounded: when the queue is full the sample is skipped, never
+waited for. One low-priority thread (``nice`` 19) runs the *other* model of the pair on the
+same rows — the original while a variant serves, or the canary while the original serves — and
+measures per-sample agreement:
+
+- embeddings: cosine between the two outputs (``metric="cosine"``);
+- classifiers: top-1 agreement (``"top1"``), and the total-variation distance between the two
+  softmax distributions (``"tv_distance"``, reported only).
+
+A sliding window per (model, variant) feeds ``slimserve_live_fidelity`` and
+``slimserve_shadow_samples_total`` and, once it holds ``min_samples``, the decision callback
+(promote a canary, roll back an active variant).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from service.serving import metrics
+from service.serving.runtime import Active, Runtime, Served
+
+log = logging.getLogger("slimserve.shadow")
+
+
+@dataclass
+class Window:
+    """The last ``size`` per-sample agreements of one (model, variant) pair."""
+
+    metric: str
+    size: int
+    values: deque = field(default_factory=deque)
+    extra: dict[str, deque] = field(default_factory=dict)
+    samples: int = 0
+
+    def add(self, values: np.ndarray, extra: dict[str, np.ndarray]) -> None:
+        for v in values.tolist():
+            self.values.append(v)
+        for name, vals in extra.items():
+            self.extra.setdefault(name, deque(maxlen=self.size)).extend(vals.tolist())
+        while len(self.values) > self.size:
+            self.values.popleft()
+        self.samples += len(values)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values)) if self.values else float("nan")
+
+    def summary(self) -> dict:
+        out = {"metric": self.metric, "value": round(self.mean, 6), "window": len(self.values)}
+        out["samples"] = self.samples
+        for name, vals in self.extra.items():
+            out[name] = round(float(np.mean(vals)), 6) if vals else None
+        return out
+
+
+def agreement(served_out: np.ndarray, other_out: np.ndarray, embedding: bool):
+    """(decision metric name, per-sample values, extra per-sample series)."""
+    a = torch.from_numpy(np.asarray(served_out, dtype=np.float32))
+    b = torch.from_numpy(np.asarray(other_out, dtype=np.float32))
+    if embedding:
+        cos = torch.nn.functional.cosine_similarity(a, b, dim=1)
+        return "cosine", cos.numpy(), {}
+    top1 = (a.argmax(1) == b.argmax(1)).float()
+    tv = 0.5 * (a.softmax(1) - b.softmax(1)).abs().sum(1)
+    return "top1", top1.numpy(), {"tv_distance": tv.numpy()}
+
+
+@dataclass
+class _Job:
+    served: Served
+    served_variant: Active
+    other: Active
+    rows: list[np.ndarray]
+    outputs: np.ndarray
+
+
+class ShadowEvaluator:
+    """Samples served batches, runs the other model of the pair, keeps windows, decides."""
+
+    def __init__(
+        self,
+        fraction: float,
+        max_per_second: float,
+        window: int,
+        min_samples: int,
+        queue_size: int = 4,
+        seed: int = 0,
+    ) -> None:
+        self.fraction = fraction
+        self.max_per_second = max_per_second
+        self.window = window
+        self.min_samples = min_samples
+        self.windows: dict[tuple[str, str], Window] = {}
+        self.skipped = 0
+        self.canaries: dict[str, Active] = {}
+        self.originals: dict[str, Active] = {}
+        self.on_window: Callable[[str, str, Window], None] | None = None
+        self._queue: queue.Queue[_Job] = queue.Queue(maxsize=queue_size)
+        self._rng = random.Random(seed)
+        self._tokens, self._last = max_per_second, time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # ---- the request side: cheap, never blocks -------------------------------------------------
+
+    def offer(
+        self, served: Served, active: Active, rows: list[np.ndarray], out: np.ndarray
+    ) -> None:
+        """Called after a served batch; queues a sample for the shadow thread, or skips it."""
+        other = self._pair(served.name, active)
+        if other is None or self.fraction <= 0 or self._rng.random() >= self.fraction:
+            return
+        now = time.monotonic()
+        self._tokens = min(
+            self.max_per_second, self._tokens + (now - self._last) * self.max_per_second
+        )
+        self._last = now
+        if self._tokens < 1.0:
+            return
+        # Under load the serving queue has work waiting: shadow work would compete with it.
+        if served.queue is not None and served.queue.qsize() > 0:
+            self.skipped += 1
+            return
+        try:
+            self._queue.put_nowait(_Job(served, active, other, rows, out))
+            self._tokens -= 1.0
+        except queue.Full:
+            self.skipped += 1
+
+    def _pair(self, name: str, active: Active) -> Active | None:
+        """What the served batch is compared with: the original, or the canary."""
+        if active.variant != "original":
+            return self.originals.get(name)
+        return self.canaries.get(name)
+
+    # ---- the shadow thread ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="shadow", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        # Below serving: Linux schedules this thread (and the threads it starts) last.
+        with contextlib.suppress(AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        while not self._stop.is_set():
+            try:
+                job = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                self._evaluate(job)
+            except Exception:  # a shadow failure never reaches a client
+                log.exception("shadow evaluation of %s failed", job.served.name)
+
+    def _evaluate(self, job: _Job) -> None:
+        adapter = job.served.adapter
+        other_out = Runtime._forward(adapter, job.other, job.rows)
+        embedding = getattr(adapter, "output_name", "") == "EMBEDDING"
+        metric, values, extra = agreement(job.outputs, other_out, embedding)
+        # The window belongs to the compressed variant of the pair.
+        variant = job.served_variant if job.served_variant.variant != "original" else job.other
+        key = (job.served.name, variant.variant)
+        with self._lock:
+            win = self.windows.get(key)
+            if win is None:
+                win = self.windows[key] = Window(metric, self.window)
+            win.add(values, extra)
+        s = metrics.series()
+        s.shadow_samples.labels(job.served.name, variant.variant).inc(len(values))
+        s.live_fidelity.labels(job.served.name, variant.variant, metric).set(win.mean)
+        for name, vals in win.extra.items():
+            s.live_fidelity.labels(job.served.name, variant.variant, name).set(float(np.mean(vals)))
+        if len(win.values) >= self.min_samples and self.on_window is not None:
+            self.on_window(job.served.name, variant.variant, win)
+
+    def reset(self, model: str, variant: str) -> None:
+        """Forget a variant's window (after a swap changes what it is compared with)."""
+        with self._lock:
+            self.windows.pop((model, variant), None)
+
+    def view(self, model: str) -> dict[str, dict]:
+        """Per variant of ``model``: its live window's summary (for the admin API)."""
+        with self._lock:
+            return {v: w.summary() for (m, v), w in self.windows.items() if m == model}
