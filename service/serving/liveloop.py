@@ -25,6 +25,7 @@ import logging
 import threading
 from pathlib import Path
 
+from service.serving import metrics
 from service.serving.cache import VariantCache, model_digest
 from service.serving.registry import ORIGINAL
 from service.serving.settings import Settings
@@ -64,6 +65,7 @@ class LiveLoop:
         """The shadow thread has a full-enough window for ``vid``: promote, keep or roll back."""
         budget = self.budget(name, vid, window.metric)
         value = window.mean
+        metrics.series().live_budget.labels(name, vid, window.metric).set(budget)
         canary = self.shadow.canaries.get(name)
         with self._lock:
             if canary is not None and canary.variant == vid:

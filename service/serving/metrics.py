@@ -87,6 +87,13 @@ def series() -> SimpleNamespace:
             ["model", "variant", "metric"],
             **model_gauge,
         ),
+        live_budget=Gauge(
+            "slimserve_live_budget",
+            "Lowest acceptable live fidelity of a variant (its verified cosine budget, or the "
+            "top-1 agreement setting).",
+            ["model", "variant", "metric"],
+            **model_gauge,
+        ),
         shadow_samples=Counter(
             "slimserve_shadow_samples_total",
             "Live samples a variant was compared with its original on (shadow evaluation).",

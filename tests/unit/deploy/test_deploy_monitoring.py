@@ -30,11 +30,14 @@ GAUGES = {
     "slimserve_active_variant": {"model", "variant", "profile"},
     "slimserve_inflight_requests": {"model"},
     "slimserve_accuracy_budget": {"model", "variant", "metric"},
+    "slimserve_live_fidelity": {"model", "variant", "metric"},
+    "slimserve_live_budget": {"model", "variant", "metric"},
 }
 COUNTERS = {
     "slimserve_inference_requests_total": {"model", "variant", "status"},
     "slimserve_swaps_total": {"model", "reason"},
     "slimserve_compression_jobs_total": {"profile", "outcome"},
+    "slimserve_shadow_samples_total": {"model", "variant"},
 }
 HISTOGRAMS = {
     "slimserve_inference_latency_seconds": {"model", "variant", "profile"},
