@@ -8,6 +8,7 @@ kinds in ``CRD_KINDS`` are exempt from the schemas, and those are checked struct
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shutil
 import subprocess
@@ -381,3 +382,37 @@ def test_hpa_scales_on_inflight_requests(rendered):
         assert metric["type"] == "Pods"
         assert metric["pods"]["metric"]["name"] == "slimserve_inflight_requests"
         assert quantity(metric["pods"]["target"]["averageValue"]) > 0
+
+
+def test_variant_cache_component_shares_a_claim_across_replicas(tmp_path):
+    """The optional component: a ReadWriteMany claim mounted where SLIMSERVE_VARIANT_CACHE points."""
+    overlay = tmp_path / "with-cache"
+    overlay.mkdir()
+    rel = os.path.relpath(K8S, overlay)
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources:\n  - {rel}/overlays/cpu\ncomponents:\n  - {rel}/components/variant-cache\n"
+    )
+    out = subprocess.run(
+        [_kubectl(), "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    for obj in docs:
+        if obj["kind"] != "ServiceMonitor":  # a CRD: checked by check_servicemonitor
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    claim = one(docs, "PersistentVolumeClaim")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    settings = next(
+        d for d in docs if d["kind"] == "ConfigMap" and "SLIMSERVE_HOME" in d.get("data", {})
+    )
+    mount = settings["data"]["SLIMSERVE_VARIANT_CACHE"]
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    mounts = {m["name"]: m["mountPath"] for m in container(docs)["volumeMounts"]}
+    assert mounts[volume["name"]] == mount
