@@ -35,7 +35,7 @@ async def _service_error(request: Request, err: Exception) -> Response:
         core: Core | None = request.app.state.core
         if core is not None:
             core.plane.count_client_error(request.path_params.get("name", ""))
-    return JSONResponse({"error": err.message}, status_code=err.status)
+    return JSONResponse({"error": err.message}, status_code=err.status, headers=err.headers)
 
 
 def create_app(core: Core | None = None) -> Starlette:

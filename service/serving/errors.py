@@ -16,18 +16,70 @@ bug and answers 500 (and is logged), so a ``KeyError`` in the code never turns i
     ├── Conflict                  409  the request is valid but the state refuses it
     │   └── VariantRefused             a stored variant failed its checks (checksum, files)
     ├── PayloadTooLarge           413
-    └── Overloaded                503  the model's queue is full; retry later
+    ├── Overloaded                503  the model's queue is full; retry later
+    └── StoreUnavailable          507  the variant store cannot be written (full, read-only);
+                                       what served before still serves
+
+Messages never carry a server's filesystem paths: :func:`scrub_paths` replaces them (the
+service's home, the interpreter's and the package's directories, and absolute paths under the
+usual system roots) with ``<path>`` when an error is built, so no body tells a client where
+files are or whether a path exists.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+# Absolute paths under the usual roots of a Linux filesystem (an URL path such as
+# /admin/models/... or /v2/... is left alone).
+_SYSTEM_PATH = re.compile(
+    r"(?<![\w.~-])/(?:etc|proc|sys|root|home|tmp|var|usr|opt|work|dev|mnt|srv|run|lib|bin|"
+    r"boot|media|snap|nix|private|Users)(?:/[^\s'\",:;()\[\]{}]*)?"
+)
+
+
+@lru_cache(maxsize=1)
+def _private_roots() -> tuple[str, ...]:
+    roots = {
+        sys.prefix,
+        sys.base_prefix,
+        str(Path(__file__).resolve().parents[2]),  # the installed source tree
+        tempfile.gettempdir(),
+        os.path.expanduser("~"),
+        os.environ.get("SLIMSERVE_HOME", ""),
+        os.environ.get("BENTOML_HOME", ""),
+    }
+    return tuple(sorted((r for r in roots if len(r) > 1), key=len, reverse=True))
+
+
+def scrub_paths(text: str) -> str:
+    """``text`` with server filesystem paths replaced by ``<path>``.
+
+    >>> scrub_paths("cannot read /etc/passwd: denied; see GET /admin/jobs")
+    'cannot read <path>: denied; see GET /admin/jobs'
+    """
+    for root in _private_roots():
+        if root in text:
+            text = re.sub(re.escape(root) + r"[^\s'\",:;()\[\]{}]*", "<path>", text)
+    return _SYSTEM_PATH.sub("<path>", text)
+
 
 class ServiceError(Exception):
-    """An error the service answers with ``status`` and ``{"error": message}``."""
+    """An error the service answers with ``status`` and ``{"error": message}``.
+
+    ``headers``: extra response headers (a 413 closes the connection rather than read on).
+    """
 
     status = 500
+    headers: dict[str, str] | None = None
 
     def __init__(self, message: str, status: int | None = None) -> None:
+        message = scrub_paths(message)
         super().__init__(message)
         self.message = message
         if status is not None:
@@ -71,10 +123,19 @@ class VariantRefused(Conflict):
 
 
 class PayloadTooLarge(ServiceError):
+    """Over a size or row limit; the connection is closed so an unread body is not read on."""
+
     status = 413
+    headers = {"Connection": "close"}  # noqa: RUF012 - read only
 
 
 class Overloaded(ServiceError):
     """The model's request queue is full."""
 
     status = 503
+
+
+class StoreUnavailable(ServiceError):
+    """The variant store or a pointer cannot be written; nothing changed what serves."""
+
+    status = 507

@@ -5,25 +5,66 @@ Tags are ``<model>:original`` and ``<model>:<profile>-<time>-<hex>``; a variant'
 directory holds exactly what :meth:`compression.CompressedModel.save` wrote (weights, plan with
 checksum, report.json, report.png). bentoml is imported lazily, and only its model store is
 used: the registry runs without a server.
+
+Ids are checked against the form the registry issues (:func:`check_variant_id`) before they
+reach the store, and a lookup must return the variant of exactly that id: BentoML's moving
+alias ``latest`` (or any other alias) is never resolved, never stored in a pointer. A pointer
+records whether an operator chose it (``pinned``), so a restart does not override that choice.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import secrets
 import shutil
 import threading
 import time
 from pathlib import Path
 
-from service.serving.errors import UnknownVariant
+from service.serving.errors import BadRequest, UnknownVariant
 
+log = logging.getLogger("slimserve")
 ORIGINAL = "original"
+# What the registry issues: "<profile>-<yyyymmdd>-<hhmmss>-<4 hex>" (lowercase), or "original".
+VARIANT_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,99}")
+# BentoML resolves these as moving aliases of a model's versions; they are never variant ids.
+ALIASES = frozenset({"latest"})
 
 
 def _store_name(model: str) -> str:
     return model.lower().replace("/", "-")
+
+
+def check_variant_id(vid: object) -> str:
+    """``vid`` if it has the form of an id the registry issues, else :class:`BadRequest` (400).
+
+    >>> check_variant_id("cpu-20250101-120000-ab12")
+    'cpu-20250101-120000-ab12'
+    """
+    if not isinstance(vid, str) or not VARIANT_ID.fullmatch(vid) or vid in ALIASES:
+        shown = repr(vid)[:60] if isinstance(vid, str) else type(vid).__name__
+        raise BadRequest(
+            "a variant id is 'original' or what the registry issued, e.g. "
+            "'cpu-20250101-120000-ab12' (lowercase letters, digits, '.', '_', '-'; at most 100 "
+            f"characters; aliases such as 'latest' are not ids); got {shown}"
+        )
+    return vid
+
+
+def _valid_id(vid: object) -> bool:
+    try:
+        check_variant_id(vid)
+        return True
+    except BadRequest:
+        return False
+
+
+def _profile_slug(profile: str) -> str:
+    """A profile name as it may appear in a variant id (the id's form is checked)."""
+    return re.sub(r"[^a-z0-9]+", "-", profile.lower()).strip("-")[:40] or "custom"
 
 
 class Registry:
@@ -58,7 +99,7 @@ class Registry:
 
         report = json.loads((Path(variant_dir) / "report.json").read_text())
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-        vid = f"{profile}-{stamp}-{secrets.token_hex(2)}".lower()
+        vid = check_variant_id(f"{_profile_slug(profile)}-{stamp}-{secrets.token_hex(2)}")
         labels = {
             "slimserve": "variant",
             "profile": profile,
@@ -72,16 +113,69 @@ class Registry:
                 shutil.copy2(item, Path(stored.path) / item.name)
         return vid
 
-    def variant_path(self, model: str, vid: str) -> Path:
+    def _stored(self, model: str, vid: str):
+        """The store entry of exactly ``vid`` (never an alias), or :class:`UnknownVariant`."""
         import bentoml
 
+        check_variant_id(vid)
         try:
-            return Path(bentoml.models.get(f"{_store_name(model)}:{vid}").path)
-        except bentoml.exceptions.NotFound:
+            stored = bentoml.models.get(f"{_store_name(model)}:{vid}")
+        except bentoml.exceptions.BentoMLException:  # NotFound, or a tag the store refuses
+            stored = None
+        if stored is None or stored.tag.version != vid:
             raise UnknownVariant(
                 f"model {model!r} has no variant {vid!r}; GET /admin/models/{model}/variants "
                 "lists them"
-            ) from None
+            )
+        return stored
+
+    def variant_path(self, model: str, vid: str) -> Path:
+        return Path(self._stored(model, vid).path)
+
+    def accepted_variant(self, model: str, profile: str) -> str | None:
+        """The newest stored variant of ``model`` accepted for ``profile``, or None."""
+        for row in self._variant_rows(model):
+            if row["profile"] == profile and row["accepted"]:
+                return row["id"]
+        return None
+
+    def _variant_rows(self, model: str) -> list[dict]:
+        """Compressed variants of ``model`` (labels only, no reports), newest first."""
+        import bentoml
+
+        rows = [
+            {
+                "id": m.tag.version,
+                "profile": m.info.labels.get("profile"),
+                "accepted": m.info.labels.get("accepted") == "true",
+                "created": m.info.creation_time,
+            }
+            for m in bentoml.models.list(_store_name(model))
+            if m.info.labels.get("slimserve") == "variant"
+        ]
+        return sorted(rows, key=lambda r: r["created"], reverse=True)
+
+    def prune(self, model: str, keep: int) -> list[str]:
+        """Delete all but the ``keep`` newest variants of ``model``; returns the deleted ids.
+
+        The active variant and the one a rollback would return to are never deleted; deleted
+        ids leave the rollback stack.
+        """
+        import bentoml
+
+        with self._lock:
+            data = self.pointer(model)
+            protected = {data["variant"], *data["history"][-1:]}
+            rows = self._variant_rows(model)
+            doomed = [r["id"] for r in rows[keep:] if r["id"] not in protected]
+            for vid in doomed:
+                bentoml.models.delete(f"{_store_name(model)}:{vid}")
+            if doomed and self._pointer(model).exists():
+                history = [v for v in data["history"] if v not in doomed]
+                self._write_pointer(model, {**data, "history": history})
+        if doomed:
+            log.info("model %s: deleted %d old variant(s): %s", model, len(doomed), doomed)
+        return doomed
 
     def report(self, model: str, vid: str) -> dict | None:
         if vid == ORIGINAL:
@@ -120,45 +214,94 @@ class Registry:
         return self.pointers / f"{_store_name(model)}.json"
 
     def pointer(self, model: str) -> dict:
+        """``{"variant", "history", "pinned"}``; a missing or unreadable file is the original.
+
+        A pointer whose ids do not have the registry's form (an alias such as ``latest``
+        written by an older version, a hand edit) reads as ``{"variant": <as written>,
+        "invalid": True}``: :meth:`VariantManager.restore` repairs it at start-up.
+        """
         try:
-            return json.loads(self._pointer(model).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {"variant": ORIGINAL, "history": []}
+            data = json.loads(self._pointer(model).read_text())
+        except (OSError, ValueError):
+            return {"variant": ORIGINAL, "history": [], "pinned": False}
+        if not isinstance(data, dict):
+            return {"variant": ORIGINAL, "history": [], "pinned": False, "invalid": True}
+        variant, history = data.get("variant"), data.get("history", [])
+        if not isinstance(history, list):
+            history = []
+        out = {
+            "variant": variant if _valid_id(variant) else str(variant)[:100],
+            "history": [h for h in history if _valid_id(h)],
+            "pinned": data.get("pinned") is True,
+        }
+        if not _valid_id(variant):
+            out["invalid"] = True
+        return out
 
     def active(self, model: str) -> str:
         return self.pointer(model)["variant"]
 
-    def set_active(self, model: str, vid: str, remember: bool = True) -> str:
-        """Point ``model`` at ``vid``; the variant it replaces goes on the rollback stack."""
+    def pinned(self, model: str) -> bool:
+        """Whether an operator chose the active variant (activate or rollback)."""
+        return self.pointer(model)["pinned"]
+
+    def _write_pointer(self, model: str, data: dict) -> None:
+        """Replace the pointer file atomically (write a temporary file, then rename)."""
+        tmp = self._pointer(model).with_suffix(f".{os.getpid()}.tmp")
+        body = {
+            "variant": data["variant"],
+            "history": data["history"],
+            "pinned": bool(data.get("pinned")),
+            "time": time.time(),
+        }
+        try:
+            with open(tmp, "w") as f:
+                f.write(json.dumps(body))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._pointer(model))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def set_active(self, model: str, vid: str, remember: bool = True, pinned: bool = False) -> str:
+        """Point ``model`` at ``vid``; the variant it replaces goes on the rollback stack.
+
+        ``pinned``: an operator's choice, which a restart respects (no auto-compression).
+        """
+        check_variant_id(vid)
         with self._lock:
             data = self.pointer(model)
             previous = data["variant"]
-            history = data.get("history", [])
-            if remember and previous != vid:
+            history = data["history"]
+            if remember and previous != vid and not data.get("invalid"):
                 history = [*history, previous][-20:]
-            tmp = self._pointer(model).with_suffix(".tmp")
-            tmp.write_text(json.dumps({"variant": vid, "history": history, "time": time.time()}))
-            os.replace(tmp, self._pointer(model))
+            self._write_pointer(model, {"variant": vid, "history": history, "pinned": pinned})
             return previous
+
+    def repair(self, model: str, vid: str, drop: set[str]) -> None:
+        """Point ``model`` at ``vid`` after start-up refused the pointer's variant(s) ``drop``."""
+        with self._lock:
+            data = self.pointer(model)
+            history = [h for h in data["history"] if h not in drop and h != vid]
+            self._write_pointer(
+                model, {"variant": vid, "history": history, "pinned": data["pinned"]}
+            )
 
     def previous(self, model: str) -> str | None:
         """The variant a rollback would return to (the top of the stack), or None."""
-        history = self.pointer(model).get("history", [])
+        history = self.pointer(model)["history"]
         return history[-1] if history else None
 
-    def pop_previous(self, model: str) -> str | None:
+    def pop_previous(self, model: str, pinned: bool = False) -> str | None:
         """The variant active before the last swap (removed from the stack), or None."""
         with self._lock:
             data = self.pointer(model)
-            history = data.get("history", [])
+            history = data["history"]
             if not history:
                 return None
             previous = history.pop()
-            tmp = self._pointer(model).with_suffix(".tmp")
-            tmp.write_text(
-                json.dumps({"variant": previous, "history": history, "time": time.time()})
-            )
-            os.replace(tmp, self._pointer(model))
+            self._write_pointer(model, {"variant": previous, "history": history, "pinned": pinned})
             return previous
 
     def pointer_mtime(self, model: str) -> float:

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.serving import v2
-from service.serving.errors import PayloadTooLarge, ServiceError
+from service.serving.errors import BadRequest, PayloadTooLarge, ServiceError
 
 
 def core(request: Request):
@@ -20,6 +20,30 @@ def core(request: Request):
     if c is None:
         raise ServiceError("the service is starting: no models loaded yet", 503)
     return c
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it is known to be over ``limit`` bytes.
+
+    A declared Content-Length over the limit is refused before a byte is read; a chunked body
+    is counted while it streams in, so at most ``limit`` bytes are ever held.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise BadRequest(f"Content-Length must be a number of bytes, got {declared[:40]!r}")
+        if int(declared) > limit:
+            raise PayloadTooLarge(
+                f"request body of {int(declared)} bytes is over the {limit}-byte limit"
+            )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is over the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _served(request: Request):
@@ -55,10 +79,7 @@ async def infer(request: Request) -> Response:
     name = request.path_params["name"]
     served = _served(request)
     limit = core(request).settings.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes is over the {limit}-byte limit")
-    body = await request.body()
+    body = await read_body(request, limit)
     parsed = v2.parse_infer_request(
         body,
         request.headers.get("inference-header-content-length"),

@@ -7,10 +7,8 @@ real server shows (tritonclient over the wire, swaps under load, restarts) stay 
 
 from __future__ import annotations
 
-import asyncio
 import json
 
-import httpx
 import numpy as np
 import pytest
 
@@ -18,35 +16,10 @@ from service.serving.app import create_app
 from service.serving.core import Core
 from service.serving.settings import Settings
 
+from .harness import TOKEN, Client
+
 pytestmark = pytest.mark.unit
-TOKEN = "s3cret"
 IMAGE = np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)
-
-
-class Client:
-    """A sync face over an ``httpx.AsyncClient`` on one event loop (the runtime's queues live
-    on the loop that first used them)."""
-
-    def __init__(self, app) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
-
-    def request(self, method: str, path: str, **kw) -> httpx.Response:
-        return self.loop.run_until_complete(self.http.request(method, path, **kw))
-
-    def get(self, path: str, **kw) -> httpx.Response:
-        return self.request("GET", path, **kw)
-
-    def post(self, path: str, **kw) -> httpx.Response:
-        return self.request("POST", path, **kw)
-
-    def admin(self, method: str, path: str, **kw) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-        return self.request(method, "/admin" + path, headers=headers, **kw)
-
-    def close(self) -> None:
-        self.loop.run_until_complete(self.http.aclose())
-        self.loop.close()
 
 
 @pytest.fixture(scope="module")

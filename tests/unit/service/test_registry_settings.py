@@ -78,3 +78,28 @@ def test_available_cores_respects_affinity():
     from service.serving.core import available_cores
 
     assert 1 <= available_cores() <= len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("vid", ["latest", "../../x", "x:y", "", "a\x00b", "a" * 5000, "Cpu-1", 7])
+def test_variant_ids_must_have_the_form_the_registry_issues(tmp_path, vid):
+    from service.serving.errors import BadRequest
+    from service.serving.registry import check_variant_id
+
+    with pytest.raises(BadRequest, match="variant id is 'original' or what the registry issued"):
+        check_variant_id(vid)
+    with pytest.raises(BadRequest):
+        Registry(tmp_path).set_active("m", vid)
+    assert check_variant_id("cpu-20250101-120000-ab12") == "cpu-20250101-120000-ab12"
+
+
+def test_pinned_pointers_and_invalid_pointers(tmp_path):
+    reg = Registry(tmp_path)
+    reg.set_active("m", "cpu-1", pinned=True)
+    assert reg.pinned("m") and Registry(tmp_path).pinned("m")
+    reg.set_active("m", "cpu-2")
+    assert not reg.pinned("m")
+    assert reg.pop_previous("m", pinned=True) == "cpu-1" and reg.pinned("m")
+    (tmp_path / "active" / "m.json").write_text(json.dumps({"variant": "latest"}))
+    assert reg.pointer("m")["invalid"] is True
+    reg.set_active("m", "cpu-3")  # an invalid pointer never enters the rollback stack
+    assert reg.pointer("m")["history"] == [] and reg.active("m") == "cpu-3"

@@ -1,0 +1,59 @@
+"""The in-process HTTP harness: a started Core and ``create_app(core)`` through httpx.
+
+Shared by the HTTP tests of this folder (the 4xx matrix, the fuzz tests, the fault tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+TOKEN = "s3cret"
+
+
+class Client:
+    """A sync face over an ``httpx.AsyncClient`` on one event loop (the runtime's queues live
+    on the loop that first used them)."""
+
+    def __init__(self, app) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+
+    def run(self, coro):
+        return self.loop.run_until_complete(coro)
+
+    def request(self, method: str, path: str, **kw) -> httpx.Response:
+        return self.run(self.http.request(method, path, **kw))
+
+    def get(self, path: str, **kw) -> httpx.Response:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, **kw) -> httpx.Response:
+        return self.request("POST", path, **kw)
+
+    def admin(self, method: str, path: str, **kw) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {TOKEN}", **kw.pop("headers", {})}
+        return self.request(method, "/admin" + path, headers=headers, **kw)
+
+    def close(self) -> None:
+        self.run(self.http.aclose())
+        self.loop.close()
+
+
+@contextlib.contextmanager
+def isolated_model_store(root: Path) -> Iterator[None]:
+    """Point BentoML's model store at ``root`` (a server does so with its own BENTOML_HOME):
+    variants stored by one test module are invisible to the others."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models.model import ModelStore
+
+    root.mkdir(parents=True, exist_ok=True)
+    BentoMLContainer.model_store.set(ModelStore(root))
+    try:
+        yield
+    finally:
+        BentoMLContainer.model_store.reset()
