@@ -14,7 +14,6 @@ import os
 from typing import Any
 
 import bentoml
-import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -22,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from service.serving.admin import ADMIN_ROUTES
 from service.serving.core import Core
 from service.serving.errors import ServiceError
+from service.serving.predict import predict
 from service.serving.routes import V2_ROUTES
 from service.serving.settings import Settings
 
@@ -67,13 +67,6 @@ def _bentoml_options(settings: Settings) -> dict:
     return options
 
 
-def _bentoml_error(err: ServiceError) -> Exception:
-    """The BentoML exception that answers ``err``'s status on ``/predict``."""
-    exc = bentoml.exceptions
-    by_status = {404: exc.NotFound, 503: exc.ServiceUnavailable}
-    return by_status.get(err.status, exc.InvalidArgument)(err.message)
-
-
 @bentoml.service(
     name="slimserve",
     workers=int(os.environ.get("SLIMSERVE_WORKERS", "1")),
@@ -95,17 +88,6 @@ class SlimServe:
     @bentoml.api
     async def predict(self, model: str, inputs: Any) -> dict:
         """BentoML-native JSON: ``{"model": "digits-cnn", "inputs": [[...8x8...]]}``."""
-        plane = self.core.plane
-        try:
-            served = plane.served(model)
-            rows = served.adapter.from_json(inputs)
-            out, active = await plane.infer(model, rows)
-        except ServiceError as err:
-            if err.status < 500:
-                plane.count_client_error(model)
-            raise _bentoml_error(err) from None
-        answer = {"model": model, "variant": active.variant, "outputs": np.asarray(out).tolist()}
-        labels = getattr(served.adapter, "labels", None)
-        if labels:  # a task model: the class names of the best scores
-            answer["labels"] = [labels[i] for i in np.asarray(out).argmax(1).tolist()]
-        return answer
+        status, body = await predict(self.core.plane, model, inputs)
+        # Client errors are answered, not raised: no traceback logged, the declared body shape.
+        return body if status == 200 else JSONResponse(body, status_code=status)

@@ -54,7 +54,12 @@ class Core:
         self.settings = settings
         self.thread_budget = settings.threads or max(1, available_cores() // settings.workers)
         self.registry = Registry(settings.home)
-        self.runtime = Runtime(settings.max_batch_size, settings.max_wait_ms, settings.queue_size)
+        self.runtime = Runtime(
+            settings.max_batch_size,
+            settings.max_wait_ms,
+            settings.queue_size,
+            max_rows=settings.max_rows_per_request,
+        )
         self.plane = DataPlane(self.runtime, self.thread_budget)
         self.jobs = JobRunner(
             settings.home / "jobs",

@@ -10,6 +10,12 @@ adaptive: a batch takes whatever queued while the previous forward ran, and wait
 ``max_wait_ms`` for more only when the previous batch held more than one request (under load),
 so a lone client is never delayed. Overload means queueing first; only a full queue answers
 503. No bentoml import here: the runtime is testable without a server.
+
+Cost per request is bounded: a request holds at most ``max_rows`` rows (413 beyond), a request
+larger than ``max_batch_size`` rows is split into micro-batch-sized chunks (all of them run on
+the variant active when it arrived, so its answer names one variant), and every model has its
+own execution lane (a one-thread executor), so a slow model's forwards never delay a fast
+model's. An empty request answers an empty output without a forward.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.serving.errors import Overloaded
+from service.serving.errors import BadRequest, Overloaded, PayloadTooLarge
 
 log = logging.getLogger("slimserve.runtime")
 
@@ -69,6 +75,7 @@ class Reservoir:
 class _Pending:
     rows: np.ndarray
     future: asyncio.Future
+    active: Active | None = None  # a chunk of a split request: runs on this variant
 
 
 @dataclass
@@ -83,17 +90,24 @@ class Served:
     history: list[str] = field(default_factory=list)
     last_batch: int = 0  # requests in the last micro-batch (adaptive wait)
     threads: int | None = None  # torch threads of this model's forwards (None: leave as set)
+    lane: ThreadPoolExecutor | None = None  # this model's forward thread (its own)
 
 
 class Runtime:
     """Active variants of every served model, batched inference, atomic swaps."""
 
-    def __init__(self, max_batch_size: int = 32, max_wait_ms: float = 2.0, queue_size: int = 2048):
+    def __init__(
+        self,
+        max_batch_size: int = 32,
+        max_wait_ms: float = 2.0,
+        queue_size: int = 2048,
+        max_rows: int = 512,
+    ):
         self.models: dict[str, Served] = {}
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.queue_size = queue_size
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+        self.max_rows = max_rows
         self._tasks: list[asyncio.Task] = []
         self._swap_lock = threading.Lock()
         # Called after every served batch (shadow evaluation); must be cheap and never raise.
@@ -109,7 +123,9 @@ class Runtime:
         reservoir: Reservoir | None = None,
         threads: int | None = None,
     ) -> None:
-        self.models[name] = Served(name, adapter, active, reservoir, threads=threads)
+        # One forward thread per model: a slow model's forwards never queue a fast one's.
+        lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"forward-{name}")
+        self.models[name] = Served(name, adapter, active, reservoir, threads=threads, lane=lane)
 
     def swap(self, name: str, active: Active) -> Active:
         """Make ``active`` serve ``name``; returns the variant it replaced."""
@@ -129,19 +145,37 @@ class Runtime:
             self._tasks.append(asyncio.get_running_loop().create_task(self._drain(served)))
 
     async def infer(self, name: str, rows: np.ndarray) -> tuple[np.ndarray, Active]:
-        """Run ``rows`` (one request's samples) through the model's active variant."""
+        """Run ``rows`` (one request's samples) through the model's active variant.
+
+        Over ``max_rows`` rows: :class:`PayloadTooLarge` (413). Over ``max_batch_size`` rows:
+        split into chunks that queue like requests, all pinned to the variant active now.
+        """
         served = self.models[name]
+        n = len(rows)
+        if n > self.max_rows:
+            raise PayloadTooLarge(
+                f"{name}: a request holds at most {self.max_rows} rows "
+                f"(SLIMSERVE_MAX_ROWS_PER_REQUEST), this one has {n}; split it"
+            )
+        if n == 0:
+            return _empty_output(served), served.active
         self._ensure_worker(served)
-        future = asyncio.get_running_loop().create_future()
-        try:
-            served.queue.put_nowait(_Pending(rows, future))
-        except asyncio.QueueFull:
-            raise Overloaded(
-                f"{name}: {self.queue_size} requests already queued; retry later"
-            ) from None
+        loop = asyncio.get_running_loop()
+        step = self.max_batch_size
+        pinned = served.active if n > step else None
+        chunks = [rows[i : i + step] for i in range(0, n, step)]
+        if self.queue_size - served.queue.qsize() < len(chunks):
+            raise Overloaded(f"{name}: {served.queue.qsize()} requests already queued; retry later")
+        futures = []
+        for chunk in chunks:  # no await in between: all chunks queue, or none
+            futures.append(loop.create_future())
+            served.queue.put_nowait(_Pending(chunk, futures[-1], pinned))
         if served.reservoir is not None:
             served.reservoir.add(rows)
-        return await future
+        if len(futures) == 1:
+            return await futures[0]
+        results = await asyncio.gather(*futures)
+        return np.concatenate([out for out, _ in results]), pinned
 
     async def _drain(self, served: Served) -> None:
         loop = asyncio.get_running_loop()
@@ -166,40 +200,49 @@ class Runtime:
                 batch.append(nxt)
                 size += len(nxt.rows)
             served.last_batch = len(batch)
-            active = served.active  # read once: the whole batch runs on this variant
-            try:
-                outputs = await loop.run_in_executor(
-                    self._executor,
-                    self._forward,
-                    served.adapter,
-                    active,
-                    [p.rows for p in batch],
-                    served.threads,
-                )
-            except Exception as err:  # a forward failure fails this batch, not the worker
-                log.exception("forward failed on %s/%s", served.name, active.variant)
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(err)
-                continue
-            if self.on_batch is not None:
-                try:
-                    self.on_batch(served, active, [p.rows for p in batch], outputs)
-                except Exception:  # observation only: never fails a served batch
-                    log.exception("on_batch hook failed on %s", served.name)
-            start = 0
+            current = served.active  # read once: the whole batch runs on this variant ...
+            groups: dict[int, tuple[Active, list[_Pending]]] = {}
+            for p in batch:  # ... but for chunks pinned to another one (a swap meanwhile)
+                active = p.active or current
+                groups.setdefault(id(active), (active, []))[1].append(p)
+            for active, group in groups.values():
+                await self._run(loop, served, active, group)
+
+    async def _run(self, loop, served: Served, active: Active, batch: list[_Pending]) -> None:
+        """One forward of ``batch`` on ``active`` in the model's lane; answer every future."""
+        try:
+            outputs = await loop.run_in_executor(
+                served.lane,
+                self._forward,
+                served.adapter,
+                active,
+                [p.rows for p in batch],
+                served.threads,
+            )
+        except Exception as err:  # a forward failure fails this batch, not the worker
+            log.exception("forward failed on %s/%s", served.name, active.variant)
             for p in batch:
-                n = len(p.rows)
                 if not p.future.done():
-                    p.future.set_result((outputs[start : start + n], active))
-                start += n
+                    p.future.set_exception(err)
+            return
+        if self.on_batch is not None:
+            try:
+                self.on_batch(served, active, [p.rows for p in batch], outputs)
+            except Exception:  # observation only: never fails a served batch
+                log.exception("on_batch hook failed on %s", served.name)
+        start = 0
+        for p in batch:
+            n = len(p.rows)
+            if not p.future.done():
+                p.future.set_result((outputs[start : start + n], active))
+            start += n
 
     @staticmethod
     def _forward(
         adapter: Any, active: Active, rows: list[np.ndarray], threads: int | None = None
     ) -> np.ndarray:
         if threads is not None and torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)  # forwards run on one thread: no other model races
+            torch.set_num_threads(threads)  # per thread (OpenMP): each model's lane keeps its own
         batch = adapter.collate(rows)
         with torch.inference_mode():
             return adapter.outputs(adapter.call(active.module, batch), batch)
@@ -207,4 +250,14 @@ class Runtime:
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        for served in self.models.values():
+            if served.lane is not None:
+                served.lane.shutdown(wait=False, cancel_futures=True)
+
+
+def _empty_output(served: Served) -> np.ndarray:
+    """The answer to a request of no rows: zero rows of the model's output shape."""
+    spec = served.adapter.signature.outputs[0]
+    if any(d < 0 for d in spec.shape[1:]):
+        raise BadRequest(f"{served.name}: a request needs at least one row")
+    return np.zeros((0, *spec.shape[1:]), dtype=np.float32)

@@ -53,6 +53,12 @@ class Settings(BaseModel):
         "batch held more than one request), so a lone client never waits.",
     )
     queue_size: int = Field(2048, ge=1, description="Requests queued per model before 503.")
+    max_rows_per_request: int = Field(
+        512,
+        ge=1,
+        description="Most rows (samples) one request may hold (413 beyond); larger requests "
+        "than max_batch_size are split into micro-batches.",
+    )
     max_body_bytes: int = Field(8 << 20, ge=1024, description="Largest accepted request body.")
     job_timeout_s: float | None = Field(
         None, gt=0, description="Overrides the profile's time limit."

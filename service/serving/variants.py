@@ -149,7 +149,9 @@ class VariantManager:
             variant = load_variant(path, model=self.plane.bundles[name].factory())
         except VariantError as err:
             metrics.series().refused.labels(name).inc()
-            raise VariantRefused(f"variant {vid!r} of {name!r} refused: {err}") from None
+            # No server path to a client: "weights.safetensors: checksum ... does not match".
+            reason = str(err).replace(f"{path}/", "").replace(str(path), "its directory")
+            raise VariantRefused(f"variant {vid!r} of {name!r} refused: {reason}") from None
         report = variant.report.to_dict()
         active = Active(vid, report["profile"], variant.module.eval(), report)
         self._resident[key] = active

@@ -108,9 +108,16 @@ def _header_length(value: int | str | None, body_len: int) -> int | None:
     return n
 
 
+def _reject_constant(token: str):
+    raise V2Error(
+        f"request JSON holds {token}, which is not a JSON number; send finite numbers "
+        "(binary tensor data carries IEEE values, but inputs must be finite too)"
+    )
+
+
 def _load_header(raw: bytes, header_length: int | None, content_type: str | None) -> dict:
     try:
-        doc = json.loads(raw)
+        doc = json.loads(raw, parse_constant=_reject_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         hint = ""
         if header_length is None:
@@ -229,7 +236,22 @@ def _json_tensor(name: str, spec: TensorSpec, data: Any, shape: list[int], count
                 f"input '{name}' ({dt}): values must lie in [{info.min}, {info.max}], "
                 f"got values in [{lo}, {hi}]"
             )
-    return raw.astype(target).reshape(shape)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = raw.astype(target)
+    if _family(dt) == "FP":
+        _check_finite(name, dt, out)
+    return out.reshape(shape)
+
+
+def _check_finite(name: str, datatype: str, arr: np.ndarray) -> None:
+    """Floating inputs are finite and within their datatype's range (1e39 is no FP32)."""
+    bad = arr.size - int(np.isfinite(arr).sum())
+    if bad:
+        limit = float(np.finfo(arr.dtype).max)
+        raise V2Error(
+            f"input '{name}' ({datatype}): values must be finite numbers within +/-{limit:.7g}; "
+            f"{bad} of {arr.size} are not (NaN, infinity, or out of {datatype}'s range)"
+        )
 
 
 def _binary_tensor(name: str, spec: TensorSpec, buf: memoryview, shape: list[int], count: int):
@@ -247,6 +269,8 @@ def _binary_tensor(name: str, spec: TensorSpec, buf: memoryview, shape: list[int
         arr = np.frombuffer(buf, dtype=np.uint8) != 0
     else:  # astype copies: a writable, aligned, native-endian array that owns its memory
         arr = np.frombuffer(buf, dtype=WIRE_DTYPES[dt]).astype(NUMPY_DTYPES[dt])
+        if _family(dt) == "FP":
+            _check_finite(name, dt, arr)
     return arr.reshape(shape)
 
 

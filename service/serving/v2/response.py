@@ -66,7 +66,7 @@ def encode_infer_response(
     the body is JSON with ``Content-Type: application/json``.
 
     A missing or undeclared output is a server bug (ValueError); an output requested as JSON
-    that holds non-UTF-8 bytes is a V2Error (400).
+    that holds non-UTF-8 bytes, NaN or infinity is a V2Error (400): JSON carries neither.
     """
     names = list(binary) if binary else signature.output_names
     entries: list[dict[str, Any]] = []
@@ -90,6 +90,13 @@ def encode_infer_response(
         elif spec.datatype == "BYTES":
             entry["data"] = _json_bytes(name, arr)
         else:
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                # JSON has no NaN or infinity (strict parsers reject the bare tokens).
+                raise V2Error(
+                    f"output '{name}' holds NaN or infinity for this input, which JSON cannot "
+                    "carry; request it with binary_data=true, or send inputs in the model's "
+                    "range"
+                )
             entry["data"] = arr.ravel(order="C").tolist()
         entries.append(entry)
 
@@ -97,7 +104,7 @@ def encode_infer_response(
     if request_id is not None:
         response["id"] = request_id
     response["outputs"] = entries
-    header = json.dumps(response, separators=(",", ":")).encode("utf-8")
+    header = json.dumps(response, separators=(",", ":"), allow_nan=False).encode("utf-8")
     if blobs:
         headers = {
             "Content-Type": "application/octet-stream",

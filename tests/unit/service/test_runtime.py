@@ -157,3 +157,94 @@ def test_each_model_forward_runs_with_its_own_thread_count():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+# ---- issue 15 item 2: bounded cost per request, one lane per model -------------------------------
+
+
+class Gate(torch.nn.Module):
+    """A forward that blocks until ``release`` is set (a model stuck on a huge request)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import threading
+
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def forward(self, x):
+        self.entered.set()
+        assert self.release.wait(30), "never released"
+        return x.flatten(1)[:, :10]
+
+
+def test_a_stuck_model_does_not_block_another_models_forwards():
+    gate = Gate()
+    rt = Runtime(max_batch_size=8, max_wait_ms=0)
+    rt.add("slow", ImageAdapter("slow"), Active("v", "cpu", gate))
+    rt.add("fast", ImageAdapter("fast"), Active("v", "cpu", Scale(3.0)))
+
+    async def run():
+        stuck = asyncio.ensure_future(rt.infer("slow", _rows(1)))
+        while not gate.entered.is_set():
+            await asyncio.sleep(0.005)
+        # With one forward thread for all models this would wait for the gate (30 s, then fail).
+        out, _ = await asyncio.wait_for(rt.infer("fast", _rows(2, 1.0)), 10)
+        gate.release.set()
+        await stuck
+        await rt.close()
+        return out
+
+    out = asyncio.run(run())
+    assert out.shape == (2, 10) and float(out[0, 0]) == 3.0
+
+
+def test_rows_over_the_cap_are_413_and_large_requests_split_into_batches():
+    from service.serving.errors import PayloadTooLarge
+
+    module = Scale(2.0)
+    rt = _runtime(module, max_batch_size=8, max_wait_ms=0, max_rows=50)
+
+    async def run():
+        with pytest.raises(PayloadTooLarge, match="at most 50 rows .* this one has 51"):
+            await rt.infer("m", _rows(51))
+        rows = np.arange(45, dtype=np.float32)[:, None, None, None] * np.ones((1, 1, 8, 8))
+        out, active = await rt.infer("m", rows.astype(np.float32))
+        await rt.close()
+        return out, active
+
+    out, active = asyncio.run(run())
+    assert module.calls == [8, 8, 8, 8, 8, 5], module.calls  # no forward above max_batch_size
+    assert out.shape == (45, 10) and np.array_equal(out[:, 0], 2.0 * np.arange(45))
+    assert active.variant == "v1"
+
+
+def test_a_split_request_runs_entirely_on_the_variant_it_arrived_on():
+    slow = Scale(1.0, delay=0.05)
+    rt = _runtime(slow, max_batch_size=4, max_wait_ms=0)
+
+    async def run():
+        request = asyncio.ensure_future(rt.infer("m", _rows(16)))
+        while not slow.calls:  # the first chunk is in its forward: swap now
+            await asyncio.sleep(0.001)
+        rt.swap("m", Active("v2", "cpu", Scale(10.0)))
+        after, a2 = await rt.infer("m", _rows(1))
+        out, a1 = await request
+        await rt.close()
+        return out, a1, after, a2
+
+    out, a1, after, a2 = asyncio.run(run())
+    assert a1.variant == "v1" and np.all(out[:, 0] == 1.0), out[:, 0]  # all 16 rows on v1
+    assert a2.variant == "v2" and after[0, 0] == 10.0
+
+
+def test_an_empty_request_answers_an_empty_output_without_a_forward():
+    module = Scale(1.0)
+    rt = _runtime(module)
+
+    async def run():
+        out = await rt.infer("m", np.zeros((0, 1, 8, 8), dtype=np.float32))
+        await rt.close()
+        return out
+
+    out, active = asyncio.run(run())
+    assert out.shape == (0, 10) and module.calls == [] and active.variant == "v1"
