@@ -10,10 +10,14 @@
                  least-squares refit has compensated the cut (:func:`lsq_scores`).
 
 Scores come back per channel of each unit's root; :func:`granule_scores` sums them per head.
+Each criterion is a function registered in :data:`CRITERIA` under its name (the profile's
+``importance`` values are these names); :func:`score_units` runs the profile's choice.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,8 +34,7 @@ from compression.inputs import (
     split,
     token_mask,
 )
-
-CRITERIA = ("magnitude", "taylor", "activation", "lsq")
+from compression.registry import Registry
 
 
 @dataclass
@@ -159,6 +162,76 @@ def taylor_gradients(model: nn.Module, batch: Batch, chunk: int = 64) -> None:
             _pseudo_label_loss(main_output(call(model, part))).backward()
 
 
+@dataclass
+class ScoringContext:
+    """What a criterion scores from. ``model`` is the original: a criterion must not change it
+    (Taylor works on a copy). ``stats`` are the consumers' input statistics, which the rebuild
+    needs whatever the criterion; a criterion that computes them anyway (lsq) stores them."""
+
+    model: nn.Module
+    example_inputs: Batch
+    units: list[PruneUnit]
+    calibration: Batch
+    stats: dict[str, InputStats] | None = None
+
+    @property
+    def consumers(self) -> list[str]:
+        """Every layer whose input channels some unit's cut removes."""
+        return [c for u in self.units for c in u.consumers]
+
+    def input_stats(self) -> dict[str, InputStats]:
+        """The consumers' input statistics on the calibration data (computed once)."""
+        if self.stats is None:
+            self.stats = input_stats(self.model, self.consumers, self.calibration)
+        return self.stats
+
+
+Criterion = Callable[[ScoringContext], dict[str, torch.Tensor]]
+
+# Importance criteria by name: each takes a ScoringContext and returns per-channel scores of
+# every unit's root. The profile's ``importance`` is one of these names.
+CRITERIA: Registry[Criterion] = Registry("importance criterion")
+
+
+@CRITERIA.register("magnitude")
+def magnitude(ctx: ScoringContext) -> dict[str, torch.Tensor]:
+    """Torch-Pruning's group L2 weight norm."""
+    return graph.library_scores(ctx.model, ctx.example_inputs, ctx.units, "magnitude")
+
+
+@CRITERIA.register("taylor")
+def taylor(ctx: ScoringContext) -> dict[str, torch.Tensor]:
+    """Torch-Pruning's group Taylor score, from gradients of the model's own predictions."""
+    work = copy.deepcopy(ctx.model)  # backward passes leave .grad behind
+    taylor_gradients(work, ctx.calibration)
+    return graph.library_scores(work, ctx.example_inputs, ctx.units, "taylor")
+
+
+@CRITERIA.register("activation")
+def activation(ctx: ScoringContext) -> dict[str, torch.Tensor]:
+    """Activation-aware scores (see :func:`activation_scores`)."""
+    return activation_scores(ctx.model, ctx.units, ctx.input_stats())
+
+
+@CRITERIA.register("lsq")
+def lsq(ctx: ScoringContext) -> dict[str, torch.Tensor]:
+    """Refit-aware scores (see :func:`lsq_scores`); statistics and Grams from one forward."""
+    ctx.stats, grams = input_stats_and_grams(ctx.model, ctx.consumers, ctx.calibration)
+    return lsq_scores(ctx.model, ctx.units, grams)
+
+
+def score_units(
+    original: nn.Module, example: Batch, units: list[PruneUnit], criterion: str, calibration: Batch
+) -> tuple[dict[str, InputStats], dict[str, torch.Tensor]]:
+    """Input statistics of every consumer and the named criterion's channel scores.
+
+    >>> stats, scores = score_units(model, x[:2], units, "lsq", x)  # doctest: +SKIP
+    """
+    ctx = ScoringContext(original, example, units, calibration)
+    scores = CRITERIA.get(criterion)(ctx)
+    return ctx.input_stats(), scores
+
+
 def channel_scores(
     model: nn.Module,
     example_inputs: Batch,
@@ -167,20 +240,9 @@ def channel_scores(
     calibration: Batch,
     stats: dict[str, InputStats] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Per-channel importance of every unit under ``criterion`` (one of :data:`CRITERIA`)."""
-    if criterion == "activation":
-        if stats is None:
-            stats = input_stats(model, [c for u in units for c in u.consumers], calibration)
-        return activation_scores(model, units, stats)
-    if criterion == "taylor":
-        taylor_gradients(model, calibration)
-        try:
-            return graph.library_scores(model, example_inputs, units, "taylor")
-        finally:
-            model.zero_grad(set_to_none=True)
-    if criterion == "magnitude":
-        return graph.library_scores(model, example_inputs, units, "magnitude")
-    raise ValueError(f"unknown importance criterion {criterion!r}; expected one of {CRITERIA}")
+    """Per-channel importance of every unit under ``criterion`` (a name in :data:`CRITERIA`)."""
+    ctx = ScoringContext(model, example_inputs, units, calibration, stats)
+    return CRITERIA.get(criterion)(ctx)
 
 
 def granule_scores(unit: PruneUnit, scores: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,16 @@ replaying it on a freshly built model resizes those modules so the saved weights
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+from compression import precision
+
+if TYPE_CHECKING:
+    from compression.profiles import DeviceProfile
+    from compression.report import Candidate
 
 # Plain attributes that hold sizes a module's forward reads.
 SIZE_ATTRS = (
@@ -68,3 +76,21 @@ def replay(
     if missing or unexpected:
         raise KeyError(f"weights do not match the plan: missing {missing}, unexpected {unexpected}")
     return model
+
+
+def variant_plan(
+    original: nn.Module,
+    float_module: nn.Module,
+    candidate: Candidate,
+    profile: DeviceProfile,
+    source: str | None,
+) -> dict:
+    """The plan of a chosen variant: its source, profile, structure and precision (plan.json)."""
+    return {
+        "source": source,
+        "profile": profile.model_dump(),
+        "structure": structure_diff(original, float_module),
+        "dtype": candidate.precision if candidate.precision in precision.DTYPES else "float32",
+        "quantization": "int8-dynamic" if candidate.precision == "int8-dynamic" else "none",
+        "sparsity": candidate.sparsity,
+    }

@@ -1,8 +1,10 @@
 """Device profiles: what "compressed for this device" means.
 
 A profile is validated once, when it is loaded; unknown keys and bad values are errors that
-name the key. Built-ins live as YAML beside this module (``profiles/*.yaml``) and load through
-the same validation as a user's file::
+name the key. The allowed importance criteria and rebuild steps are the names
+registered in their modules (:mod:`compression.registry`), so a new one needs no edit here.
+Built-ins live as YAML beside this module (``profiles/*.yaml``) and load through the same
+validation as a user's file::
 
     >>> from compression.profiles import get_profile
     >>> get_profile("cpu").quantization
@@ -15,9 +17,11 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from compression.errors import ProfileError
+from compression.importance import CRITERIA
+from compression.rebuild import STEPS
 
 _BUILTIN_DIR = Path(__file__).parent / "profiles"
 
@@ -36,6 +40,12 @@ class DeviceProfile(BaseModel):
         "none",
         description="int8-dynamic: int8 Linear weights via torch's dynamic quantization, kept "
         "only when it measurably speeds up the variant and stays within budget.",
+    )
+    sparsity: Literal["none", "2:4", "unstructured"] = Field(
+        "none",
+        description="Weight sparsity after pruning: 2:4 (CUDA sparse tensor cores, kept only when "
+        "measurably faster) or unstructured (magnitude, to meet target_size_ratio in stored "
+        "bytes: nonzero values + bitmask).",
     )
     round_to: int = Field(1, ge=1, description="Kept channel counts are multiples of this.")
     threads: int | None = Field(None, ge=1, description="torch threads while measuring.")
@@ -61,10 +71,11 @@ class DeviceProfile(BaseModel):
         description="Cosine metric only: smallest allowed overlap of each validation sample's "
         "10 nearest neighbours with the original's (embedding retrieval); null to skip.",
     )
-    importance: Literal["magnitude", "taylor", "activation", "lsq"] = Field(
+    importance: str = Field(
         "lsq",
-        description="Channel importance: weight magnitude, Taylor sensitivity, activation-aware, "
-        "or lsq (activation-aware cost left after the least-squares refit; measured best).",
+        description="Channel importance, a criterion registered in compression.importance: "
+        "magnitude, taylor (sensitivity), activation (activation-aware), or lsq "
+        "(activation-aware cost left after the least-squares refit; measured best).",
     )
     ratios: list[float] = Field(
         default_factory=lambda: [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
@@ -73,9 +84,10 @@ class DeviceProfile(BaseModel):
     allocation: Literal["uniform", "global", "search"] = Field(
         "search", description="How the amount is split across layers; search tries both."
     )
-    rebuild: list[Literal["bn", "bias", "refit", "distill"]] = Field(
+    rebuild: list[str] = Field(
         default_factory=lambda: ["bn", "bias", "refit"],
-        description="Rebuild ladder steps, cheapest first; each is kept only if it helps.",
+        description="Rebuild ladder steps registered in compression.rebuild (bn, bias, refit, "
+        "distill), cheapest first; each is kept only if it helps.",
     )
     ridge: float = Field(1e-2, ge=0.0, description="Relative ridge strength of the refit.")
     distill_seconds: float = Field(0.0, ge=0.0, description="Time box of the distillation step.")
@@ -83,6 +95,19 @@ class DeviceProfile(BaseModel):
     latency_batch: int = Field(8, ge=1, description="Batch size of latency measurements.")
     latency_repeats: int = Field(15, ge=3, description="Timed repeats (median is reported).")
     time_limit_s: float = Field(300.0, gt=0, description="Wall-clock limit of one compression.")
+
+    @field_validator("importance")
+    @classmethod
+    def _known_criterion(cls, value: str) -> str:
+        CRITERIA.get(value)  # the error lists the registered criteria
+        return value
+
+    @field_validator("rebuild")
+    @classmethod
+    def _known_steps(cls, value: list[str]) -> list[str]:
+        for step in value:
+            STEPS.get(step)
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> DeviceProfile:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -37,6 +38,7 @@ from compression.inputs import (
     split,
     token_mask,
 )
+from compression.registry import Registry
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -338,6 +340,55 @@ def distill(
 # ---- the ladder ------------------------------------------------------------------------------
 
 
+@dataclass
+class RebuildContext:
+    """What a rebuild step works with: ``pruned`` (changed in place), the untouched
+    ``original``, the cut (``units``, ``removed``), calibration data and its statistics."""
+
+    pruned: nn.Module
+    original: nn.Module
+    units: list[PruneUnit]
+    removed: dict[str, list[int]]
+    batch: Batch
+    stats: dict[str, InputStats]
+    ridge: float = 1e-2
+    distill_seconds: float = 0.0
+
+
+# A step changes ``ctx.pruned`` and returns (how many layers/steps it changed, what it did);
+# 0 means it did not apply. The profile's ``rebuild`` list names steps registered here.
+RebuildStep = Callable[[RebuildContext], tuple[int, str]]
+STEPS: Registry[RebuildStep] = Registry("rebuild step")
+
+
+@STEPS.register("bn")
+def bn_step(ctx: RebuildContext) -> tuple[int, str]:
+    """BatchNorm recalibration (:func:`recalibrate_bn`)."""
+    n = recalibrate_bn(ctx.pruned, ctx.batch)
+    return n, f"{n} BatchNorm layers re-estimated"
+
+
+@STEPS.register("bias")
+def bias_step(ctx: RebuildContext) -> tuple[int, str]:
+    """Mean compensation of removed input channels (:func:`compensate_bias`)."""
+    n = compensate_bias(ctx.pruned, ctx.original, ctx.units, ctx.removed, ctx.stats)
+    return n, f"{n} consumer biases compensated"
+
+
+@STEPS.register("refit")
+def refit_step(ctx: RebuildContext) -> tuple[int, str]:
+    """Ridge refit of every consumer of a cut (:func:`refit_consumers`)."""
+    n = refit_consumers(ctx.pruned, ctx.original, ctx.units, ctx.removed, ctx.batch, ctx.ridge)
+    return n, f"{n} consumer layers refit (ridge {ctx.ridge})"
+
+
+@STEPS.register("distill")
+def distill_step(ctx: RebuildContext) -> tuple[int, str]:
+    """Time-boxed distillation from the original (:func:`distill`)."""
+    n = distill(ctx.pruned, ctx.original, ctx.batch, ctx.distill_seconds)
+    return n, f"{n} optimiser steps in {ctx.distill_seconds:g} s"
+
+
 def rebuild(
     pruned: nn.Module,
     original: nn.Module,
@@ -351,34 +402,24 @@ def rebuild(
     distill_seconds: float = 0.0,
     probe: Batch | None = None,
 ) -> list[StepRecord]:
-    """Run the ladder on ``pruned`` in place; returns one record per step tried.
+    """Run the ladder's named ``steps`` (see :data:`STEPS`) on ``pruned`` in place; returns one
+    record per step tried.
 
     Steps fit on all of ``batch``; the error that decides whether a step stays is measured on
     ``probe`` (a slice of it, with ``reference`` its original outputs) when given, else on
     ``batch`` -- three full calibration forwards per candidate are most of the ladder's time.
     """
+    ctx = RebuildContext(pruned, original, units, removed, batch, stats, ridge, distill_seconds)
     check = batch if probe is None else probe
     records = []
     error = calibration_error(pruned, check, reference)
     records.append(StepRecord("prune", True, error, error, 0.0, "after structural pruning"))
     for step in steps:
+        run_step = STEPS.get(step)
         start = time.perf_counter()
         backup = copy.deepcopy(pruned.state_dict())
         biases = {n for n, m in pruned.named_modules() if getattr(m, "bias", 0) is None}
-        if step == "bn":
-            n = recalibrate_bn(pruned, batch)
-            detail = f"{n} BatchNorm layers re-estimated"
-        elif step == "bias":
-            n = compensate_bias(pruned, original, units, removed, stats)
-            detail = f"{n} consumer biases compensated"
-        elif step == "refit":
-            n = refit_consumers(pruned, original, units, removed, batch, ridge)
-            detail = f"{n} consumer layers refit (ridge {ridge})"
-        elif step == "distill":
-            n = distill(pruned, original, batch, distill_seconds)
-            detail = f"{n} optimiser steps in {distill_seconds:g} s"
-        else:
-            raise ValueError(f"unknown rebuild step {step!r}")
+        n, detail = run_step(ctx)
         if n == 0:
             continue
         new_error = calibration_error(pruned, check, reference)

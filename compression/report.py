@@ -1,9 +1,22 @@
-"""The compression report: ``report.json`` (a contract other tools read: keep its keys) and ``report.png``."""
+"""The compression report: ``report.json`` (a contract other tools read: keep its keys) and ``report.png``.
+
+:func:`build_report` assembles it from what the search measured and what verification chose.
+"""
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from compression import metrics
+
+if TYPE_CHECKING:
+    from compression.search import Built, SearchContext
+    from compression.verify import Verdict
 
 
 @dataclass
@@ -21,6 +34,7 @@ class Candidate:
     within_budget: bool
     note: str = ""
     recall: float | None = None  # neighbour recall@10 (cosine metric), see metrics
+    sparsity: str = "none"  # "2:4" or "unstructured" (then params counts nonzero weights)
 
 
 @dataclass
@@ -49,6 +63,7 @@ class CompressionReport:
     allocation: str = ""
     importance: str = ""
     precision: str = "float32"
+    sparsity: str = "none"  # weight sparsity of the chosen variant (compression.sparsity)
     target_met: bool = False
     neighbour_recall: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -117,3 +132,80 @@ class CompressionReport:
         fig.tight_layout()
         fig.savefig(path)
         plt.close(fig)
+
+
+def metric_name(metric: metrics.Metric) -> str:
+    """How a metric is named in the report (a callable by its ``__name__``)."""
+    return metric if isinstance(metric, str) else getattr(metric, "__name__", "custom")
+
+
+def build_report(
+    ctx: SearchContext,
+    verdict: Verdict,
+    candidates: list[Built],
+    *,
+    model: str,
+    started: float,
+) -> CompressionReport:
+    """The report of one compression: the chosen candidate, every candidate tried, the steps.
+
+    ``started`` is the ``time.perf_counter()`` at which the compression began.
+    """
+    chosen, c = verdict.chosen, verdict.chosen.candidate
+    name = metric_name(ctx.metric)
+    steps = list(chosen.steps)
+    steps.append({"step": "precision", "kept": c.precision != "float32", "detail": c.precision})
+    if ctx.profile.sparsity != "none" and c.sparsity == "none":
+        steps.append({"step": "sparsity", "kept": False, "detail": "no sparse candidate won"})
+    steps.append(
+        {
+            "step": "verify",
+            "kept": verdict.accepted,
+            "detail": f"{name} {c.metric:.4f} vs budget {ctx.budget:.4f}",
+        }
+    )
+    task_metrics = None
+    if ctx.metric != "cosine" and not callable(ctx.metric):  # accuracy, macro P/R/F1
+        task_metrics = classification_report(ctx.reference_val, chosen.module, ctx.validation)
+    return CompressionReport(
+        model=model,
+        profile=ctx.profile.name,
+        accepted=verdict.accepted,
+        reason=verdict.reason,
+        params_before=verdict.params_before,
+        params_after=c.params,
+        macs_before=verdict.macs_before,
+        macs_after=c.macs,
+        latency_ms_before=round(verdict.latency_ms_before, 4),
+        latency_ms_after=round(verdict.latency_ms_after, 4),
+        speedup=round(verdict.speedup, 4),
+        metric=name,
+        metric_before=round(ctx.metric_before, 6),
+        metric_after=c.metric,
+        fidelity=c.fidelity,
+        budget=round(ctx.budget, 6),
+        seconds=round(time.perf_counter() - started, 2),
+        steps=steps,
+        ratio=c.ratio,
+        allocation=c.allocation,
+        importance=ctx.profile.importance,
+        precision=c.precision,
+        sparsity=c.sparsity,
+        target_met=verdict.target_met,
+        neighbour_recall=c.recall,
+        timings=ctx.timings,
+        candidates=[b.candidate for b in candidates],
+        task_metrics=task_metrics,
+    )
+
+
+def classification_report(reference_val: list, module, val_list: list) -> dict:
+    """Accuracy and macro precision/recall/F1 of the original and of the chosen variant."""
+    from compression.task import classification_metrics
+
+    labels = torch.cat([torch.as_tensor(y).reshape(-1) for _, y in val_list]).numpy()
+    after = metrics.outputs(module, val_list)
+    return {
+        "before": classification_metrics(torch.cat(reference_val).cpu().numpy(), labels),
+        "after": classification_metrics(torch.cat(after).cpu().numpy(), labels),
+    }

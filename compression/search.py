@@ -6,13 +6,13 @@ candidate is measured (metric on validation data, MACs, params, latency on the p
 device; for the cosine metric also neighbour recall, see ``metrics.neighbour_recall``). The
 profile's precision step is then tried on the fastest candidates, the most faithful one and the
 unpruned model, kept only where it measurably speeds up and stays within budget. The winner is
-the fastest candidate within budget, or for a size budget the most accurate one that fits.
+the fastest candidate within budget, or for a size budget the most accurate one that fits
+(chosen in :mod:`compression.verify`).
 """
 
 from __future__ import annotations
 
 import copy
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from compression import allocation, graph, importance, metrics, precision, rebuild
+from compression import allocation, graph, metrics, precision, rebuild
 from compression.errors import Cancelled
 from compression.graph import PruneUnit
 from compression.inputs import Batch
@@ -63,6 +63,7 @@ class SearchContext:
     progress: Progress
     should_stop: Callable[[], bool]
     timings: dict[str, float] = field(default_factory=dict)
+    metric_before: float = 0.0  # the original's metric on the validation data
 
     def tick(self, key: str, start: float) -> None:
         self.timings[key] = round(self.timings.get(key, 0.0) + time.perf_counter() - start, 3)
@@ -95,6 +96,14 @@ def measure(ctx: SearchContext, module: nn.Module, float_module: nn.Module, **in
         recall=None if recall is None else round(recall, 4),
         **info,
     )
+
+
+def baseline(ctx: SearchContext) -> Built:
+    """The original measured like a candidate (ratio 0, float32): what every candidate beats."""
+    cand = measure(
+        ctx, ctx.original, ctx.original, ratio=0.0, allocation="none", precision="float32"
+    )
+    return Built(ctx.original, ctx.original, cand, [])
 
 
 def build(ctx: SearchContext, ratio: float, mode: str) -> Built:
@@ -185,77 +194,3 @@ def run(ctx: SearchContext, original_built: Built) -> list[Built]:
         if p is not None:
             built.append(p)
     return built
-
-
-def confirm_latencies(
-    ctx: SearchContext, fits: list[Built], contenders: int = 3, rounds: int = 3
-) -> None:
-    """Re-time the fastest candidates in interleaved rounds; each keeps its median.
-
-    Candidates were first timed minutes apart; a busy moment on a shared machine can make a
-    lightly pruned one look fastest. Timing the contenders in turn, round after round, exposes
-    them all to the same load, so the comparison holds.
-    """
-    ranked = sorted(fits, key=lambda b: b.candidate.latency_ms)
-    close = [
-        b
-        for b in ranked[:contenders]
-        if b.candidate.latency_ms <= 1.5 * ranked[0].candidate.latency_ms
-    ]
-    if len(close) < 2:
-        return
-    start = time.perf_counter()
-    times: dict[int, list[float]] = {id(b): [] for b in close}
-    for _ in range(rounds):
-        for b in close:
-            ms = latency_ms(b.module, ctx.latency_batch, ctx.profile.device, 3, min_seconds=0.1)
-            times[id(b)].append(ms)
-    for b in close:
-        b.candidate.latency_ms = round(statistics.median(times[id(b)]), 4)
-    ctx.tick("verify", start)
-
-
-def choose(ctx: SearchContext, built: list[Built], original: Candidate) -> tuple[Built | None, str]:
-    """The winner and why; None with the reason when nothing is within budget."""
-    fits = [b for b in built if b.candidate.within_budget and not b.candidate.note]
-    if not fits:
-        best = max(built, key=lambda b: b.candidate.metric, default=None)
-        got = f"{best.candidate.metric:.4f}" if best else "nothing (time limit)"
-        reason = f"no candidate within budget: best {ctx.metric} {got} < budget {ctx.budget:.4f}"
-        if best and best.candidate.recall is not None and best.candidate.metric >= ctx.budget:
-            reason = (
-                f"no candidate within budget: best {ctx.metric} {got} keeps only "
-                f"{best.candidate.recall:.4f} of the 10 nearest neighbours "
-                f"(floor {ctx.profile.min_neighbour_recall})"
-            )
-        return None, reason
-    target = ctx.profile.target_size_ratio
-    if target is not None:
-        small = [b for b in fits if b.candidate.params <= target * original.params]
-        if small:
-            return max(
-                small, key=lambda b: (b.candidate.metric, -b.candidate.params)
-            ), "size target met"
-        return min(
-            fits, key=lambda b: b.candidate.params
-        ), "size target not reached; smallest within budget"
-    confirm_latencies(ctx, fits)
-    # Latencies within 5% of the fastest are a tie on a noisy machine: take the one with the
-    # fewest MACs among them (its speed-up also holds on other batch sizes and hardware).
-    fastest = min(b.candidate.latency_ms for b in fits)
-    ties = [b for b in fits if b.candidate.latency_ms <= 1.05 * fastest]
-    best = min(ties, key=lambda b: (b.candidate.macs, b.candidate.latency_ms))
-    return best, "fastest candidate within budget (ties within 5%: fewest MACs)"
-
-
-def score_units(
-    original: nn.Module, example: Batch, units: list[PruneUnit], criterion: str, calibration: Batch
-) -> tuple[dict, dict]:
-    """Input statistics of every consumer and the chosen criterion's channel scores."""
-    consumers = [c for u in units for c in u.consumers]
-    if criterion == "lsq":
-        stats, grams = importance.input_stats_and_grams(original, consumers, calibration)
-        return stats, importance.lsq_scores(original, units, grams)
-    stats = importance.input_stats(original, consumers, calibration)
-    work = copy.deepcopy(original)
-    return stats, importance.channel_scores(work, example, units, criterion, calibration, stats)

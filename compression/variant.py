@@ -84,6 +84,17 @@ def read_plan(directory: str | Path) -> dict:
         raise VariantError(f"{path} is corrupted: {err}") from None
 
 
+def check_version(plan: dict, directory: str | Path) -> None:
+    """Refuse a plan written by another plan format: replaying it could load wrong weights."""
+    version = plan.get("version")
+    if version != PLAN_VERSION:
+        raise VariantError(
+            f"{directory}: plan.json has version {version!r}; this SlimServe reads version "
+            f"{PLAN_VERSION}. Compress the model again with this version (slimserve compress, or "
+            "POST /admin/models/{name}/compress), or load it with the SlimServe that saved it"
+        )
+
+
 def load_variant(directory: str | Path, model: nn.Module) -> CompressedModel:
     """Load a saved variant onto ``model``, a freshly built copy of the original.
 
@@ -99,6 +110,7 @@ def load_variant(directory: str | Path, model: nn.Module) -> CompressedModel:
         ) from None
     except (json.JSONDecodeError, TypeError) as err:
         raise VariantError(f"{directory}: plan.json or report.json is corrupted: {err}") from None
+    check_version(plan, directory)
     weights = directory / "weights.safetensors"
     if not weights.is_file():
         raise VariantError(f"{directory} is not a variant: weights.safetensors is missing")

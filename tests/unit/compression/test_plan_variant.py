@@ -100,6 +100,17 @@ def test_tampered_weights_are_refused(tmp_path):
         load_variant(tmp_path / "v", model=tiny_resnet())
 
 
+def test_plan_of_another_version_is_refused_with_what_to_do(tmp_path):
+    _, _, v = _variant(tmp_path)
+    v.save(tmp_path / "v")
+    plan = json.loads((tmp_path / "v" / "plan.json").read_text())
+    (tmp_path / "v" / "plan.json").write_text(json.dumps(dict(plan, version=99)))
+    with pytest.raises(
+        VariantError, match=r"version 99; this SlimServe reads version 1\. Compress"
+    ):
+        load_variant(tmp_path / "v", model=tiny_resnet())
+
+
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(VariantError, match="plan.json is missing"):
         load_variant(tmp_path, model=tiny_resnet())

@@ -54,3 +54,32 @@ def test_ratios_must_be_fractions():
         from compression.profiles import profile_from_dict
 
         profile_from_dict({"name": "x", "ratios": [1.5]})
+
+
+def test_allowed_criteria_and_steps_come_from_the_registries():
+    from compression.importance import CRITERIA
+    from compression.profiles import profile_from_dict
+    from compression.rebuild import STEPS
+
+    assert list(CRITERIA) == ["magnitude", "taylor", "activation", "lsq"]
+    assert list(STEPS) == ["bn", "bias", "refit", "distill"]
+    with pytest.raises(ProfileError, match=r"importance: .*unknown importance criterion 'l3'"):
+        profile_from_dict({"name": "x", "importance": "l3"})
+    with pytest.raises(ProfileError, match=r"rebuild: .*unknown rebuild step 'prune'"):
+        profile_from_dict({"name": "x", "rebuild": ["bn", "prune"]})
+
+
+def test_a_registered_criterion_is_a_valid_profile_value():
+    import torch
+
+    from compression.importance import CRITERIA
+    from compression.profiles import profile_from_dict
+
+    @CRITERIA.register("unit-ones")
+    def ones(ctx):
+        return {u.name: torch.ones(u.size) for u in ctx.units}
+
+    try:
+        assert profile_from_dict({"name": "x", "importance": "unit-ones"}).importance == "unit-ones"
+    finally:
+        CRITERIA._entries.pop("unit-ones")
