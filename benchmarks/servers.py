@@ -131,8 +131,8 @@ class SlimServer(Process):
             SLIMSERVE_ADMIN_TOKEN=ADMIN_TOKEN,
             SLIMSERVE_AUTO_COMPRESS="false",
             SLIMSERVE_MODELS=self.models,
-            **self.extra_env,
         )
+        env.update(self.extra_env)  # may override the defaults above
         cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)]
         self._spawn([*cmd, "--host", "127.0.0.1"], env)
         self.wait_ready(timeout)

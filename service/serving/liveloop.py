@@ -160,7 +160,7 @@ class LiveLoop:
         try:
             path = self.cache.put(self._key(name), self.manager.registry.variant_path(name, vid))
             log.info("model %s: variant %s published to the shared cache %s", name, vid, path)
-        except OSError as err:  # a full or read-only cache never fails a job
+        except Exception as err:  # a full or read-only cache never fails a job
             log.warning("model %s: cannot publish variant %s to the cache: %s", name, vid, err)
 
     def serve_cached(self, name: str) -> bool:

@@ -1,0 +1,45 @@
+"""The variant cache: keys follow content, profile, hardware and torch; entries appear whole."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from service.serving.cache import VariantCache, hardware_fingerprint, model_digest
+
+pytestmark = pytest.mark.unit
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))  # incl. a 0-dim long buffer
+
+
+def test_digest_follows_content_not_identity():
+    a, b = _model(), _model()
+    assert model_digest(a) == model_digest(b)
+    with torch.no_grad():
+        b[0].bias[0] += 1e-6
+    assert model_digest(a) != model_digest(b)
+
+
+def test_key_changes_with_profile_and_entries_are_whole(tmp_path):
+    cache = VariantCache(tmp_path / "cache")
+    digest = model_digest(_model())
+    k1 = cache.key(digest, {"name": "cpu", "ratios": [0.3]})
+    assert k1 == cache.key(digest, {"ratios": [0.3], "name": "cpu"})
+    assert k1 != cache.key(digest, {"name": "cpu", "ratios": [0.4]})
+    assert hardware_fingerprint()  # CPU model and flags (or the GPU) are part of every key
+    variant = tmp_path / "v"
+    variant.mkdir()
+    (variant / "plan.json").write_text("{}")
+    (variant / "report.json").write_text(json.dumps({"accepted": False}))
+    cache.put(k1, variant)
+    assert cache.get(k1) is None  # a rejected variant is never served from the cache
+    (variant / "report.json").write_text(json.dumps({"accepted": True}))
+    k2 = cache.key(digest, {"name": "edge"})
+    assert cache.put(k2, variant) == cache.get(k2)
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]
