@@ -48,12 +48,11 @@ def _fix_library_path() -> None:
 
 
 def _read_config(model_dir: Path):
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
+    """Triton's ModelConfig protobuf, parsed by the exporter's own reader (text_format)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root
+    from service.export.triton import read_config
 
-    config = model_config_pb2.ModelConfig()
-    text_format.Parse((model_dir / "config.pbtxt").read_text(), config)
-    return config
+    return read_config(model_dir)
 
 
 def _numpy_dtype(data_type: int):

@@ -30,7 +30,7 @@ def _shape(text: str) -> list[int]:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from compression.errors import CompressionError
-    from service.export.triton import ExportError, export_triton, read_config
+    from service.export.triton import ExportError, export_triton, read_config, tensor_specs
 
     if not (args.variant / "plan.json").is_file():
         print(
@@ -57,12 +57,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     config = read_config(path)
     summary = {
         "format": args.format,
-        "model": config["name"],
+        "model": config.name,
         "path": str(path),
-        "platform": config["platform"],
-        "max_batch_size": config["max_batch_size"],
-        "inputs": {t["name"]: [t["data_type"], t["dims"]] for t in config["input"]},
-        "outputs": {t["name"]: [t["data_type"], t["dims"]] for t in config["output"]},
+        "platform": config.platform,
+        "max_batch_size": config.max_batch_size,
+        "inputs": {t.name: [t.data_type, list(t.dims)] for t in tensor_specs(config.input)},
+        "outputs": {t.name: [t.data_type, list(t.dims)] for t in tensor_specs(config.output)},
     }
     print(json.dumps(summary, indent=2))
     return EXIT_OK

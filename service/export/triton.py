@@ -7,6 +7,10 @@ For GPU fleets the accepted variant runs in Triton; this writes the repository T
     REPO/<name>/1/model.pt          the variant as TorchScript (traced or scripted)
     REPO/<name>/slimserve.json      where it came from: source, profile, precision, report
 
+``config.pbtxt`` is Triton's own ``ModelConfig`` protobuf (the ``model_config_pb2`` tritonclient
+ships), written and read with protobuf's ``text_format``: :func:`model_config` builds it,
+:func:`read_config` parses it back as Triton would, unknown fields and enum values included.
+
 TorchScript rather than ONNX: it handles all three built-ins, the int8-dynamic variants
 (``torch.ao`` quantized Linear layers export as ``quantized::linear_dynamic``, which ONNX has
 no operator for) and Hugging Face BERT, and needs nothing beyond torch.
@@ -39,14 +43,16 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from google.protobuf import text_format
 from torch import nn
+from tritonclient.grpc import model_config_pb2 as pb
 
 PLATFORM = "pytorch_libtorch"
 MODEL_FILE = "model.pt"
@@ -62,6 +68,8 @@ TRITON_TYPES = {
 }
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+# Triton's own config schema (the protobuf tritonclient ships), read and written as text.
+ModelConfig = pb.ModelConfig
 
 
 class ExportError(ValueError):
@@ -218,33 +226,24 @@ def _check(wrapper: nn.Module, scripted: Any, examples: list[tuple[torch.Tensor,
     return worst
 
 
-def config_pbtxt(model: TritonModel, platform: str = PLATFORM) -> str:
-    """The model's ``config.pbtxt`` (protobuf text of Triton's ModelConfig)."""
-
-    def tensors(specs: list[TensorSpec]) -> str:
-        items = [
-            "  {\n"
-            f'    name: "{s.name}"\n'
-            f"    data_type: {s.data_type}\n"
-            f"    dims: [ {', '.join(str(d) for d in s.dims)} ]\n"
-            "  }"
-            for s in specs
-        ]
-        return ",\n".join(items)
-
-    lines = [
-        f'name: "{model.name}"',
-        f'platform: "{platform}"',
-        f"max_batch_size: {model.max_batch_size}",
-        f"input [\n{tensors(model.inputs)}\n]",
-        f"output [\n{tensors(model.outputs)}\n]",
-        "dynamic_batching { }",
-    ]
+def model_config(model: TritonModel, platform: str = PLATFORM) -> ModelConfig:
+    """The model's Triton ``ModelConfig`` protobuf (what ``config.pbtxt`` holds)."""
+    config = ModelConfig(name=model.name, platform=platform, max_batch_size=model.max_batch_size)
+    for specs, tensors in ((model.inputs, config.input), (model.outputs, config.output)):
+        for s in specs:
+            tensors.add(name=s.name, data_type=pb.DataType.Value(s.data_type), dims=s.dims)
+    config.dynamic_batching.SetInParent()  # present and empty: Triton's defaults
     if model.instance_kind:
-        lines.append(f"instance_group [ {{ count: 1 kind: {model.instance_kind} }} ]")
+        kind = pb.ModelInstanceGroup.Kind.Value(model.instance_kind)
+        config.instance_group.add(count=1, kind=kind)
     # Serve under torch.inference_mode (the libtorch backend's INFERENCE_MODE parameter).
-    lines.append('parameters: { key: "INFERENCE_MODE" value: { string_value: "true" } }')
-    return "\n".join(lines) + "\n"
+    config.parameters["INFERENCE_MODE"].string_value = "true"
+    return config
+
+
+def config_pbtxt(model: TritonModel, platform: str = PLATFORM) -> str:
+    """The model's ``config.pbtxt``: :func:`model_config` in protobuf text format."""
+    return text_format.MessageToString(model_config(model, platform))
 
 
 def export_triton(
@@ -362,82 +361,26 @@ def export_triton(
     return model.path
 
 
-# -- reading config.pbtxt back (tests, tools): the subset of protobuf text format used above --
-
-_TOKEN = re.compile(r'\s*(?:(#[^\n]*)|("(?:[^"\\]|\\.)*")|([{}\[\]:,])|([^\s{}\[\]:,"#]+))')
+# -- reading config.pbtxt back (the CLI's summary, tests, deploy/triton/serve_variant.py) --
 
 
-def _tokens(text: str) -> list[str]:
-    out, pos = [], 0
-    text = text.rstrip()
-    while pos < len(text):
-        m = _TOKEN.match(text, pos)
-        if not m or m.end() == pos:
-            raise ValueError(f"config.pbtxt: cannot parse near {text[pos : pos + 20]!r}")
-        pos = m.end()
-        if m.group(1):
-            continue
-        out.append(m.group(2) or m.group(3) or m.group(4))
-    return out
+def parse_config(text: str) -> ModelConfig:
+    """Parse ``config.pbtxt`` text into Triton's ``ModelConfig``, as Triton itself would.
 
-
-def _scalar(tok: str) -> Any:
-    if tok.startswith('"'):
-        return json.loads(tok)
-    if tok in ("true", "false"):
-        return tok == "true"
+    >>> parse_config('name: "m" max_batch_size: 8').max_batch_size
+    8
+    """
     try:
-        return int(tok)
-    except ValueError:
-        try:
-            return float(tok)
-        except ValueError:
-            return tok  # an enum such as TYPE_FP32
+        return text_format.Parse(text, ModelConfig())
+    except text_format.ParseError as err:
+        raise ExportError(f"config.pbtxt: {err}") from None
 
 
-def parse_config(text: str) -> dict:
-    """Parse ``config.pbtxt`` into dicts; ``[...]`` lists and repeated fields become lists."""
-    toks = _tokens(text)
-    pos = 0
-
-    def value() -> Any:
-        nonlocal pos
-        tok = toks[pos]
-        pos += 1
-        if tok == "{":
-            return message("}")
-        if tok == "[":
-            items = []
-            while toks[pos] != "]":
-                items.append(value())
-                if toks[pos] == ",":
-                    pos += 1
-            pos += 1
-            return items
-        return _scalar(tok)
-
-    def message(end: str | None) -> dict:
-        nonlocal pos
-        msg: dict = {}
-        while pos < len(toks) and toks[pos] != end:
-            key = toks[pos]
-            pos += 1
-            if toks[pos] == ":":
-                pos += 1
-            val = value()
-            if key in msg:
-                prev = msg[key] if isinstance(msg[key], list) else [msg[key]]
-                msg[key] = prev + (val if isinstance(val, list) else [val])
-            else:
-                msg[key] = val
-            if pos < len(toks) and toks[pos] in (",", ";"):
-                pos += 1
-        pos += 1
-        return msg
-
-    return message(None)
-
-
-def read_config(model_dir: str | Path) -> dict:
+def read_config(model_dir: str | Path) -> ModelConfig:
     """``parse_config`` of ``model_dir/config.pbtxt``."""
     return parse_config((Path(model_dir) / "config.pbtxt").read_text())
+
+
+def tensor_specs(tensors: Iterable[Any]) -> list[TensorSpec]:
+    """A config's ``input`` or ``output`` tensors as :class:`TensorSpec` (type names, dims)."""
+    return [TensorSpec(t.name, pb.DataType.Name(t.data_type), tuple(t.dims)) for t in tensors]

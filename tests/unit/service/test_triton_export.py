@@ -15,10 +15,12 @@ import torch
 
 from service.export.triton import (
     ExportError,
+    TensorSpec,
     config_pbtxt,
     export_triton,
     parse_config,
     read_config,
+    tensor_specs,
 )
 
 pytestmark = pytest.mark.integration
@@ -67,14 +69,15 @@ def _variant_outputs(variant_dir: Path, *inputs: torch.Tensor) -> torch.Tensor:
         return load(variant_dir).module(*inputs)
 
 
-def _check_digits_config(model_dir: Path, name: str, max_batch_size: int) -> dict:
-    cfg = read_config(model_dir)
-    assert cfg["name"] == name
-    assert cfg["platform"] == "pytorch_libtorch"
-    assert cfg["max_batch_size"] == max_batch_size
-    assert cfg["input"] == [{"name": "INPUT__0", "data_type": "TYPE_FP32", "dims": [1, 8, 8]}]
-    assert cfg["output"] == [{"name": "OUTPUT__0", "data_type": "TYPE_FP32", "dims": [10]}]
-    assert cfg["dynamic_batching"] == {}
+def _check_digits_config(model_dir: Path, name: str, max_batch_size: int):
+    cfg = read_config(model_dir)  # Triton's ModelConfig protobuf
+    assert cfg.name == name
+    assert cfg.platform == "pytorch_libtorch"
+    assert cfg.max_batch_size == max_batch_size
+    assert tensor_specs(cfg.input) == [TensorSpec("INPUT__0", "TYPE_FP32", (1, 8, 8))]
+    assert tensor_specs(cfg.output) == [TensorSpec("OUTPUT__0", "TYPE_FP32", (10,))]
+    assert cfg.HasField("dynamic_batching")
+    assert cfg.dynamic_batching == type(cfg.dynamic_batching)()  # empty: Triton's defaults
     return cfg
 
 
@@ -84,7 +87,8 @@ def test_mlp_int8_round_trips(mlp_int8, digits_test_images, tmp_path):
     assert (model_dir / "1" / "model.pt").is_file()
     cfg = _check_digits_config(model_dir, "digits-mlp-cpu", 64)
     # torch's dynamic int8 kernels are CPU-only: the config pins the instances to CPU.
-    assert cfg["instance_group"] == [{"count": 1, "kind": "KIND_CPU"}]
+    (group,) = cfg.instance_group
+    assert group.count == 1 and type(group).Kind.Name(group.kind) == "KIND_CPU"
 
     scripted = torch.jit.load(str(model_dir / "1" / "model.pt"))
     assert "quantized::linear_dynamic" in str(scripted.inlined_graph)  # really int8
@@ -121,7 +125,7 @@ def test_export_replaces_an_existing_model(mlp_int8, tmp_path):
     (first / "stale.txt").write_text("old")
     second = export_triton(mlp_int8, repo, model_name="m", max_batch_size=16)
     assert first == second and not (second / "stale.txt").exists()
-    assert read_config(second)["max_batch_size"] == 16
+    assert read_config(second).max_batch_size == 16
     assert sorted(p.name for p in repo.iterdir()) == ["m"]  # no temp dirs left behind
 
 
@@ -175,7 +179,7 @@ def test_cli_export(mlp_int8, tmp_path, capsys):
 
 
 def test_config_pbtxt_parses_back():
-    from service.export.triton import TensorSpec, TritonModel
+    from service.export.triton import TritonModel
 
     model = TritonModel(
         name="m",
@@ -189,10 +193,30 @@ def test_config_pbtxt_parses_back():
         max_batch_size=64,
     )
     cfg = parse_config(config_pbtxt(model) + "# a comment\n")
-    assert [t["name"] for t in cfg["input"]] == ["input_ids", "attention_mask"]
-    assert cfg["input"][0]["dims"] == [-1] and cfg["output"][0]["dims"] == [384]
-    assert "instance_group" not in cfg
-    assert cfg["parameters"] == {"key": "INFERENCE_MODE", "value": {"string_value": "true"}}
+    assert tensor_specs(cfg.input) == model.inputs
+    assert tensor_specs(cfg.output) == model.outputs
+    assert cfg.name == "m" and cfg.max_batch_size == 64
+    assert len(cfg.instance_group) == 0
+    assert {k: v.string_value for k, v in cfg.parameters.items()} == {"INFERENCE_MODE": "true"}
+
+
+def test_config_pbtxt_reads_hand_written_text_and_rejects_bad_fields():
+    # The compact form people write by hand (and the exporter's earlier releases wrote).
+    text = """
+name: "m"  platform: "pytorch_libtorch"  max_batch_size: 8
+input [ { name: "INPUT__0" data_type: TYPE_FP32 dims: [ 1, 8, 8 ] } ]
+output [ { name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 10 ] } ]
+dynamic_batching { }
+instance_group [ { count: 1 kind: KIND_CPU } ]
+parameters: { key: "INFERENCE_MODE" value: { string_value: "true" } }
+"""
+    cfg = parse_config(text)
+    assert tensor_specs(cfg.input) == [TensorSpec("INPUT__0", "TYPE_FP32", (1, 8, 8))]
+    assert cfg.parameters["INFERENCE_MODE"].string_value == "true"
+    with pytest.raises(ExportError, match="max_batch_sise"):
+        parse_config('name: "m" max_batch_sise: 8')
+    with pytest.raises(ExportError, match="TYPE_FLOAT"):
+        parse_config('input [ { name: "x" data_type: TYPE_FLOAT dims: [ 1 ] } ]')
 
 
 @pytest.mark.slow
@@ -200,12 +224,13 @@ def test_minilm_int8_exports_the_sentence_embedding(tmp_path, minilm_bundle):
     variant = make_variant("minilm", tmp_path / "v", calibration_size=64)
     model_dir = export_triton(variant, tmp_path / "repo")
     cfg = read_config(model_dir)
-    assert cfg["input"] == [
-        {"name": "input_ids", "data_type": "TYPE_INT64", "dims": [-1]},
-        {"name": "attention_mask", "data_type": "TYPE_INT64", "dims": [-1]},
+    assert tensor_specs(cfg.input) == [
+        TensorSpec("input_ids", "TYPE_INT64", (-1,)),
+        TensorSpec("attention_mask", "TYPE_INT64", (-1,)),
     ]
     plan = json.loads((variant / "plan.json").read_text())
-    assert cfg["output"][0]["name"] == "OUTPUT__0" and cfg["output"][0]["data_type"] == "TYPE_FP32"
+    (output,) = tensor_specs(cfg.output)
+    assert output.name == "OUTPUT__0" and output.data_type == "TYPE_FP32"
     scripted = torch.jit.load(str(model_dir / "1" / "model.pt"))
     # The libtorch backend matches these input names to the forward arguments.
     args = [a.name for a in scripted.forward.schema.arguments][1:]
@@ -229,6 +254,6 @@ def test_minilm_int8_exports_the_sentence_embedding(tmp_path, minilm_bundle):
         mask = enc["attention_mask"].unsqueeze(-1).float()
         pooled = (hidden_state * mask).sum(1) / mask.sum(1)
         want = torch.nn.functional.normalize(pooled, dim=1)
-        assert got.shape == (len(batch), cfg["output"][0]["dims"][0])
+        assert got.shape == (len(batch), output.dims[0])
         assert (got - want).abs().max().item() < 1e-5
         assert torch.allclose(got.norm(dim=1), torch.ones(len(batch)), atol=1e-5)
