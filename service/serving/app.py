@@ -18,9 +18,11 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from service.serving import connections
 from service.serving.admin import ADMIN_ROUTES
 from service.serving.core import Core
 from service.serving.errors import ServiceError
+from service.serving.guards import BodyLimit, PredictErrors, quiet_client_errors
 from service.serving.predict import predict
 from service.serving.routes import V2_ROUTES
 from service.serving.settings import Settings
@@ -67,6 +69,20 @@ def _bentoml_options(settings: Settings) -> dict:
     return options
 
 
+def _guard(service, settings: Settings) -> None:
+    """Limits in front of every route of the worker (issue 15): body size while it streams,
+    read deadlines and a connection cap in uvicorn's protocol, /predict's declared error
+    bodies, no traceback logged for a client's mistake."""
+    connections.install(
+        connections.ConnectionLimits(
+            settings.header_timeout_s, settings.body_timeout_s, settings.max_connections
+        )
+    )
+    service.add_asgi_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    service.add_asgi_middleware(PredictErrors)
+    quiet_client_errors()
+
+
 @bentoml.service(
     name="slimserve",
     workers=int(os.environ.get("SLIMSERVE_WORKERS", "1")),
@@ -91,3 +107,6 @@ class SlimServe:
         status, body = await predict(self.core.plane, model, inputs)
         # Client errors are answered, not raised: no traceback logged, the declared body shape.
         return body if status == 200 else JSONResponse(body, status_code=status)
+
+
+_guard(SlimServe, Settings.from_env())

@@ -59,7 +59,21 @@ class Settings(BaseModel):
         description="Most rows (samples) one request may hold (413 beyond); larger requests "
         "than max_batch_size are split into micro-batches.",
     )
-    max_body_bytes: int = Field(8 << 20, ge=1024, description="Largest accepted request body.")
+    max_body_bytes: int = Field(
+        8 << 20,
+        ge=1024,
+        description="Largest accepted request body, on every route; counted while it streams in "
+        "(413 as soon as it is over, before parsing).",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="A request's headers must arrive within this (408 and close)."
+    )
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="A request's body must arrive within this after its headers."
+    )
+    max_connections: int = Field(
+        1024, ge=1, description="Connections open at once per worker; one more is refused (503)."
+    )
     job_timeout_s: float | None = Field(
         None, gt=0, description="Overrides the profile's time limit."
     )
