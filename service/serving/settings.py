@@ -1,25 +1,52 @@
-"""Service settings, validated once at start-up from ``SLIMSERVE_*`` environment variables."""
+"""Service settings, validated once at start-up from ``SLIMSERVE_*`` environment variables.
+
+``Settings`` is a pydantic-settings ``BaseSettings``: each field is read from
+``SLIMSERVE_<FIELD>`` (``SLIMSERVE_MAX_BATCH_SIZE=16``); an empty variable counts as unset;
+``SLIMSERVE_MODELS`` is comma-separated. ``Settings(**values)`` takes keyword values over the
+environment; :meth:`Settings.from_env` reads one environment (``os.environ`` or a mapping given
+to it) and reports a bad value by the variable's name::
+
+    >>> Settings.from_env({"SLIMSERVE_MAX_BATCH_SIZE": "zero"})
+    Traceback (most recent call last):
+    ValueError: SLIMSERVE_MAX_BATCH_SIZE: Input should be a valid integer, unable to parse
+    string as an integer (got 'zero')
+"""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.exceptions import SettingsError
+from pydantic_settings.sources.utils import parse_env_vars
 
 ENV_PREFIX = "SLIMSERVE_"
+# The mapping Settings.from_env(environ) reads instead of os.environ (None: os.environ).
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("slimserve_environ", default=None)
 
 
-class Settings(BaseModel):
+class Settings(BaseSettings):
     """Everything the service reads from its environment (``SLIMSERVE_<FIELD>``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_ignore_empty=True, extra="forbid", frozen=True
+    )
 
     home: Path = Field(
         default_factory=lambda: Path.home() / ".cache" / "slimserve",
         description="Data directory: BentoML model store, active pointers, job work dirs, caches.",
     )
-    models: list[str] = Field(
+    models: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["digits-cnn", "minilm"],
         description="Model sources to serve (comma-separated in the environment).",
     )
@@ -146,17 +173,46 @@ class Settings(BaseModel):
         return value
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
-        """Read ``SLIMSERVE_*`` variables; errors name the variable."""
-        environ = os.environ if environ is None else environ
-        values = {}
-        for name in cls.model_fields:
-            key = ENV_PREFIX + name.upper()
-            if environ.get(key) not in (None, ""):
-                values[name] = environ[key]
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read ``SLIMSERVE_*`` variables of ``environ`` (default ``os.environ``) and nothing else.
+
+        Raises ``ValueError`` naming the variable, e.g. ``SLIMSERVE_MAX_BATCH_SIZE: ...``.
+        """
+        token = _ENVIRON.set(environ)
         try:
-            return cls(**values)
+            return cls()
         except ValidationError as err:
             first = err.errors()[0]
             key = ENV_PREFIX + str(first["loc"][0]).upper() if first["loc"] else "settings"
             raise ValueError(f"{key}: {first['msg']} (got {first.get('input')!r})") from None
+        except SettingsError as err:
+            raise ValueError(f"{ENV_PREFIX}*: {err}") from None
+        finally:
+            _ENVIRON.reset(token)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword values, then the environment (``os.environ``, or from_env's mapping)."""
+        environ = _ENVIRON.get()
+        env = env_settings if environ is None else _MappingEnvSource(settings_cls, environ)
+        return (init_settings, env)
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a mapping instead of ``os.environ``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(
+            self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+        )

@@ -62,6 +62,19 @@ def test_settings_from_env_and_errors_name_the_variable():
         Settings.from_env({"SLIMSERVE_CALIBRATION": "sometimes"})
 
 
+def test_settings_are_pydantic_settings_over_the_environment(monkeypatch):
+    monkeypatch.setenv("SLIMSERVE_MODELS", "digits-mlp,minilm")
+    monkeypatch.setenv("SLIMSERVE_MAX_BATCH_SIZE", "8")
+    monkeypatch.setenv("SLIMSERVE_THREADS", "")  # empty counts as unset
+    s = Settings.from_env()
+    assert (s.models, s.max_batch_size, s.threads) == (["digits-mlp", "minilm"], 8, None)
+    assert Settings(max_batch_size=4).max_batch_size == 4  # keywords win over the environment
+    # A mapping given to from_env is the whole environment: os.environ does not leak in.
+    assert Settings.from_env({}).max_batch_size == Settings.model_fields["max_batch_size"].default
+    undocumented = [n for n, f in Settings.model_fields.items() if not f.description]
+    assert undocumented == [], f"settings without a description: {undocumented}"
+
+
 def test_bentoml_per_request_logging_and_tracing_are_opt_in():
     from service.serving.app import _bentoml_options
 
