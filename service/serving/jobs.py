@@ -1,19 +1,26 @@
 """Compression jobs: run ``compression.compress`` in a child process, one at a time.
 
 A child process has its own torch thread count, cannot starve the serving threads of the GIL,
-and cannot crash the server; cancelling or timing out a job terminates it. Progress comes back
+and cannot crash the server; cancelling or timing out a job terminates it. A job process dies
+with the worker that started it (Linux: a parent-death signal, set first thing in the child),
+and holds ``jobs/job.lock`` for its life: a worker restarted after a crash waits for an
+earlier job process still running instead of starting a duplicate. Progress comes back
 over a pipe. A job ends ``succeeded`` (accepted, swapped in), ``rejected`` (over budget, stored,
 the current variant keeps serving), ``failed`` (error or time limit) or ``cancelled``.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import multiprocessing as mp
+import os
 import queue
 import re
 import secrets
 import shutil
+import signal
+import sys
 import threading
 import time
 import traceback
@@ -21,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.serving.errors import UnknownJob
+from service.serving.errors import UnknownJob, scrub_paths
 
 log = logging.getLogger("slimserve.jobs")
 # Job ids are 12 hex digits (secrets.token_hex(6)); anything outside this form is unknown.
@@ -47,6 +54,7 @@ class Job:
     seconds: float | None = None
     outcome: str | None = None  # for metrics: the state, or "timeout"
     auto: bool = False  # started by the service (start-up), not by an operator
+    pid: int | None = None  # the job process, while it runs
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def summary(self) -> dict:
@@ -70,8 +78,62 @@ class Job:
         }
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when the thread that started it exits (Linux).
+
+    Set first thing in the child: a worker killed with ``kill -9`` leaves no orphan running a
+    compression (parent 1, full CPU, a GB of memory). The signal follows the *thread* that
+    forked: the job runner's thread, which lives as long as its process. If the parent is
+    already gone (it died before this call), exit at once.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def hold_lock(path: Path):
+    """An exclusive lock on ``path`` for this process's life, or None if another holds it."""
+    fh = open(path, "a+")  # noqa: SIM115 - held until the process exits
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        return None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh
+
+
+def lock_holder(path: Path) -> int | None:
+    """The pid holding the lock on ``path``, or None when it is free."""
+    fh = hold_lock(path)
+    if fh is not None:
+        fh.close()  # free: released at once
+        return None
+    try:
+        return int(path.read_text().strip() or 0) or -1
+    except (OSError, ValueError):
+        return -1
+
+
 def _child(spec: dict, conn) -> None:
     """Entry point of the job process: build the bundle, compress, save, report back."""
+    die_with_parent(spec["parent_pid"])
+    lock = hold_lock(Path(spec["lock"]))
+    if lock is None:
+        conn.send(("error", "another compression job process is running in this home", ""))
+        conn.close()
+        return
     try:
         import torch
 
@@ -110,6 +172,7 @@ class JobRunner:
     ):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.lock = self.workdir / "job.lock"  # held by the running job process
         self.on_done = on_done
         self.threads = threads
         self.jobs: dict[str, Job] = {}
@@ -153,6 +216,8 @@ class JobRunner:
             "live_calibration": str(live_calibration) if live_calibration else None,
             "profile_update": profile_update or {},
             "profile_inline": profile_inline,
+            "parent_pid": os.getpid(),
+            "lock": str(self.lock),
         }
         with self._lock:
             self.jobs[job.id] = job
@@ -195,12 +260,31 @@ class JobRunner:
                 job.error = f"{type(err).__name__}: {err}"
                 self._finish(job, "failed", None)
 
+    def _wait_for_lock(self, job: Job, patience_s: float = 120.0) -> bool:
+        """Wait (queued) while another job process of this home runs; False if cancelled or
+        it is still running after ``patience_s`` (the job then fails: no duplicate runs)."""
+        deadline = time.monotonic() + patience_s
+        while (holder := lock_holder(self.lock)) is not None:
+            if job._cancel.is_set():
+                self._finish(job, "cancelled", None)
+                return False
+            if time.monotonic() > deadline:
+                job.error = f"an earlier compression job process (pid {holder}) is still running"
+                self._finish(job, "failed", None)
+                return False
+            job.message = f"waiting for the job process pid {holder} to end"
+            time.sleep(0.5)
+        return True
+
     def _run(self, job: Job, spec: dict) -> None:
+        if not self._wait_for_lock(job):
+            return
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=_child, args=(spec, child), daemon=True, name=f"job-{job.id}")
         started = time.monotonic()
         proc.start()
+        job.pid = proc.pid
         child.close()
         # Generous margin over the engine's own time limit: model loading and saving.
         deadline = started + spec["time_limit_s"] * 1.2 + 60
@@ -233,7 +317,7 @@ class JobRunner:
                 return
         proc.join(10)
         if result[0] == "error":
-            job.error = result[1]
+            job.error = scrub_paths(result[1])
             log.warning("job %s failed: %s\n%s", job.id, result[1], result[2])
             self._finish(job, "failed", None, started)
             return
@@ -255,13 +339,14 @@ class JobRunner:
         job.seconds = None if started is None else round(time.monotonic() - started, 2)
         try:
             self.on_done(job, out)
-        except Exception as err:  # e.g. the variant failed its checksum on load
+        except Exception as err:  # e.g. the variant failed its checksum on load, a full disk
             log.exception("job %s: finishing failed", job.id)
-            state, job.error = "failed", f"{type(err).__name__}: {err}"
+            state, job.error = "failed", scrub_paths(f"{type(err).__name__}: {err}")
         finally:
             if out is not None:
                 shutil.rmtree(out, ignore_errors=True)
         job.finished = time.time()
+        job.pid = None
         job.progress = 1.0 if state in ("succeeded", "rejected") else job.progress
         job.message = job.outcome
         job.state = state

@@ -62,3 +62,71 @@ def test_a_job_cancelled_while_queued_never_starts(tmp_path):
         time.sleep(0.01)
     assert job.id not in runner._specs  # the loop took it off the queue ...
     assert job.state == "cancelled" and finished == ["queued"]  # ... and did not run it
+
+
+# ---- issue 15 item 6: a job process dies with its worker; no duplicate job processes -------------
+
+WORKER = """
+import sys, time
+from pathlib import Path
+from service.serving.jobs import JobRunner
+
+runner = JobRunner(Path(sys.argv[1]), on_done=lambda job, out: None)
+runner.start()
+job = runner.submit("digits-cnn", "digits-cnn", "cpu", None, 600)
+while job.progress == 0.0:  # the child reports progress: it is compressing
+    time.sleep(0.05)
+print(job.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def _gone(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_job_process_dies_with_a_worker_killed_by_sigkill(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    worker = subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(tmp_path / "jobs")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        child = int(worker.stdout.readline())
+        assert not _gone(child), "the job process should be running"
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+        deadline = time.monotonic() + 30  # the kernel signals at once; 30 s is only a bound
+        while not _gone(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _gone(child), f"job process {child} outlived its worker"
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+
+
+def test_a_job_waits_while_another_job_process_holds_the_lock(tmp_path):
+    from service.serving.jobs import hold_lock, lock_holder
+
+    runner = _runner(tmp_path, lambda job, out: None)
+    held = hold_lock(runner.lock)  # a job process of an earlier worker, still running
+    assert held is not None and lock_holder(runner.lock) is not None
+    runner.start()
+    job = runner.submit("digits-cnn", "digits-cnn", "cpu", None, 60)
+    deadline = time.monotonic() + 10
+    while "waiting for the job process" not in job.message and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "waiting for the job process" in job.message and job.pid is None, job.detail()
+    runner.cancel(job.id)
+    while job.state == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job.state == "cancelled" and job.pid is None
+    held.close()
+    assert lock_holder(runner.lock) is None
