@@ -28,7 +28,7 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks.loadgen import Target, run_load, wait_for
-from benchmarks.servers import SlimServer
+from service.launch import SlimServer
 
 NAME = "load_test"
 SENTENCE = "Structured pruning removes whole channels, so the smaller model is really faster."
@@ -150,7 +150,7 @@ def run(args) -> dict:
     try:
         batched = SlimServer(home, args.serve_models, **env)
         with batched.start():
-            served = batched.admin("GET", "/models").json()["models"]
+            served = batched.admin("GET", "/models", check=True).json()["models"]
             result["threads"] = {m["name"]: m["threads"] for m in served}
             threads = result["threads"]["digits-cnn"]  # in-process forwards: the same
             t0 = time.perf_counter()

@@ -26,7 +26,7 @@ import httpx
 from benchmarks.common import describe_machine, finish, machine, stamp, table
 from benchmarks.load_test import targets
 from benchmarks.loadgen import run_load, wait_for
-from benchmarks.servers import SlimServer
+from service.launch import SlimServer
 
 EXTREME = """\
 name: extreme
@@ -41,7 +41,7 @@ latency_repeats: 3
 
 
 def _active(server: SlimServer, model: str = "digits-cnn") -> str:
-    models = server.admin("GET", "/models").json()["models"]
+    models = server.admin("GET", "/models", check=True).json()["models"]
     return next(m["active_variant"] for m in models if m["name"] == model)
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from benchmarks import common
 from benchmarks.load_test import digit_batch
 from benchmarks.loadgen import Target, run_load, wait_for
-from benchmarks.servers import SlimServer, TritonServer
+from service.launch import SlimServer, TritonServer
 
 NAME = "vs_triton"
 TRITON_MODEL = "digits-cnn-compressed"
@@ -75,7 +75,8 @@ def run(args) -> dict:
             env["SLIMSERVE_THREADS"] = str(args.threads)
         slim = SlimServer(home, "digits-cnn", **env)
         with slim.start():
-            models = {m["name"]: m for m in slim.admin("GET", "/models").json()["models"]}
+            served = slim.admin("GET", "/models", check=True).json()["models"]
+            models = {m["name"]: m for m in served}
             slim_threads = models["digits-cnn"]["threads"]
             job = slim.compress("digits-cnn", args.profile)
             vid, report = job["variant"], job["report"]
@@ -92,7 +93,13 @@ def run(args) -> dict:
             slim_answer = answer(target, check)
         for threads in args.triton_threads:
             log = home / f"triton-{threads}.log"
-            triton = TritonServer(variant_dir, TRITON_MODEL, log, threads, args.max_batch_size)
+            triton = TritonServer(
+                log,
+                variant=variant_dir,
+                name=TRITON_MODEL,
+                max_batch_size=args.max_batch_size,
+                threads=threads,
+            )
             with triton.start(timeout=args.start_timeout):
                 target = Target(triton.address, TRITON_MODEL, "INPUT__0", "OUTPUT__0", x)
                 rows += sweep("triton", target, args, threads)

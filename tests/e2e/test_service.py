@@ -11,7 +11,7 @@ import pytest
 import torch
 import tritonclient.http as triton
 
-from .server import Server, metric_value
+from service.launch import SlimServer, metric_value
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 DIGITS = np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32)
@@ -191,7 +191,7 @@ def test_swap_under_load_rollback_restart_and_metrics(server, server_home):
         == 200
     )
     server.stop()
-    again = Server(server_home).start()
+    again = SlimServer(server_home).start()
     try:
         models = {m["name"]: m for m in again.admin("GET", "/models").json()["models"]}
         assert models["digits-cnn"]["active_variant"] == new

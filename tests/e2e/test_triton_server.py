@@ -10,23 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from .server import free_ports
+from service.launch import ROOT, TritonServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
-TRITON_PYTHON = Path(os.environ.get("TRITON_VENV", ROOT / ".venv-triton")) / "bin" / "python"
-SERVE = ROOT / "deploy" / "triton" / "serve_variant.py"
 NARROW_PROFILE = """\
 name: narrow
 device: cpu
@@ -39,26 +34,9 @@ latency_repeats: 3
 """
 
 
-def _triton_venv_reason() -> str | None:
-    if not TRITON_PYTHON.is_file():
-        return (
-            f"no {TRITON_PYTHON.parent.parent.name}: run `bash deploy/triton/install-venv.sh` "
-            "(nvidia-pytriton needs numpy<2, so Triton lives in its own venv)"
-        )
-    probe = subprocess.run(
-        [str(TRITON_PYTHON), "-c", "import pytriton.triton, torch, tritonclient.grpc"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if probe.returncode != 0:
-        return f"{TRITON_PYTHON} cannot import pytriton/torch: {probe.stderr.strip()[-300:]}"
-    return None
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _need_triton_venv():
-    reason = _triton_venv_reason()
+    reason = TritonServer.unavailable()
     if reason:
         pytest.skip(reason)
 
@@ -91,71 +69,6 @@ def make_variant(
         plan["quantization"] = "int8-dynamic"
         (out / "plan.json").write_text(json.dumps(plan, indent=2, sort_keys=True))
     return out
-
-
-class TritonProcess:
-    """serve_variant.py in its own process group, with its log in a file."""
-
-    def __init__(self, args: list[str], log: Path) -> None:
-        self.http, self.grpc, self.metrics = free_ports(3)
-        self.log_path = log
-        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                str(TRITON_PYTHON),
-                str(SERVE),
-                *args,
-                "--http-port",
-                str(self.http),
-                "--grpc-port",
-                str(self.grpc),
-                "--metrics-port",
-                str(self.metrics),
-                "--threads",
-                "1",
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=os.environ.copy(),
-            cwd=ROOT,
-            start_new_session=True,
-        )
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def client(self):
-        import tritonclient.http as httpclient
-
-        return httpclient.InferenceServerClient(f"127.0.0.1:{self.http}", concurrency=16)
-
-    def wait_ready(self, models: list[str], timeout: float = 240) -> None:
-        client = self.client()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"Triton exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if (
-                    client.is_server_ready()
-                    and all(client.is_model_ready(m) for m in models)
-                    and "SLIMSERVE-TRITON READY" in self.log_path.read_text(errors="replace")
-                ):
-                    return
-            except Exception:  # noqa: BLE001 - not listening yet
-                pass
-            time.sleep(0.5)
-        pytest.fail(f"Triton not ready after {timeout:.0f} s:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)  # the group this test started
-                self.proc.wait(timeout=30)
-        self._log.close()
 
 
 def infer_tokens(client, model: str, enc: dict) -> np.ndarray:
@@ -204,10 +117,9 @@ def test_triton_serves_an_exported_repository(tmp_path, digits_x):
         )  # fmt: skip
         assert summary["inputs"] == {"INPUT__0": ["TYPE_FP32", [1, 8, 8]]}
 
-    server = TritonProcess(["--repo", str(repo)], tmp_path / "triton.log")
-    try:
-        server.wait_ready(["digits-fp32", "digits-int8"])
-        client = server.client()
+    with TritonServer(tmp_path / "triton.log", repo=repo).start() as server:
+        assert sorted(server.models) == ["digits-fp32", "digits-int8"]
+        client = server.client(concurrency=16)
 
         # Triton reports what config.pbtxt declares.
         meta = client.get_model_metadata("digits-int8")
@@ -240,25 +152,19 @@ def test_triton_serves_an_exported_repository(tmp_path, digits_x):
         with pytest.raises(Exception, match="(?i)shape|dims"):
             infer(client, "digits-fp32", np.zeros((2, 64), np.float32))
         client.close()
-    finally:
-        server.stop()
     assert server.proc.returncode is not None
 
 
 def test_triton_serves_a_variant_directory(tmp_path, digits_x):
     cnn = make_variant(tmp_path, "digits-cnn", "int8-dynamic")
-    server = TritonProcess(
-        ["--variant", str(cnn), "--name", "cnn", "--max-batch-size", "16"], tmp_path / "t.log"
-    )
-    try:
-        server.wait_ready(["cnn"])
+    server = TritonServer(tmp_path / "t.log", variant=cnn, name="cnn", max_batch_size=16)
+    with server.start():
+        assert server.models == ["cnn"]
         client = server.client()
         assert client.get_model_config("cnn")["max_batch_size"] == 16
         x = digits_x[:16]
         np.testing.assert_allclose(infer(client, "cnn", x), variant_outputs(cnn, x), atol=1e-5)
         client.close()
-    finally:
-        server.stop()
 
 
 def test_triton_serves_minilm_sentence_embeddings(tmp_path, minilm_bundle):
@@ -281,9 +187,8 @@ def test_triton_serves_minilm_sentence_embeddings(tmp_path, minilm_bundle):
     variant = compressed.save(tmp_path / "minilm-variant")
     repo = tmp_path / "repo"
     slimserve("export", "--variant", str(variant), "--out", str(repo), "--name", "minilm")
-    server = TritonProcess(["--repo", str(repo)], tmp_path / "t.log")
-    try:
-        server.wait_ready(["minilm"])
+    with TritonServer(tmp_path / "t.log", repo=repo).start() as server:
+        assert server.models == ["minilm"]
         client = server.client()
         meta = client.get_model_metadata("minilm")
         assert [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]] == [
@@ -301,5 +206,3 @@ def test_triton_serves_minilm_sentence_embeddings(tmp_path, minilm_bundle):
             want = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1)
             np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
         client.close()
-    finally:
-        server.stop()

@@ -1,0 +1,321 @@
+"""Start real SlimServe and Triton server processes on free ports and wait for them.
+
+For tests, benchmarks and local runs: one way to start ``slimserve serve`` and a real Triton
+Inference Server (PyTriton, ``deploy/triton/serve_variant.py`` run by ``.venv-triton``'s python;
+both live in a source checkout, not in an installed package)::
+
+    with SlimServer(home, "digits-cnn").start() as slim:
+        job = slim.compress("digits-cnn", "cpu")        # admin calls that raise on 4xx/5xx
+        r = slim.admin("POST", "/models/digits-cnn/rollback")   # or the response, any status
+        slim.activate("digits-cnn", job["variant"])
+        with TritonServer(home / "triton.log", variant=slim.variant_dir(...)).start() as triton:
+            client = triton.client()                    # tritonclient.http
+
+Each server runs in its own session (process group) with its output in a log file, is ready
+only when it answers, and is stopped with SIGTERM, then SIGKILL to that group only if it does
+not exit. A server that exits or does not come up raises with the tail of its log.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]  # the source checkout (deploy/, .venv-triton)
+ADMIN_TOKEN = "slimserve-launch-token"  # the admin token a launched SlimServe gets by default
+TRITON_PYTHON = Path(os.environ.get("TRITON_VENV", ROOT / ".venv-triton")) / "bin" / "python"
+TRITON_SERVE = ROOT / "deploy" / "triton" / "serve_variant.py"
+TRITON_READY = "SLIMSERVE-TRITON READY"  # the line serve_variant.py prints once all are bound
+
+
+class AdminError(RuntimeError):
+    """An admin call answered 4xx/5xx; ``response`` is the answer (``status_code``, ``text``)."""
+
+    def __init__(self, method: str, path: str, response: httpx.Response) -> None:
+        super().__init__(f"{method} /admin{path}: {response.status_code} {response.text}")
+        self.response = response
+        self.status_code = response.status_code
+
+
+def free_ports(n: int = 1) -> list[int]:
+    """``n`` distinct ports free right now (all bound at once, then released)."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def share_builtin_cache(home: str | Path) -> None:
+    """Let a fresh SLIMSERVE_HOME reuse the trained digits models (same cache key, no retrain):
+    ``home/builtin`` becomes a link to this process's cache (``$SLIMSERVE_HOME/builtin``)."""
+    from service.models.digits import cache_dir
+
+    shared = cache_dir()
+    shared.mkdir(parents=True, exist_ok=True)
+    link = Path(home) / "builtin"
+    if not link.exists() and not link.is_symlink():
+        link.symlink_to(shared, target_is_directory=True)
+
+
+class Process:
+    """A server subprocess in its own session; subclasses say how to start and probe it."""
+
+    name = "server"
+    # SIGTERM to the whole group (bentoml's workers) or to the launched process only (it stops
+    # its own children in order, as PyTriton does); SIGKILL always goes to the group.
+    term_group = True
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.log_path: Path | None = None
+        self._log: IO[bytes] | None = None
+        self.address = ""  # host:port of its HTTP endpoint, once started
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    def _spawn(self, cmd: list[str], env: dict[str, str], log: Path, cwd: Path | None) -> None:
+        self.log_path = Path(log)
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            cmd, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def wait_ready(self, timeout: float) -> None:
+        """Poll :meth:`ready` until it holds; raise (and stop) if it exits or times out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                code = self.proc.returncode
+                self.stop()
+                raise RuntimeError(f"{self.name} exited with {code}:\n{self.tail()}")
+            try:
+                if self.ready():
+                    return
+            except (httpx.HTTPError, OSError):  # not listening yet
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"{self.name} not ready after {timeout:.0f} s:\n{self.tail()}")
+
+    def stop(self) -> None:
+        """SIGTERM, wait up to 60 s, then SIGKILL the process group; safe to call twice."""
+        if self.proc is not None and self.proc.poll() is None:
+            if self.term_group:
+                os.killpg(self.proc.pid, signal.SIGTERM)  # the group this process leads
+            else:
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(30)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def tail(self, n: int = 4000) -> str:
+        """The last ``n`` characters of its log."""
+        if self._log is not None:
+            self._log.flush()
+        try:
+            return self.log_path.read_text(errors="replace")[-n:] if self.log_path else ""
+        except OSError:
+            return ""
+
+    def client(self, **kw: Any):
+        """A ``tritonclient.http`` client of its Open Inference Protocol endpoint."""
+        import tritonclient.http as httpclient
+
+        return httpclient.InferenceServerClient(self.address, **kw)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class SlimServer(Process):
+    """``slimserve serve`` with its own home, no background compression and an admin token.
+
+    ``env`` (``SLIMSERVE_*=...``) overrides those defaults; the digits models trained by this
+    process are shared with the server through ``home/builtin``.
+    """
+
+    name = "slimserve"
+
+    def __init__(self, home: str | Path, models: str = "digits-cnn,minilm", **env: str) -> None:
+        super().__init__()
+        self.home = Path(home)
+        self.models, self.extra_env = models, env
+        self.token = env.get("SLIMSERVE_ADMIN_TOKEN", ADMIN_TOKEN)
+        self.port: int | None = None
+
+    def start(self, timeout: float = 600) -> SlimServer:
+        """Start on a free port and return once ``/readyz`` answers 200."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        share_builtin_cache(self.home)
+        (self.port,) = free_ports()
+        self.address = f"127.0.0.1:{self.port}"
+        env = dict(os.environ)
+        env.update(
+            SLIMSERVE_HOME=str(self.home),
+            BENTOML_HOME=str(self.home / "bentoml"),
+            SLIMSERVE_ADMIN_TOKEN=ADMIN_TOKEN,
+            SLIMSERVE_AUTO_COMPRESS="false",
+            SLIMSERVE_MODELS=self.models,
+        )
+        env.update(self.extra_env)  # may override the defaults above
+        cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)]
+        self._spawn([*cmd, "--host", "127.0.0.1"], env, self.home / f"server-{self.port}.log", None)
+        self.wait_ready(timeout)
+        return self
+
+    def ready(self) -> bool:
+        return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+
+    def admin(
+        self, method: str, path: str, *, check: bool = False, timeout: float = 120, **kw: Any
+    ) -> httpx.Response:
+        """Call ``/admin{path}`` with the token; the response whatever its status, or with
+        ``check=True`` raise :class:`AdminError` on 4xx/5xx (``kw`` go to ``httpx.request``)."""
+        headers = {"Authorization": f"Bearer {self.token}"}
+        r = httpx.request(method, f"{self.url}/admin{path}", headers=headers, timeout=timeout, **kw)
+        if check and r.status_code >= 400:
+            raise AdminError(method, path, r)
+        return r
+
+    def compress(self, model: str, profile: str = "cpu", timeout: float = 900) -> dict:
+        """Run a compression job through the admin API; the finished job (with its variant)."""
+        job_id = self.admin(
+            "POST", f"/models/{model}/compress", json={"profile": profile}, check=True
+        ).json()["job"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.admin("GET", f"/jobs/{job_id}", check=True).json()
+            if job["state"] not in ("queued", "running"):
+                if not job.get("variant"):
+                    raise RuntimeError(f"compression job {job_id} produced no variant: {job}")
+                return job
+            time.sleep(1.0)
+        raise TimeoutError(f"compression job {job_id} still running after {timeout:.0f} s")
+
+    def activate(self, model: str, variant: str) -> None:
+        """Serve ``variant`` (an id or ``original``) for ``model``; raises on refusal."""
+        self.admin("POST", f"/models/{model}/activate", json={"variant": variant}, check=True)
+
+    def variant_dir(self, model: str, variant: str) -> Path:
+        """Where the model store keeps a variant (BentoML: models/<name>/<version>/)."""
+        path = self.home / "bentoml" / "models" / model.lower().replace("/", "-") / variant
+        if not (path / "plan.json").is_file():
+            raise FileNotFoundError(f"no variant files at {path}")
+        return path
+
+
+class TritonServer(Process):
+    """A real Triton Inference Server (PyTriton, CPU) serving a model repository written by
+    ``slimserve export`` (``repo=``) or one SlimServe variant exported on the fly
+    (``variant=``, named ``name``)."""
+
+    name = "triton"
+    term_group = False  # serve_variant.py stops tritonserver itself on SIGTERM
+
+    def __init__(
+        self,
+        log: str | Path,
+        *,
+        repo: str | Path | None = None,
+        variant: str | Path | None = None,
+        name: str | None = None,
+        max_batch_size: int = 64,
+        threads: int = 1,
+    ) -> None:
+        super().__init__()
+        if (repo is None) == (variant is None):
+            raise ValueError("give exactly one of repo= (a model repository) or variant=")
+        self.log = Path(log)
+        self.repo, self.variant, self.model_name = repo, variant, name
+        self.max_batch_size, self.threads = max_batch_size, threads
+        self.http = self.grpc = self.metrics = 0
+        self.models: list[str] = []  # what it serves, from its ready line
+
+    @staticmethod
+    def unavailable() -> str | None:
+        """Why a Triton cannot run here (no launcher, no .venv-triton, broken imports), or None."""
+        if not TRITON_SERVE.is_file():
+            return f"{TRITON_SERVE} is missing (Triton runs from a source checkout)"
+        if not TRITON_PYTHON.is_file():
+            return (
+                f"no {TRITON_PYTHON.parent.parent.name}: run `bash deploy/triton/install-venv.sh` "
+                "(nvidia-pytriton pins numpy<2, so Triton has its own venv)"
+            )
+        probe = subprocess.run(
+            [str(TRITON_PYTHON), "-c", "import pytriton.triton, torch, tritonclient.grpc"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if probe.returncode != 0:
+            return f"{TRITON_PYTHON} cannot import pytriton/torch: {probe.stderr.strip()[-300:]}"
+        return None
+
+    def start(self, timeout: float = 600) -> TritonServer:
+        """Start on free ports and return once every model it serves is ready."""
+        self.http, self.grpc, self.metrics = free_ports(3)
+        self.address = f"127.0.0.1:{self.http}"
+        if self.repo is not None:
+            what = ["--repo", str(self.repo)]
+        else:
+            what = ["--variant", str(self.variant), "--max-batch-size", str(self.max_batch_size)]
+            what += ["--name", self.model_name] if self.model_name else []
+        cmd = [
+            str(TRITON_PYTHON), str(TRITON_SERVE), *what,
+            "--http-port", str(self.http), "--grpc-port", str(self.grpc),
+            "--metrics-port", str(self.metrics), "--threads", str(self.threads),
+        ]  # fmt: skip
+        self._spawn(cmd, dict(os.environ), self.log, ROOT)
+        self.wait_ready(timeout)
+        return self
+
+    def ready(self) -> bool:
+        line = next((x for x in self.tail(1 << 20).splitlines() if x.startswith(TRITON_READY)), "")
+        if not line:
+            return False
+        self.models = line.rpartition("models=")[2].split(",")
+        if httpx.get(f"{self.url}/v2/health/ready", timeout=2).status_code != 200:
+            return False
+        return all(
+            httpx.get(f"{self.url}/v2/models/{m}/ready", timeout=2).status_code == 200
+            for m in self.models
+        )
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels`` in Prometheus text."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        head, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
