@@ -26,7 +26,7 @@ import httpx
 from benchmarks.common import describe_machine, finish, machine, stamp, table
 from benchmarks.load_test import targets
 from benchmarks.loadgen import run_load, wait_for
-from service.launch import SlimServer
+from service.launch import SlimServer, metric_samples
 
 EXTREME = """\
 name: extreme
@@ -92,8 +92,9 @@ def time_to_rollback(server: SlimServer, duration: float = 60.0) -> dict:
     run = run_load(target, 16, duration, during=during)
     result["load"] = run.summary()
     text = httpx.get(f"{server.url}/metrics", timeout=60).text
-    result["live_fidelity_lines"] = [
-        line for line in text.splitlines() if line.startswith("slimserve_live_fidelity{")
+    result["live_fidelity"] = [
+        {**labels, "value": value}
+        for labels, value in metric_samples(text, "slimserve_live_fidelity")
     ]
     return result
 

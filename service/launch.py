@@ -309,13 +309,23 @@ class TritonServer(Process):
         )
 
 
+def metric_samples(text: str, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
+    """``(labels, value)`` of each sample called ``name`` whose labels include ``labels``, from
+    Prometheus text (a server's ``/metrics``) parsed by ``prometheus_client``'s parser.
+
+    ``name`` is the sample's own name: ``slimserve_swaps_total``,
+    ``slimserve_inference_latency_seconds_count``, ``..._bucket``.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    ]
+
+
 def metric_value(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels`` in Prometheus text."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        head, _, value = line.rpartition(" ")
-        if all(f'{k}="{v}"' in head for k, v in labels.items()):
-            total += float(value)
-    return total
+    """Sum of the samples of ``name`` whose labels include ``labels`` (0.0 when none)."""
+    return float(sum(value for _, value in metric_samples(text, name, **labels)))
