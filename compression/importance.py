@@ -129,7 +129,8 @@ def activation_scores(
     """Activation-aware scores from consumer input statistics (see module docstring)."""
     scores = {}
     for unit in units:
-        total = torch.zeros(unit.size)
+        device = model.get_submodule(unit.consumers[0]).weight.device if unit.consumers else None
+        total = torch.zeros(unit.size, device=device)  # on the model's device (CUDA: no copies)
         for name in unit.consumers:
             layer = model.get_submodule(name)
             if getattr(layer, "groups", 1) != 1:
@@ -285,16 +286,20 @@ def lsq_scores(
         if not parts:
             scores[unit.name] = torch.zeros(unit.size)
             continue
+        device = parts[0][0].device  # accumulate where the weights and Grams are (CUDA or CPU)
         alive = list(range(unit.groups))
         cost_at_removal = torch.zeros(unit.groups, dtype=torch.float64)
         step = max(1, unit.groups // rounds)
         level = 0.0
         while len(alive) > 1:
-            costs = torch.zeros(len(alive), dtype=torch.float64)
+            costs = torch.zeros(len(alive), dtype=torch.float64, device=device)
             for w, g, per, energy in parts:
-                cols = torch.tensor([g_ * per + j for g_ in alive for j in range(per)])
+                cols = torch.tensor(
+                    [g_ * per + j for g_ in alive for j in range(per)], device=device
+                )
                 sub = g[cols][:, cols]
-                sub = sub + 1e-6 * sub.diagonal().mean() * torch.eye(len(cols), dtype=sub.dtype)
+                eye = torch.eye(len(cols), dtype=sub.dtype, device=device)
+                sub = sub + 1e-6 * sub.diagonal().mean() * eye
                 inv = torch.linalg.inv(sub)
                 ws = w[:, cols]
                 if per == 1:  # one column each: the cost is ||w_c||^2 / (G^-1)_cc
@@ -304,6 +309,7 @@ def lsq_scores(
                     s = slice(k * per, (k + 1) * per)
                     block = torch.linalg.inv(inv[s, s])
                     costs[k] += torch.trace(ws[:, s] @ block @ ws[:, s].T) / energy
+            costs = costs.cpu()  # one copy per round; the bookkeeping below is scalar
             order = torch.argsort(costs).tolist()[: min(step, len(alive) - 1)]
             for k in order:
                 level = max(level, float(costs[k]))

@@ -3,6 +3,9 @@
 ``cosine`` compares a model's embedding of each sample with the original model's: for token
 outputs with an ``attention_mask`` the embedding is the mean over real tokens (how sentence
 encoders such as all-MiniLM-L6-v2 pool), otherwise the flattened output.
+
+Embeddings stay on the model's device (CUDA included); cosine and neighbour recall compute
+there, and only what goes to scikit-learn or a callable metric is copied to the CPU.
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ def resolve_metric(metric: Metric, validation: list | None) -> Metric:
 
 def cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     """Mean cosine similarity between matching rows of two lists of embeddings."""
-    x, y = torch.cat(a), torch.cat(b)
+    x = torch.cat(a)
+    y = torch.cat(b).to(x.device)
     return float(nn.functional.cosine_similarity(x, y, dim=1).mean())
 
 
@@ -83,8 +87,8 @@ def neighbour_recall(
 
     if sum(len(e) for e in reference_out) <= k:
         return None
-    a, b = neighbours(model_out), neighbours(reference_out)
-    hits = [len(set(x.tolist()) & set(y.tolist())) for x, y in zip(a, b, strict=True)]
+    a, b = neighbours(model_out).tolist(), neighbours(reference_out).tolist()
+    hits = [len(set(x) & set(y)) for x, y in zip(a, b, strict=True)]
     return sum(hits) / (k * len(hits))
 
 
@@ -97,10 +101,18 @@ def score(
     """The metric of a model's validation outputs (cosine is against ``reference_out``)."""
     if metric == "cosine":
         return cosine(model_out, reference_out)
-    labels = np.concatenate([np.asarray(t) for _, t in validation])
+    labels = np.concatenate([_numpy(t) for _, t in validation])
+    scores = torch.cat(model_out).cpu()
     if callable(metric):
-        return float(metric(torch.cat(model_out).numpy(), labels))
-    pred = torch.cat(model_out).argmax(1).numpy()
+        return float(metric(scores.numpy(), labels))
+    pred = scores.argmax(1).numpy()
     if metric == "accuracy":
         return float(accuracy_score(labels, pred))
     return float(f1_score(labels, pred, average="macro"))
+
+
+def _numpy(labels) -> np.ndarray:
+    """Labels as a NumPy array, wherever they live (a CUDA tensor, a list, an array)."""
+    if isinstance(labels, torch.Tensor):
+        return labels.detach().cpu().numpy()
+    return np.asarray(labels)

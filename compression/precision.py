@@ -1,23 +1,86 @@
 """The profile's numeric precision, applied after pruning with torch's own tooling.
 
-- ``dtype`` float16/bfloat16 casts weights (the GPU profile; activations follow the weights).
+- ``float16`` / ``bfloat16`` run the model in half precision through :class:`HalfPrecision`:
+  the weights are cast, floating-point inputs are cast to the weights' dtype on the way in (an
+  image batch, a float mask) and floating-point outputs back to float32 on the way out, so a
+  half variant is called and read exactly like the float original. Integer inputs (token ids,
+  attention masks) pass unchanged. On CUDA a half-precision profile tries both dtypes
+  (:func:`options`): same memory, different range and rounding, and which one is faster and
+  within budget on a given GPU is measured, not assumed.
 - ``int8-dynamic`` quantizes Linear weights to int8 per output channel and activations on the
   fly (``torch.ao.quantization.quantize_dynamic``). It is deterministic, so a saved variant
-  stores its float weights and re-applies it on load with identical results.
+  stores its float weights and re-applies it on load with identical results. Its kernels exist
+  on the CPU only: :func:`place` leaves such a module there.
 
 The search keeps a precision change only when it measurably speeds the variant up and the
-metric stays within budget.
+metric stays within budget. :func:`place` puts a variant on its serving device, converting
+2:4-sparse weights to semi-structured tensors on CUDA (see :mod:`compression.sparsity`).
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
+from compression.registry import Registry
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+HALF = ("float16", "bfloat16")
+
+
+def _cast(value: Any, dtype: torch.dtype) -> Any:
+    """Floating-point tensors in ``value`` (nested in dicts, tuples, model outputs) to ``dtype``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() and value.dtype != dtype else value
+    if isinstance(value, dict):  # also transformers' ModelOutput (an OrderedDict)
+        items = {k: _cast(v, dtype) for k, v in value.items()}
+        try:
+            return type(value)(**items)
+        except TypeError:
+            return items
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
+        return type(value)(*(_cast(v, dtype) for v in value))
+    if isinstance(value, tuple | list):
+        return type(value)(_cast(v, dtype) for v in value)
+    return value
+
+
+class HalfPrecision(nn.Module):
+    """``module`` in float16/bfloat16, called with and returning float32 like the original.
+
+    Attribute reads the wrapper does not have (``config``, ``dtype`` of a Hugging Face model)
+    fall through to the wrapped module. ``sparsity`` is ``"2:4"`` when the weights carry a 2:4
+    pattern that :func:`place` turns into semi-structured sparse tensors on CUDA.
+    """
+
+    def __init__(self, module: nn.Module, dtype: str, sparsity: str = "none") -> None:
+        if dtype not in HALF:
+            raise ValueError(f"HalfPrecision takes one of {HALF}, got {dtype!r}")
+        super().__init__()
+        self.module = module.to(DTYPES[dtype])
+        self.half_dtype = dtype
+        self.sparsity = sparsity
+        self.semi_structured = 0  # Linear layers converted by place() (2:4 on CUDA)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        dtype = DTYPES[self.half_dtype]
+        out = self.module(*_cast(args, dtype), **_cast(kwargs, dtype))
+        return _cast(out, torch.float32)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            inner = self.__dict__.get("_modules", {}).get("module")
+            if inner is None or name.startswith("__"):  # copy/pickle probes stay on the wrapper
+                raise
+            return getattr(inner, name)
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
@@ -31,10 +94,102 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         )
 
 
-def apply(model: nn.Module, dtype: str, quantization: str) -> nn.Module:
-    """Return ``model`` in the given dtype and quantization (a copy when anything changes)."""
-    if quantization == "int8-dynamic":
-        return quantize_int8(model)
-    if dtype != "float32":
-        return copy.deepcopy(model).to(DTYPES[dtype])
+# Precision modes by label: each takes the float module and the sparsity mark and returns the
+# module in that precision (a copy when anything changes). A profile's ``dtype`` is a label that
+# names a torch dtype (:data:`DTYPES`), its ``quantization`` ``none`` or any other label.
+MODES: Registry[Callable[[nn.Module, str], nn.Module]] = Registry("precision")
+
+
+@MODES.register("float32")
+def _float32(model: nn.Module, sparsity: str) -> nn.Module:
     return model
+
+
+@MODES.register("float16")
+def _float16(model: nn.Module, sparsity: str) -> nn.Module:
+    return HalfPrecision(copy.deepcopy(model), "float16", sparsity)
+
+
+@MODES.register("bfloat16")
+def _bfloat16(model: nn.Module, sparsity: str) -> nn.Module:
+    return HalfPrecision(copy.deepcopy(model), "bfloat16", sparsity)
+
+
+@MODES.register("int8-dynamic")
+def _int8_dynamic(model: nn.Module, sparsity: str) -> nn.Module:
+    return quantize_int8(model)
+
+
+def quantizations() -> tuple[str, ...]:
+    """The registered labels a profile's ``quantization`` may name (besides ``none``)."""
+    return tuple(m for m in MODES if m not in DTYPES)
+
+
+def apply(model: nn.Module, dtype: str, quantization: str, sparsity: str = "none") -> nn.Module:
+    """Return ``model`` in the given dtype and quantization (a copy when anything changes).
+
+    ``sparsity`` ``"2:4"`` marks a half-precision module for conversion by :func:`place`;
+    unstructured sparsity needs nothing here (its zeros are ordinary weights).
+    """
+    return MODES.get(quantization if quantization != "none" else dtype)(model, sparsity)
+
+
+def options(dtype: str, quantization: str, device: str) -> list[str]:
+    """Precision labels the search tries for a profile, preferred first.
+
+    ``int8-dynamic`` for a quantizing profile, the profile's dtype otherwise, and on CUDA the
+    other half dtype beside it (bfloat16 where the GPU supports it).
+    """
+    if quantization == "int8-dynamic":
+        return ["int8-dynamic"]
+    if dtype == "float32":
+        return []
+    if not device.startswith("cuda"):
+        return [dtype]
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return [dtype, *(d for d in HALF if d != dtype and (d != "bfloat16" or bf16))]
+
+
+def split_label(label: str) -> tuple[str, str]:
+    """(dtype, quantization) of a precision label such as ``float16`` or ``int8-dynamic``."""
+    if label in DTYPES:
+        return label, "none"
+    if label not in MODES:
+        raise ValueError(f"unknown precision {label!r}; expected one of {list(MODES)}")
+    return "float32", label
+
+
+def is_quantized(module: nn.Module) -> bool:
+    """Whether ``module`` holds torch.ao dynamically quantized layers (CPU-only kernels)."""
+    return any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in module.modules())
+
+
+def device_of(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter or buffer (the CPU for one with neither)."""
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def place(module: nn.Module, device: str | torch.device) -> nn.Module:
+    """Put a variant on ``device`` for serving or measuring; returns the module to call.
+
+    int8-dynamic modules stay on the CPU (their kernels exist nowhere else). A 2:4-marked
+    half-precision module on CUDA gets its eligible Linear weights converted to semi-structured
+    sparse tensors, once (:func:`compression.sparsity.to_semi_structured`).
+    """
+    device = torch.device(device)
+    if is_quantized(module):
+        return module
+    if device_of(module) != device:
+        module.to(device)
+    if (
+        isinstance(module, HalfPrecision)
+        and module.sparsity == "2:4"
+        and device.type == "cuda"
+        and not module.semi_structured
+    ):
+        from compression.sparsity import to_semi_structured
+
+        module.semi_structured = to_semi_structured(module.module)
+    return module

@@ -106,7 +106,8 @@ def recalibrate_bn(model: nn.Module, batch: Batch, chunk: int = 256) -> int:
 def _ensure_bias(layer: nn.Module) -> torch.Tensor:
     if layer.bias is None:
         out = layer.weight.shape[0]
-        layer.bias = nn.Parameter(torch.zeros(out, dtype=layer.weight.dtype))
+        w = layer.weight
+        layer.bias = nn.Parameter(torch.zeros(out, dtype=w.dtype, device=w.device))
     return layer.bias
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from compression import allocation, graph, metrics, precision, rebuild
+from compression import allocation, graph, metrics, precision, rebuild, sparsity
 from compression.errors import Cancelled
 from compression.graph import PruneUnit
 from compression.inputs import Batch
@@ -131,22 +131,24 @@ def build(ctx: SearchContext, ratio: float, mode: str) -> Built:
     return Built(pruned, pruned, cand, [r.to_dict() for r in records])
 
 
-def with_precision(ctx: SearchContext, built: Built) -> Built | None:
-    """The profile's dtype/quantization applied to a float candidate (None when not asked)."""
+def with_precision(ctx: SearchContext, built: Built) -> list[Built]:
+    """The profile's dtype/quantization applied to a float candidate, one per precision the
+    profile tries (on CUDA float16 and bfloat16, see ``precision.options``)."""
     p = ctx.profile
-    if p.quantization == "none" and p.dtype == "float32":
-        return None
-    start = time.perf_counter()
-    module = precision.apply(built.float_module, p.dtype, p.quantization).eval()
-    ctx.tick("precision", start)
-    label = p.quantization if p.quantization != "none" else p.dtype
-    c = built.candidate
-    cand = measure(
-        ctx, module, built.float_module, ratio=c.ratio, allocation=c.allocation, precision=label
-    )
-    if cand.latency_ms > 0.95 * c.latency_ms:  # must earn its place: >= 5% faster than float
-        cand.note = "no speed-up over float32"
-    return Built(module, built.float_module, cand, built.steps)
+    out = []
+    for label in precision.options(p.dtype, p.quantization, p.device):
+        start = time.perf_counter()
+        dtype, quantization = precision.split_label(label)
+        module = precision.apply(built.float_module, dtype, quantization).eval()
+        ctx.tick("precision", start)
+        c = built.candidate
+        cand = measure(
+            ctx, module, built.float_module, ratio=c.ratio, allocation=c.allocation, precision=label
+        )
+        if cand.latency_ms > 0.95 * c.latency_ms:  # must earn its place: >= 5% faster than float
+            cand.note = "no speed-up over float32"
+        out.append(Built(module, built.float_module, cand, built.steps))
+    return out
 
 
 def run(ctx: SearchContext, original_built: Built) -> list[Built]:
@@ -190,7 +192,7 @@ def run(ctx: SearchContext, original_built: Built) -> list[Built]:
         ctx.check()
         if time.monotonic() > ctx.deadline:
             break
-        p = with_precision(ctx, b)
-        if p is not None:
-            built.append(p)
+        built += with_precision(ctx, b)
+    # The profile's sparsity step (2:4 on CUDA, unstructured for a size budget) on what fits.
+    built += sparsity.candidates(ctx, [*built, original_built], measure, Built)
     return built

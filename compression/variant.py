@@ -2,7 +2,9 @@
 
 A variant directory holds::
 
-    weights.safetensors   float weights of the pruned model (before int8 quantization)
+    weights.safetensors   float weights of the pruned model (before int8 quantization); mostly
+                          zero tensors (unstructured sparsity) as values + bitmask, exactly
+                          (compression.compact)
     plan.json             source, structure diff, precision, and the weights' sha256
     report.json           the CompressionReport (a contract other tools read: keep its keys)
     report.png            metric vs latency of every candidate the search tried
@@ -21,11 +23,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from compression import compact, precision
 from compression import plan as plan_mod
-from compression import precision
 from compression.errors import VariantError
 from compression.report import CompressionReport
 
@@ -59,7 +60,7 @@ class CompressedModel:
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous() for k, v in self.float_module.state_dict().items()}
         weights = directory / "weights.safetensors"
-        save_file(state, weights)
+        compact.save(state, weights)
         plan = dict(self.plan, weights_sha256=sha256_file(weights), version=PLAN_VERSION)
         _write_json(directory / "plan.json", plan)
         _write_json(directory / "report.json", self.report.to_dict())
@@ -125,7 +126,8 @@ def load_variant(directory: str | Path, model: nn.Module) -> CompressedModel:
             f"load_variant needs model=, a freshly built original (nn.Module), got "
             f"{type(model).__name__}"
         )
-    state = load_file(weights)
+    state = compact.load(weights)
     float_module = plan_mod.replay(model, plan["structure"], state).eval()
-    module = precision.apply(float_module, plan["dtype"], plan["quantization"]).eval()
+    sparsity = plan.get("sparsity", "none")
+    module = precision.apply(float_module, plan["dtype"], plan["quantization"], sparsity).eval()
     return CompressedModel(module=module, report=report, float_module=float_module, plan=plan)

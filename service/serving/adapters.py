@@ -64,7 +64,7 @@ class ImageAdapter:
         return torch.from_numpy(np.concatenate(rows))
 
     def outputs(self, out: Any, batch: torch.Tensor) -> np.ndarray:
-        return main_output(out).float().numpy()
+        return main_output(out).float().cpu().numpy()
 
     def call(self, module: torch.nn.Module, batch: torch.Tensor) -> Any:
         return module(batch)
@@ -124,9 +124,9 @@ class TextAdapter:
 
     def outputs(self, out: Any, batch: dict) -> np.ndarray:
         if self.labels:
-            return main_output(out).float().numpy()
+            return main_output(out).float().cpu().numpy()
         pooled = embed(main_output(out), batch)
-        return torch.nn.functional.normalize(pooled, dim=-1).numpy()
+        return torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
 
 
 def adapter_for(bundle: ModelBundle, module: torch.nn.Module):
