@@ -1,7 +1,7 @@
 """Device profiles: what "compressed for this device" means.
 
 A profile is validated once, when it is loaded; unknown keys and bad values are errors that
-name the key. The allowed importance criteria and rebuild steps are the names
+name the key. The allowed importance criteria, rebuild steps and precisions are the names
 registered in their modules (:mod:`compression.registry`), so a new one needs no edit here.
 Built-ins live as YAML beside this module (``profiles/*.yaml``) and load through the same
 validation as a user's file::
@@ -19,6 +19,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from compression import precision
 from compression.errors import ProfileError
 from compression.importance import CRITERIA
 from compression.rebuild import STEPS
@@ -33,13 +34,16 @@ class DeviceProfile(BaseModel):
 
     name: str = Field(description="Profile name, shown in reports, metrics and the admin API.")
     device: Literal["cpu", "cuda"] = Field("cpu", description="Where latency is measured.")
-    dtype: Literal["float32", "float16", "bfloat16"] = Field(
-        "float32", description="Weight/activation dtype of the served variant."
+    dtype: str = Field(
+        "float32",
+        description="Weight/activation dtype of the served variant: float32, float16 or "
+        "bfloat16 (precision modes registered in compression.precision that name a dtype).",
     )
-    quantization: Literal["none", "int8-dynamic"] = Field(
+    quantization: str = Field(
         "none",
-        description="int8-dynamic: int8 Linear weights via torch's dynamic quantization, kept "
-        "only when it measurably speeds up the variant and stays within budget.",
+        description="none, or a quantizing precision mode registered in compression.precision: "
+        "int8-dynamic (int8 Linear weights via torch's dynamic quantization), kept only when it "
+        "measurably speeds up the variant and stays within budget.",
     )
     sparsity: Literal["none", "2:4", "unstructured"] = Field(
         "none",
@@ -95,6 +99,26 @@ class DeviceProfile(BaseModel):
     latency_batch: int = Field(8, ge=1, description="Batch size of latency measurements.")
     latency_repeats: int = Field(15, ge=3, description="Timed repeats (median is reported).")
     time_limit_s: float = Field(300.0, gt=0, description="Wall-clock limit of one compression.")
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: str) -> str:
+        if value not in precision.DTYPES or value not in precision.MODES:
+            raise ValueError(
+                f"unknown dtype {value!r}; expected one of "
+                f"{[m for m in precision.MODES if m in precision.DTYPES]}"
+            )
+        return value
+
+    @field_validator("quantization")
+    @classmethod
+    def _known_quantization(cls, value: str) -> str:
+        if value != "none" and value not in precision.quantizations():
+            raise ValueError(
+                f"unknown quantization {value!r}; expected one of "
+                f"{['none', *precision.quantizations()]}"
+            )
+        return value
 
     @field_validator("importance")
     @classmethod

@@ -83,3 +83,12 @@ def test_a_registered_criterion_is_a_valid_profile_value():
         assert profile_from_dict({"name": "x", "importance": "unit-ones"}).importance == "unit-ones"
     finally:
         CRITERIA._entries.pop("unit-ones")
+
+
+def test_dtype_and_quantization_come_from_the_precision_registry():
+    from compression.profiles import profile_from_dict
+
+    with pytest.raises(ProfileError, match=r"dtype: .*unknown dtype 'int8'.*'bfloat16'\]"):
+        profile_from_dict({"name": "x", "dtype": "int8"})
+    with pytest.raises(ProfileError, match=r"quantization: .*\['none', 'int8-dynamic'\]"):
+        profile_from_dict({"name": "x", "quantization": "float16"})
