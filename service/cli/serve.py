@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     cmd = [
         sys.executable,
         "-m",
-        "bentoml",
+        "service.serving.bentoml_main",  # bentoml's CLI, metrics directory off the home
         "serve",
         "service.serving.app:SlimServe",
         "--host",

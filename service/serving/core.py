@@ -144,7 +144,11 @@ class Core:
 
     def _become_leader(self) -> bool:
         """One worker per home runs the background jobs (a lock held for the process's life)."""
-        self._leader_file = open(self.settings.home / "jobs.lock", "w")  # noqa: SIM115
+        try:
+            self._leader_file = open(self.settings.home / "jobs.lock", "a")  # noqa: SIM115
+        except OSError as err:  # a read-only home: serve, run no jobs
+            log.warning("cannot open the jobs lock (%s): this worker runs no jobs", err.strerror)
+            return False
         try:
             fcntl.flock(self._leader_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return True

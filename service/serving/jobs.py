@@ -171,7 +171,10 @@ class JobRunner:
         self, workdir: Path, on_done: Callable[[Job, Path | None], None], threads: int = 1
     ):
         self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # a read-only home: jobs will fail, serving goes on
+            log.warning("jobs: cannot create %s (%s)", self.workdir, err.strerror)
         self.lock = self.workdir / "job.lock"  # held by the running job process
         self.on_done = on_done
         self.threads = threads

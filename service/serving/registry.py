@@ -10,6 +10,11 @@ Ids are checked against the form the registry issues (:func:`check_variant_id`) 
 reach the store, and a lookup must return the variant of exactly that id: BentoML's moving
 alias ``latest`` (or any other alias) is never resolved, never stored in a pointer. A pointer
 records whether an operator chose it (``pinned``), so a restart does not override that choice.
+
+A store that cannot be written (a full disk, a read-only home) degrades the service, never
+stops it: the registry starts anyway (originals serve), a variant is stored only when the store
+has its size plus ``min_free_bytes`` free (else :class:`StoreUnavailable`, 507), and pointer
+writes that fail leave what serves unchanged (see the variant manager).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-from service.serving.errors import BadRequest, UnknownVariant
+from service.serving.errors import BadRequest, StoreUnavailable, UnknownVariant
 
 log = logging.getLogger("slimserve")
 ORIGINAL = "original"
@@ -70,11 +75,45 @@ def _profile_slug(profile: str) -> str:
 class Registry:
     """Variants of every model and which one is active."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, min_free_bytes: int = 256 << 20) -> None:
         self.home = Path(home)
         self.pointers = self.home / "active"
-        self.pointers.mkdir(parents=True, exist_ok=True)
+        self.min_free_bytes = min_free_bytes
+        try:
+            self.pointers.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # a read-only or full home: serve the originals anyway
+            log.warning(
+                "registry: cannot create %s (%s); variants cannot be stored",
+                self.pointers,
+                err.strerror,
+            )
         self._lock = threading.Lock()
+
+    # ---- space -------------------------------------------------------------------------------
+
+    def store_path(self) -> Path:
+        """Where BentoML's model store keeps variants (BENTOML_HOME/models)."""
+        from bentoml._internal.configuration.containers import BentoMLContainer
+
+        return Path(BentoMLContainer.model_store.get()._path)
+
+    def check_space(self, needed: int, what: str) -> None:
+        """:class:`StoreUnavailable` (507) unless the store has ``needed`` bytes plus the
+        ``min_free_bytes`` margin free (a full disk must not stop serving, nor corrupt files)."""
+        path = self.store_path()
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        if not os.access(path, os.W_OK):
+            raise StoreUnavailable(
+                f"{what}: the variant store is read-only; the variants stored so far keep serving"
+            )
+        free = shutil.disk_usage(path).free
+        if free < needed + self.min_free_bytes:
+            raise StoreUnavailable(
+                f"{what} needs {needed / 1e6:.1f} MB and the variant store keeps "
+                f"{self.min_free_bytes / 1e6:.0f} MB free (SLIMSERVE_MIN_FREE_BYTES), but has "
+                f"{free / 1e6:.1f} MB free; the variants stored so far keep serving"
+            )
 
     # ---- model store -------------------------------------------------------------------------
 
@@ -88,16 +127,21 @@ class Registry:
             return
         except bentoml.exceptions.NotFound:
             pass
-        with bentoml.models.create(
-            tag, labels={"slimserve": "original"}, metadata={"source": source}
-        ) as stored:
-            Path(stored.path, "source.json").write_text(json.dumps({"source": source}))
+        try:
+            with bentoml.models.create(
+                tag, labels={"slimserve": "original"}, metadata={"source": source}
+            ) as stored:
+                Path(stored.path, "source.json").write_text(json.dumps({"source": source}))
+        except OSError as err:  # the original serves from its source: its record can wait
+            log.warning("registry: cannot record %s's original (%s)", model, err.strerror)
 
     def add_variant(self, model: str, variant_dir: Path, profile: str) -> str:
         """Copy a saved variant into the store; returns its id."""
         import bentoml
 
         report = json.loads((Path(variant_dir) / "report.json").read_text())
+        size = sum(f.stat().st_size for f in Path(variant_dir).iterdir() if f.is_file())
+        self.check_space(size, f"storing a variant of {model!r}")
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         vid = check_variant_id(f"{_profile_slug(profile)}-{stamp}-{secrets.token_hex(2)}")
         labels = {
@@ -106,11 +150,17 @@ class Registry:
             "accepted": str(report["accepted"]).lower(),
         }
         metadata = {k: report[k] for k in ("speedup", "metric", "metric_after", "params_after")}
-        with bentoml.models.create(
-            f"{_store_name(model)}:{vid}", labels=labels, metadata=metadata
-        ) as stored:
-            for item in Path(variant_dir).iterdir():
-                shutil.copy2(item, Path(stored.path) / item.name)
+        try:
+            with bentoml.models.create(
+                f"{_store_name(model)}:{vid}", labels=labels, metadata=metadata
+            ) as stored:
+                for item in Path(variant_dir).iterdir():
+                    shutil.copy2(item, Path(stored.path) / item.name)
+        except OSError as err:  # full or read-only: nothing half-written stays in the store
+            raise StoreUnavailable(
+                f"cannot store a variant of {model!r}: {err.strerror or err}; the variants "
+                "stored so far keep serving"
+            ) from None
         return vid
 
     def _stored(self, model: str, vid: str):

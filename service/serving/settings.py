@@ -114,6 +114,18 @@ class Settings(BaseSettings):
     max_job_s: float = Field(
         3600.0, gt=0, description="Longest a compression job may run, whatever its profile says."
     )
+    min_free_bytes: int = Field(
+        256 << 20,
+        ge=0,
+        description="Free space the variant store keeps: a job or a variant that would leave "
+        "less is refused (507) and what serves keeps serving.",
+    )
+    metrics_dir: Path | None = Field(
+        None,
+        description="Prometheus multiprocess directory, on a volume of its own (an emptyDir in "
+        "k8s): default a fresh directory in /dev/shm or the temp dir, never the home (a full "
+        "home would kill the worker with SIGBUS).",
+    )
     shadow_fraction: float = Field(
         0.05,
         ge=0.0,

@@ -48,6 +48,7 @@ class VariantManager:
         self.settings = settings
         self.plane = plane
         self.registry = registry
+        self.registry.min_free_bytes = settings.min_free_bytes
         self.jobs = jobs
         self.profile, self.profile_path = resolve_profile(settings.profile, settings.profiles_dir)
         self._mtimes: dict[str, float] = {}
@@ -281,6 +282,9 @@ class VariantManager:
         except ProfileError as err:
             raise BadRequest(str(err)) from None
         limit = min(self.settings.job_timeout_s or chosen.time_limit_s, self.settings.max_job_s)
+        # A job writes its variant, then the store copies it: about twice the weights.
+        weights = sum(p.numel() * p.element_size() for p in self.plane.originals[name].parameters())
+        self.registry.check_space(2 * weights, f"compressing {name!r}")
         live_file = None
         reservoir = self.plane.runtime.models[name].reservoir
         if reservoir is not None and (live or self.calibrates_live(name)):

@@ -320,3 +320,153 @@ def test_an_inline_profile_is_validated_like_a_profile_file(cores, http):
     job = core.jobs.get(r.json()["job"])
     assert job.profile == "mine"
     core.jobs.cancel(job.id)
+
+
+# ---- item 4: a full or read-only store degrades the service, never stops it ---------------------
+
+
+def _job(out_dir, saved):
+    from service.serving.jobs import Job
+
+    job = Job(id="0123456789ab", model=MODEL, profile="fast", state="running")
+    job.report = json.loads((saved / "report.json").read_text())
+    out_dir.mkdir()
+    for f in saved.iterdir():
+        (out_dir / f.name).write_bytes(f.read_bytes())
+    return job
+
+
+def test_a_write_error_while_storing_fails_the_job_and_the_original_keeps_serving(
+    cores, saved_variant, tmp_path, monkeypatch
+):
+    import shutil as shutil_mod
+
+    core = cores()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    stored = [v["id"] for v in core.registry.variants(MODEL)]
+    monkeypatch.setattr(shutil_mod, "copy2", full)
+    job = _job(tmp_path / "out", saved_variant)
+    core.jobs._finish(job, "succeeded", tmp_path / "out", started=0.0)
+    assert job.state == "failed" and "No space left on device" in job.error, job.detail()
+    assert "/" not in job.error.replace("<path>", ""), job.error
+    assert _serving(core) == ORIGINAL and core.registry.active(MODEL) == ORIGINAL
+    assert [v["id"] for v in core.registry.variants(MODEL)] == stored  # nothing half-stored
+
+
+def test_compress_is_507_when_the_store_lacks_space(cores, http, monkeypatch):
+    import shutil as shutil_mod
+    from collections import namedtuple
+
+    core = cores()
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil_mod, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 10 << 20))
+    c = http(core)
+    r = c.admin("POST", f"/models/{MODEL}/compress", json={"profile": "cpu"})
+    assert r.status_code == 507, r.text
+    assert "10.5 MB free" in r.json()["error"] and "SLIMSERVE_MIN_FREE_BYTES" in r.json()["error"]
+    assert core.jobs.list() == []
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A real 3 MB filesystem (tmpfs), unmounted afterwards; skipped where mounting is refused."""
+    import subprocess
+
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_real_full_filesystem_refuses_the_variant_and_keeps_serving(
+    tmpfs, tmp_path, saved_variant, digits_cnn_bundle
+):
+    from service.serving.errors import StoreUnavailable
+
+    size = sum(f.stat().st_size for f in saved_variant.iterdir())
+    with isolated_model_store(tmpfs / "bentoml" / "models"):
+        settings = Settings(
+            home=tmpfs / "home",
+            models=[MODEL],
+            auto_compress=False,
+            admin_token=TOKEN,
+            min_free_bytes=0,
+        )
+        core = Core(settings).start()
+        try:
+            filler = tmpfs / "filler"
+            with open(filler, "wb") as f:  # fill the disk, leaving less than one variant
+                try:
+                    while True:
+                        f.write(b"\0" * (64 << 10))
+                        f.flush()
+                except OSError:
+                    pass
+            free = __import__("shutil").disk_usage(tmpfs).free
+            assert free < size, (free, size)
+            with pytest.raises(StoreUnavailable, match="needs .* MB free"):
+                core.registry.add_variant(MODEL, saved_variant, "fast")
+            # The check passes when the margin is wrong: the copy itself fails, cleanly.
+            core.registry.check_space = lambda needed, what: None
+            with pytest.raises(StoreUnavailable, match="No space left on device"):
+                core.registry.add_variant(MODEL, saved_variant, "fast")
+            assert [v["id"] for v in core.registry.variants(MODEL)] == [ORIGINAL]
+            c = Client(create_app(core))
+            try:
+                r = c.admin("POST", f"/models/{MODEL}/activate", json={"variant": "original"})
+                assert r.status_code == 507 and "original" in r.json()["error"], r.text
+                body = {
+                    "inputs": [
+                        {
+                            "name": "INPUT",
+                            "datatype": "FP32",
+                            "shape": [1, 1, 8, 8],
+                            "data": [0] * 64,
+                        }
+                    ]
+                }
+                for _ in range(20):
+                    assert c.post(f"/v2/models/{MODEL}/infer", json=body).status_code == 200
+            finally:
+                c.close()
+        finally:
+            core.close()
+
+
+def test_a_read_only_home_starts_and_serves_the_originals(tmpfs, saved_variant):
+    import subprocess
+
+    (tmpfs / "home").mkdir()
+    (tmpfs / "bentoml" / "models").mkdir(parents=True)
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    with isolated_model_store(tmpfs / "bentoml" / "models"):
+        settings = Settings(
+            home=tmpfs / "home", models=[MODEL], auto_compress=True, admin_token=TOKEN
+        )
+        core = Core(settings).start()  # a read-only home used to stop start-up
+        try:
+            assert core.ready and _serving(core) == ORIGINAL and not core.leader
+            c = Client(create_app(core))
+            try:
+                r = c.admin("POST", f"/models/{MODEL}/compress", json={"profile": "cpu"})
+                assert r.status_code == 507 and "read-only" in r.json()["error"], r.text
+                body = {
+                    "inputs": [
+                        {
+                            "name": "INPUT",
+                            "datatype": "FP32",
+                            "shape": [1, 1, 8, 8],
+                            "data": [0] * 64,
+                        }
+                    ]
+                }
+                assert c.post(f"/v2/models/{MODEL}/infer", json=body).status_code == 200
+            finally:
+                c.close()
+        finally:
+            core.close()
