@@ -48,7 +48,10 @@ RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_
 COPY pyproject.toml README.md ./
 COPY compression/ compression/
 COPY service/ service/
-RUN pip install --no-cache-dir . \
+# The onnx extra: variants the search chose ONNX Runtime for load in this image too (this
+# project itself, not a PyPI name: DL3013 reads ".[onnx]" as an unpinned package).
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir ".[onnx]" \
     && python -c "import compression, service, torch; print('torch', torch.__version__)"
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,102 @@
+"""ONNX Runtime as a measured runtime: faithful exports, checksummed files, honest fallbacks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from compression import PROFILES, compress, load_variant
+from compression.errors import VariantError
+
+pytestmark = pytest.mark.unit
+runtimes = pytest.importorskip("compression.runtimes")
+if runtimes.available() is not None:
+    pytest.skip(runtimes.available(), allow_module_level=True)
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4)
+    )
+
+
+def _tiny_bert():
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=64,
+    )  # fmt: skip
+    return BertModel(config).eval()
+
+
+def _tokens(batch: int, length: int, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 100, (batch, length), generator=g)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[0, length // 2 :] = 0  # padding in the first row
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def test_exported_text_encoder_matches_torch_on_other_shapes():
+    model = _tiny_bert()
+    found, notes = runtimes.candidates(model, _tokens(4, 12, 0), [_tokens(3, 20, 1)], 1)
+    precisions = [p for p, _ in found]
+    assert precisions == ["onnxruntime-fp32", "onnxruntime-int8"], notes
+    fp32 = dict(found)["onnxruntime-fp32"]
+    x = _tokens(2, 7, 2)  # a shape neither the export nor the check saw
+    with torch.inference_mode():
+        expected = model(**x).last_hidden_state
+    diff = float((fp32(**x) - expected).abs().max())
+    assert diff < 1e-4, diff
+    int8 = dict(found)["onnxruntime-int8"]
+    cos = torch.nn.functional.cosine_similarity(int8(**x).flatten(1), expected.flatten(1)).min()
+    assert cos > 0.95, float(cos)
+
+
+def test_data_dependent_branches_fall_back_to_torch_with_the_reason():
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 4), nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.a(x) if x.sum() > 0 else self.b(x)  # traced with one branch
+
+    x = torch.ones(4, 8)
+    found, notes = runtimes.candidates(Branchy().eval(), x, [-torch.ones(3, 8)], 1)
+    assert found == [], notes
+    assert any("not faithful" in n or "export failed" in n for n in notes), notes
+
+
+def test_compress_measures_onnxruntime_and_a_saved_variant_reloads_it(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(256, 16)
+    profile = PROFILES["cpu"].model_copy(
+        update={"ratios": [0.3], "allocation": "uniform", "latency_repeats": 3,
+                "runtimes": ["onnxruntime"], "quantization": "none"}
+    )  # fmt: skip
+    variant = compress(_mlp(), profile, example_inputs=x[:8], calibration=[x[:128]],
+                       validation=[(x[128:], None)])  # fmt: skip
+    r = variant.report
+    tried = {c.precision for c in r.candidates}
+    assert {"onnxruntime-fp32", "onnxruntime-int8"} <= tried, (tried, r.runtimes)
+    assert r.precision.startswith("onnxruntime"), (r.precision, r.runtimes)
+    assert isinstance(variant.module, runtimes.OrtModule)
+    out = tmp_path / "v"
+    variant.save(out)
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["runtime"] == "onnxruntime" and (out / "model.onnx").is_file()
+    again = load_variant(out, model=_mlp())
+    with torch.inference_mode():
+        assert torch.equal(again.module(x[:5]), variant.module(x[:5]))
+    data = bytearray((out / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (out / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(VariantError, match="checksum"):
+        load_variant(out, model=_mlp())
