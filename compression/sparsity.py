@@ -89,8 +89,22 @@ def refit_rows(
         gss = g[sel[:, :, None], sel[:, None, :]]
         gss.diagonal(dim1=1, dim2=2).add_(lam)
         rhs = torch.gather(w64[r : r + chunk] @ g, 1, sel)
-        out[r : r + chunk].scatter_(1, sel, torch.linalg.solve(gss, rhs))
+        out[r : r + chunk].scatter_(1, sel, _spd_solve(gss, rhs))
     return out
+
+
+def _spd_solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Solve a batch of ridge-regularised (symmetric positive definite) systems a x = b.
+
+    Cholesky first; a system it cannot factor (numerically indefinite) is solved by least
+    squares instead of failing the whole batch.
+    """
+    chol, info = torch.linalg.cholesky_ex(a)
+    x = torch.cholesky_solve(b.unsqueeze(-1), chol).squeeze(-1)
+    bad = info != 0
+    if bool(bad.any()):
+        x[bad] = torch.linalg.lstsq(a[bad], b[bad].unsqueeze(-1)).solution.squeeze(-1)
+    return x
 
 
 def thin(
@@ -286,9 +300,10 @@ def _semi_structured_candidates(ctx, built: list, measure: Callable, make: Calla
 
 
 def _unstructured_candidates(ctx, built: list, measure: Callable, make: Callable) -> list:
-    """Magnitude pruning to the size budget on the three most accurate candidates in budget."""
+    """Magnitude pruning to the size budget on the three smallest candidates in budget (they
+    need the least thinning, which costs the least quality)."""
     target = ctx.profile.target_size_ratio * compact.stored_bytes(ctx.original.state_dict())
-    bases = sorted(_fits(built), key=lambda b: -b.candidate.metric)
+    bases = sorted(_fits(built), key=lambda b: (b.candidate.params, -b.candidate.metric))
     out, seen = [], set()
     for base in bases:
         if len(out) == 3 or time.monotonic() > ctx.deadline:

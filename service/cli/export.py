@@ -1,10 +1,11 @@
 """``slimserve export``: a saved variant to a serving format (Triton model repository).
 
-    slimserve export --variant DIR --format triton --out REPO [--name NAME]
+    slimserve export --variant DIR --format triton|onnx --out REPO [--name NAME]
                      [--max-batch-size N] [--input-shape C,H,W]
 
-Writes ``REPO/<NAME>/config.pbtxt`` and ``REPO/<NAME>/1/model.pt`` (TorchScript) and prints a
-JSON summary. Exit status: 0 written, 2 bad input (message on stderr).
+Writes ``REPO/<NAME>/config.pbtxt`` and ``REPO/<NAME>/1/model.pt`` (TorchScript, ``triton``) or
+``1/model.onnx`` (Triton's ONNX Runtime backend, ``onnx``) and prints a JSON summary. Exit
+status: 0 written, 2 bad input (message on stderr).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
-FORMATS = ("triton",)
+FORMATS = ("triton", "onnx")
 
 
 def _shape(text: str) -> list[int]:
@@ -43,8 +44,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.max_batch_size < 1:
         print("slimserve export: error: --max-batch-size must be at least 1", file=sys.stderr)
         return EXIT_BAD_INPUT
+    export = export_triton
+    if args.format == "onnx":
+        from service.export.onnx import export_onnx as export  # same arguments
     try:
-        path = export_triton(
+        path = export(
             args.variant,
             args.out,
             model_name=args.name,
@@ -76,7 +80,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n")[0],
     )
     p.add_argument("--variant", required=True, type=Path, help="a variant directory")
-    p.add_argument("--format", default="triton", choices=FORMATS, help="output format")
+    p.add_argument(
+        "--format",
+        default="triton",
+        choices=FORMATS,
+        help="triton: TorchScript (libtorch backend); onnx: ONNX (onnxruntime backend)",
+    )
     p.add_argument("--out", required=True, type=Path, help="the Triton model repository")
     p.add_argument("--name", help="model name in the repository (default: <source>-<profile>)")
     p.add_argument(

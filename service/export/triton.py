@@ -11,9 +11,11 @@ For GPU fleets the accepted variant runs in Triton; this writes the repository T
 ships), written and read with protobuf's ``text_format``: :func:`model_config` builds it,
 :func:`read_config` parses it back as Triton would, unknown fields and enum values included.
 
-TorchScript rather than ONNX: it handles all three built-ins, the int8-dynamic variants
+TorchScript is the default: it handles all three built-ins, the int8-dynamic variants
 (``torch.ao`` quantized Linear layers export as ``quantized::linear_dynamic``, which ONNX has
-no operator for) and Hugging Face BERT, and needs nothing beyond torch.
+no operator for) and Hugging Face BERT, and needs nothing beyond torch. ONNX for Triton's ONNX
+Runtime backend is the second format (:mod:`service.export.onnx`); both share
+:func:`prepare` (load and wrap the variant) and :func:`write_model_dir` (atomic write).
 
 Tensors (dims in config.pbtxt leave out the batch dimension):
 
@@ -29,7 +31,8 @@ Tensors (dims in config.pbtxt leave out the batch dimension):
   exported: an embedding is what a Triton client of a sentence encoder wants.
 
 The exported model always takes and returns FP32 (INT64 for token ids): a float16/bfloat16
-variant casts inside the TorchScript. Quantized int8-dynamic variants get
+variant (the gpu profile) keeps its half-precision weights and casts inside the TorchScript, and
+is captured on the GPU when one is present (``slimserve.json`` records ``captured_on``). Quantized int8-dynamic variants get
 ``instance_group [{ kind: KIND_CPU }]``, because torch's dynamic int8 kernels exist only on
 CPU. Every export is checked before it is written: the TorchScript module must reproduce the
 variant's outputs on batches of other sizes (and, for text, other lengths) than it was traced
@@ -236,8 +239,9 @@ def model_config(model: TritonModel, platform: str = PLATFORM) -> ModelConfig:
     if model.instance_kind:
         kind = pb.ModelInstanceGroup.Kind.Value(model.instance_kind)
         config.instance_group.add(count=1, kind=kind)
-    # Serve under torch.inference_mode (the libtorch backend's INFERENCE_MODE parameter).
-    config.parameters["INFERENCE_MODE"].string_value = "true"
+    if platform == PLATFORM:
+        # Serve under torch.inference_mode (the libtorch backend's INFERENCE_MODE parameter).
+        config.parameters["INFERENCE_MODE"].string_value = "true"
     return config
 
 
@@ -246,25 +250,34 @@ def config_pbtxt(model: TritonModel, platform: str = PLATFORM) -> str:
     return text_format.MessageToString(model_config(model, platform))
 
 
-def export_triton(
-    variant_dir: str | Path,
-    repo_dir: str | Path,
-    model_name: str | None = None,
-    max_batch_size: int = 64,
-    input_shape: Sequence[int] | None = None,
-) -> Path:
-    """Write ``repo_dir/<name>/`` (config.pbtxt, 1/model.pt, slimserve.json) for a variant.
+@dataclass
+class Prepared:
+    """A variant loaded and wrapped for export, with the examples that check the export."""
 
-    ``model_name`` defaults to ``<source>-<profile>`` (e.g. ``digits-cnn-cpu``). Returns the
-    model's directory. An existing model directory of that name is replaced whole.
+    name: str
+    variant_dir: Path
+    plan: dict
+    variant: Any
+    kind: str  # "tensor" | "text-embedding"
+    wrapper: nn.Module
+    examples: list[tuple[torch.Tensor, ...]]
+    inputs: list[TensorSpec]
+    device: str  # where the wrapper runs while it is captured (cuda for a gpu variant)
+
+
+def prepare(
+    variant_dir: str | Path, model_name: str | None, input_shape: Sequence[int] | None
+) -> Prepared:
+    """Load a variant and wrap it as the exported model sees it (shared by every format).
+
+    A variant compressed for a CUDA profile is captured on the GPU where one is present, so
+    device constants a trace records (Hugging Face's mask tensors) are the ones it serves on.
     """
-    from compression import load_variant
+    from compression import load_variant, precision
     from compression.errors import CompressionError
     from service.models import resolve
 
-    variant_dir, repo_dir = Path(variant_dir), Path(repo_dir)
-    if max_batch_size < 1:
-        raise ExportError(f"max_batch_size must be at least 1, got {max_batch_size}")
+    variant_dir = Path(variant_dir)
     try:
         plan = json.loads((variant_dir / "plan.json").read_text())
     except FileNotFoundError:
@@ -284,73 +297,77 @@ def export_triton(
         variant = load_variant(variant_dir, model=bundle.factory())
     except CompressionError as err:
         raise ExportError(str(err)) from None
-    module = variant.module.eval()
+    # The torch form of the variant, whichever runtime serves it (an ONNX Runtime variant's
+    # module is a session): its float weights in the plan's precision.
+    module = precision.apply(
+        variant.float_module,
+        plan.get("dtype", "float32"),
+        plan.get("quantization", "none"),
+        plan.get("sparsity", "none"),
+    ).eval()
     dtype = _DTYPES.get(plan.get("dtype", "float32"), torch.float32)
+    gpu = (plan.get("profile") or {}).get("device") == "cuda" and torch.cuda.is_available()
+    device = "cuda" if gpu and plan.get("quantization", "none") == "none" else "cpu"
 
     if _is_text_model(module):
         kind = "text-embedding"
         wrapper: nn.Module = SentenceEmbedding(module).eval()
         examples = _text_examples(bundle, module)
-    else:
-        kind = "tensor"
-        wrapper = TensorModel(module, dtype).eval()
-        examples = _tensor_examples(bundle, input_shape)
-    scripted, how = _to_torchscript(wrapper, examples)
-    max_diff = _check(wrapper, scripted, examples)
-
-    with torch.no_grad():
-        out = wrapper(*examples[0])
-    if kind == "text-embedding":
         inputs = [
             TensorSpec("input_ids", "TYPE_INT64", (-1,)),
             TensorSpec("attention_mask", "TYPE_INT64", (-1,)),
         ]
     else:
+        kind = "tensor"
+        wrapper = TensorModel(module, dtype).eval()
+        examples = _tensor_examples(bundle, input_shape)
         inputs = [TensorSpec("INPUT__0", "TYPE_FP32", tuple(examples[0][0].shape[1:]))]
-    outputs = [TensorSpec("OUTPUT__0", TRITON_TYPES[out.dtype], tuple(out.shape[1:]))]
-    quantized = plan.get("quantization", "none") != "none"
-    model = TritonModel(
-        name=name,
-        path=repo_dir / name,
-        kind=kind,
-        inputs=inputs,
-        outputs=outputs,
-        max_batch_size=max_batch_size,
-        instance_kind="KIND_CPU" if quantized else None,
-    )
-    report = variant.report.to_dict()
-    model.meta = {
+    wrapper.to(device)
+    examples = [tuple(t.to(device) for t in ex) for ex in examples]
+    return Prepared(name, variant_dir, plan, variant, kind, wrapper, examples, inputs, device)
+
+
+def export_meta(prep: Prepared, platform: str, inputs, outputs, **extra) -> dict:
+    """``slimserve.json``: where an exported model came from and how it was checked."""
+    report = prep.variant.report.to_dict()
+    plan = prep.plan
+    return {
         "format": "triton",
-        "platform": PLATFORM,
-        "kind": kind,
-        "variant_dir": str(variant_dir.resolve()),
+        "platform": platform,
+        "kind": prep.kind,
+        "variant_dir": str(prep.variant_dir.resolve()),
         "source": plan.get("source"),
         "profile": (plan.get("profile") or {}).get("name"),
         "dtype": plan.get("dtype"),
         "quantization": plan.get("quantization"),
+        "sparsity": plan.get("sparsity", "none"),
         "weights_sha256": plan.get("weights_sha256"),
         "torch": torch.__version__,
-        "torchscript": how,
-        "export_max_abs_diff": max_diff,
+        "captured_on": prep.device,
         "inputs": [asdict(s) | {"dims": list(s.dims)} for s in inputs],
         "outputs": [asdict(s) | {"dims": list(s.dims)} for s in outputs],
         "output_meaning": (
             "L2-normalised mean-pooled sentence embedding"
-            if kind == "text-embedding"
+            if prep.kind == "text-embedding"
             else "the variant's output (class scores for classifiers)"
         ),
         "report": {k: report.get(k) for k in ("accepted", "speedup", "metric", "metric_after")},
+        **extra,
     }
 
-    # Write into a temporary directory beside the target, then move it into place, so a
-    # Triton polling the repository never sees half a model.
+
+def write_model_dir(model: TritonModel, platform: str, write_version: Any) -> Path:
+    """Write ``model.path`` (config.pbtxt, slimserve.json, and ``write_version(dir_1)``'s files)
+    into a temporary directory beside it, then move it into place, so a Triton polling the
+    repository never sees half a model. An existing model directory is replaced whole."""
+    repo_dir = model.path.parent
     repo_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo_dir))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{model.name}.", dir=repo_dir))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it 0700; Triton may run as another user
         (tmp / VERSION).mkdir()
-        torch.jit.save(scripted, str(tmp / VERSION / MODEL_FILE))
-        (tmp / "config.pbtxt").write_text(config_pbtxt(model))
+        write_version(tmp / VERSION)
+        (tmp / "config.pbtxt").write_text(config_pbtxt(model, platform))
         (tmp / "slimserve.json").write_text(json.dumps(model.meta, indent=2, sort_keys=True))
         if model.path.exists():
             shutil.rmtree(model.path)
@@ -359,6 +376,43 @@ def export_triton(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return model.path
+
+
+def export_triton(
+    variant_dir: str | Path,
+    repo_dir: str | Path,
+    model_name: str | None = None,
+    max_batch_size: int = 64,
+    input_shape: Sequence[int] | None = None,
+) -> Path:
+    """Write ``repo_dir/<name>/`` (config.pbtxt, 1/model.pt, slimserve.json) for a variant.
+
+    ``model_name`` defaults to ``<source>-<profile>`` (e.g. ``digits-cnn-cpu``). Returns the
+    model's directory. An existing model directory of that name is replaced whole. A float16
+    or bfloat16 variant (the gpu profile) is exported in that precision, FP32 at its edges.
+    """
+    if max_batch_size < 1:
+        raise ExportError(f"max_batch_size must be at least 1, got {max_batch_size}")
+    prep = prepare(variant_dir, model_name, input_shape)
+    scripted, how = _to_torchscript(prep.wrapper, prep.examples)
+    max_diff = _check(prep.wrapper, scripted, prep.examples)
+    with torch.no_grad():
+        out = prep.wrapper(*prep.examples[0])
+    outputs = [TensorSpec("OUTPUT__0", TRITON_TYPES[out.dtype], tuple(out.shape[1:]))]
+    quantized = prep.plan.get("quantization", "none") != "none"
+    model = TritonModel(
+        name=prep.name,
+        path=Path(repo_dir) / prep.name,
+        kind=prep.kind,
+        inputs=prep.inputs,
+        outputs=outputs,
+        max_batch_size=max_batch_size,
+        instance_kind="KIND_CPU" if quantized else None,
+    )
+    model.meta = export_meta(
+        prep, PLATFORM, prep.inputs, outputs, torchscript=how, export_max_abs_diff=max_diff
+    )
+    return write_model_dir(model, PLATFORM, lambda d: torch.jit.save(scripted, str(d / MODEL_FILE)))
 
 
 # -- reading config.pbtxt back (the CLI's summary, tests, deploy/triton/serve_variant.py) --
