@@ -10,8 +10,10 @@ variant (switched with the admin ``activate`` call). Then the same on a second s
 with ``SLIMSERVE_MAX_BATCH_SIZE=1`` (no micro-batching), after the first has stopped.
 
 Also: the HTTP overhead (p50 of one request at concurrency 1 minus the p50 of an in-process
-forward of the same model on the same input), and a hot swap under load (p99 while activate
-calls alternate the variants vs the steady p99; failed requests must be 0).
+forward of the same model on the same input), a hot swap under load (p99 while activate
+calls alternate the variants vs the steady p99; failed requests must be 0), and isolation:
+digits-cnn's p50/p99 alone and while minilm is saturated with 64-sentence requests
+(benchmarks/isolation.py).
 
 Writes benchmarks/results/load_test.json and .md; --readme replaces the LOAD_TEST block.
 """
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import common
+from benchmarks import common, isolation
 from benchmarks.loadgen import Target, run_load, wait_for
 from service.launch import SlimServer
 
@@ -174,6 +176,9 @@ def run(args) -> dict:
             variants = ["original", vid]
             rows = sweep(batched, "batched", variants, args.models, args)
             result["hot_swap"] = hot_swap(batched, vid, args)
+            if "minilm" in args.serve_models.split(","):
+                batched.activate("digits-cnn", "original")
+                result["isolation"] = isolation.measure(batched.address, args.duration, args.warmup)
         unbatched = SlimServer(home, args.serve_models, SLIMSERVE_MAX_BATCH_SIZE="1", **env)
         with unbatched.start():
             rows += sweep(unbatched, "unbatched", variants, args.models, args)
@@ -254,6 +259,15 @@ def markdown(result: dict, command: str) -> str:
         ),
         None,
     )
+    if "isolation" in result:
+        lines += ["", "digits-cnn beside a saturated minilm (one forward lane per model):", ""]
+        lines += common.table(
+            ["minilm load", "digits req/s", "digits p50 ms", "digits p99 ms", "minilm sentences/s"],
+            [
+                [row[1], row[2], row[3], row[4], row[6]]
+                for row in isolation.table_rows("batched", result["isolation"])
+            ],
+        )
     lines += ["", "Against the design targets:", ""]
     if overhead:
         lines.append(
