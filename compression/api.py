@@ -162,16 +162,23 @@ def prepare(
     calib = index(concat(calib_list), slice(0, profile.calibration_size))
     if batch_size(calib) < 2:
         raise DataError("calibration needs at least 2 samples")
-    units = graph.find_units(original, example_inputs)
-    if not units:
-        raise UntraceableModelError(
+    # A model that cannot be pruned still gets the precision step and a report.
+    unprunable = None
+    try:
+        units = graph.find_units(original, example_inputs, profile.trace_time_limit_s)
+    except UntraceableModelError as err:
+        units, unprunable = [], str(err)
+    if not units and unprunable is None:
+        unprunable = (
             f"{type(model).__name__} has no prunable group: expected Linear or Conv layers "
             "whose outputs feed other layers (the output layer is kept)"
         )
     t = time.perf_counter()
-    stats, scores = importance.score_units(
-        original, example_inputs, units, profile.importance, calib
-    )
+    stats, scores = {}, {}
+    if units:
+        stats, scores = importance.score_units(
+            original, example_inputs, units, profile.importance, calib
+        )
     scoring_s = time.perf_counter() - t
     probe = index(calib, slice(0, PROBE_SAMPLES))
     reference_val = metrics.outputs(original, val_list)
@@ -200,4 +207,5 @@ def prepare(
         should_stop=should_stop,
         timings={"scoring": round(scoring_s, 3)},
         metric_before=metric_before,
+        unprunable=unprunable,
     )

@@ -1,40 +1,58 @@
 """The one door to Torch-Pruning: trace, enumerate prunable groups, score with its criteria, cut.
 
 Torch-Pruning's dependency graph knows which layers are coupled (a conv and its BatchNorm, the
-two sides of a residual add, a BERT layer's query/key/value and its output projection). This
+two sides of a residual add, a gated MLP's gate/up projections and its down projection). This
 module turns its groups into :class:`PruneUnit` records the rest of the engine can reason
 about without importing ``torch_pruning`` (only this module does).
 
-Upstream: https://github.com/VainF/Torch-Pruning (``DependencyGraph``, ``Group``).
+What it adds to Torch-Pruning, with Torch-Pruning's own extension points
+(``customized_pruners``, as its Swin example does for patch merging):
+
+- **Attention heads.** Each attention module found by :mod:`compression.attention` gets a
+  :class:`HeadCore`, a customised layer of the graph standing for "query/key/value and the
+  attention itself": hidden states in, attention context (query width) out. While tracing, the
+  context reaches the graph only through the core, so Torch-Pruning never walks the attention's
+  internals (rotary embeddings, grouped-query ``repeat_kv`` and the fused kernels are where its
+  grouping loops or fails) and finds the context's consumer (the output projection) itself.
+  Cutting the core cuts whole heads through the layout.
+- **transformers' ``Conv1D``** (GPT-2) prunes as a Linear with its weight transposed.
+- **A time limit** on tracing and grouping, with an error naming the module it stopped at.
+
+Upstream: https://github.com/VainF/Torch-Pruning (``DependencyGraph``, ``Group``,
+``BasePruningFunc``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from compression import families
+from compression import attention, layers
 from compression.errors import UntraceableModelError
 from compression.inputs import Batch, call, main_output
 
-_PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # Groups touching these keep their width: the embedding/hidden size of a transformer is shared by
 # every layer and by the model's output, so cutting it changes what the model returns.
 _KEEP_WIDTH = (nn.Embedding, nn.LayerNorm)
+TRACE_TIME_LIMIT_S = 60.0
 
 
 @dataclass
 class PruneUnit:
     """One prunable group: the channels of ``root`` and everything coupled to them.
 
-    ``granule`` channels are removed together (a whole attention head, else 1 channel).
-    ``consumers`` are the layers whose *input* channels the cut removes: the rebuild step
-    refits exactly these. ``producers`` are the Linear/Conv layers whose *output* channels go.
+    ``granule`` channels are removed together (a whole attention head or key/value group, else
+    1 channel). ``consumers`` are the layers whose *input* channels the cut removes: the rebuild
+    step refits exactly these. ``producers`` are the layers whose *output* channels go.
     """
 
     name: str
@@ -51,16 +69,239 @@ class PruneUnit:
         return self.size // self.granule
 
 
+# ---- attention heads as customised layers ----------------------------------------------------
+
+
+class _Opaque(torch.autograd.Function):
+    """Returns ``context`` with an autograd edge to ``hidden`` only (tracing sees core in->out)."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, context: torch.Tensor, anchor: torch.Tensor):
+        return context.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # never run: the graph is only traced
+        return None, None, None
+
+
+class HeadCore(nn.Module):
+    """An attention module's heads as one layer of the dependency graph (see module docstring).
+
+    Attached as a child of the attention module while the graph exists; it has no parameters.
+    """
+
+    def __init__(self, attn: nn.Module, layout: attention.HeadLayout) -> None:
+        super().__init__()
+        self.layout = layout
+        self.__dict__["attn"] = attn  # not a child: the attention module is its parent
+        # Keeps the core in the autograd graph when its input needs no gradient (a model input).
+        self.__dict__["anchor"] = torch.zeros((), requires_grad=True)
+
+    def forward(self, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return context
+        return _Opaque.apply(hidden, context.detach(), self.anchor)
+
+
+def _prune_out(module: nn.Module, idxs: list[int]) -> None:
+    if layers.kind(module) == "conv1d_t":
+        _TransposedLinearPruner().prune_out_channels(module, idxs)
+    else:
+        tp.prune_linear_out_channels(module, idxs)
+
+
+def _prune_in(module: nn.Module, idxs: list[int]) -> None:
+    if layers.kind(module) == "conv1d_t":
+        _TransposedLinearPruner().prune_in_channels(module, idxs)
+    else:
+        tp.prune_linear_in_channels(module, idxs)
+
+
+def _keep(n: int, idxs: list[int]) -> list[int]:
+    gone = set(idxs)
+    return [i for i in range(n) if i not in gone]
+
+
+class _HeadPruner(tp.BasePruningFunc):
+    """Cuts a :class:`HeadCore`: out channels are context channels (whole heads), in channels
+    the hidden size its projections read."""
+
+    TARGET_MODULES = None
+
+    def prune_out_channels(self, layer: HeadCore, idxs):
+        attn, layout = layer.attn, layer.layout
+        cuts, heads, kv_heads = layout.cuts(list(idxs))
+        for cut in cuts:
+            if cut.dim is None:
+                _prune_out(attn.get_submodule(cut.path), cut.idxs)
+                continue
+            owner_name, _, pname = cut.path.rpartition(".")
+            owner = attn.get_submodule(owner_name)
+            p = getattr(owner, pname)
+            keep = _keep(p.shape[cut.dim], cut.idxs)
+            setattr(owner, pname, self._prune_parameter_and_grad(p, keep, cut.dim))
+        layout.fix(attn, heads, kv_heads)
+        return layer
+
+    def prune_in_channels(self, layer: HeadCore, idxs):
+        layout = layer.layout
+        for path in [layout.qkv] if layout.qkv else [layout.q, layout.k, layout.v]:
+            _prune_in(layer.attn.get_submodule(path), list(idxs))
+        return layer
+
+    def get_out_channels(self, layer: HeadCore) -> int:
+        return layer.layout.width
+
+    def get_in_channels(self, layer: HeadCore) -> int:
+        layout = layer.layout
+        first = layer.attn.get_submodule(layout.qkv or layout.q)
+        return layers.weight(first).shape[1]
+
+
+class _TransposedLinearPruner(tp.BasePruningFunc):
+    """transformers' ``Conv1D``: a Linear whose weight is ``[in, out]``."""
+
+    TARGET_MODULES = None
+
+    def prune_out_channels(self, layer: nn.Module, idxs):
+        keep = _keep(layer.weight.shape[1], idxs)
+        layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 1)
+        layer.bias = self._prune_parameter_and_grad(layer.bias, keep, 0)
+        layer.nf = len(keep)
+        return layer
+
+    def prune_in_channels(self, layer: nn.Module, idxs):
+        keep = _keep(layer.weight.shape[0], idxs)
+        layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 0)
+        if hasattr(layer, "nx"):
+            layer.nx = len(keep)
+        return layer
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return layer.weight.shape[1]
+
+    def get_in_channels(self, layer: nn.Module) -> int:
+        return layer.weight.shape[0]
+
+
+def _core_name(attn: nn.Module) -> str:
+    return "heads" if not hasattr(attn, "heads") else "heads_"
+
+
+@contextlib.contextmanager
+def traceable(model: nn.Module) -> Iterator[dict[str, HeadCore]]:
+    """Attach a :class:`HeadCore` to every attention module while the block runs.
+
+    Yields the cores by their module names (``<attention>.heads``); on exit the model is exactly
+    as before (cores and hooks removed).
+    """
+    cores: dict[str, HeadCore] = {}
+    handles = []
+    for name, layout in attention.find_layouts(model).items():
+        attn = model.get_submodule(name) if name else model
+        core = HeadCore(attn, layout)
+        child = _core_name(attn)
+        attn.add_module(child, core)
+        cores[f"{name}.{child}" if name else child] = core
+        handles += _route_context(attn, core, layout)
+    try:
+        yield cores
+    finally:
+        for h in handles:
+            h.remove()
+        for full in cores:
+            parent, _, child = full.rpartition(".")
+            delattr(model.get_submodule(parent) if parent else model, child)
+
+
+def _route_context(attn: nn.Module, core: HeadCore, layout: attention.HeadLayout) -> list:
+    """Hooks that send the attention's context through ``core`` (value unchanged)."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def remember(module, args, kwargs):
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        if isinstance(hidden, torch.Tensor):
+            seen["hidden"] = hidden
+
+    def route(context: torch.Tensor) -> torch.Tensor:
+        hidden = seen.get("hidden")
+        return context if hidden is None else core(hidden, context)
+
+    handles = [attn.register_forward_pre_hook(remember, with_kwargs=True)]
+    if layout.context is not None:
+        out_proj = attn.get_submodule(layout.context)
+        handles.append(
+            out_proj.register_forward_pre_hook(lambda m, args: (route(args[0]), *args[1:]))
+        )
+    else:
+
+        def route_output(module, args, out):
+            if isinstance(out, tuple):
+                return (route(out[0]), *out[1:])
+            return route(out)
+
+        handles.append(attn.register_forward_hook(route_output))
+    return handles
+
+
+def _customized(model: nn.Module) -> dict:
+    pruners: dict = {HeadCore: _HeadPruner()}
+    for m in model.modules():
+        if layers.kind(m) == "conv1d_t":
+            pruners[type(m)] = _TransposedLinearPruner()
+    return pruners
+
+
+# ---- tracing with a time limit ---------------------------------------------------------------
+
+
+class _TraceTimeout(Exception):
+    """Raised inside the tracing thread when its time is up."""
+
+
+def _with_time_limit(fn: Callable, seconds: float, where: dict, model: nn.Module):
+    """Run ``fn`` in a thread; past ``seconds``, stop it and name where it was."""
+    result: dict = {}
+
+    def target():
+        try:
+            result["value"] = fn()
+        except BaseException as err:  # handed to the caller below
+            result["error"] = err
+
+    thread = threading.Thread(target=target, name="slimserve-trace", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(thread.ident), ctypes.py_object(_TraceTimeout)
+        )
+        thread.join(10)
+        raise UntraceableModelError(
+            f"Torch-Pruning did not finish {where.get('stage', 'tracing')} "
+            f"{type(model).__name__} within {seconds:g} s: it stopped at "
+            f"{where.get('module') or 'the first module'}. Expected a model whose forward "
+            "runs on example_inputs with standard layers; raise the profile's "
+            "trace_time_limit_s for a very large model"
+        )
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
 def build_graph(model: nn.Module, example_inputs: Batch) -> tp.DependencyGraph:
-    """Trace ``model`` into Torch-Pruning's dependency graph, or explain why it cannot."""
+    """Trace ``model`` (inside :func:`traceable`) into Torch-Pruning's dependency graph."""
     try:
         return tp.DependencyGraph().build_dependency(
             model,
             example_inputs=example_inputs,
             forward_fn=lambda m, x: call(m, x),
             output_transform=main_output,
+            customized_pruners=_customized(model),
             verbose=False,
         )
+    except _TraceTimeout:
+        raise
     except Exception as err:  # Torch-Pruning raises bare exceptions of many kinds
         raise UntraceableModelError(
             f"Torch-Pruning could not trace {type(model).__name__}: {type(err).__name__}: {err}. "
@@ -75,7 +316,7 @@ def _output_layer(model: nn.Module, example_inputs: Batch) -> nn.Module | None:
     hooks = [
         m.register_forward_hook(lambda mod, i, o: order.append(mod))
         for m in model.modules()
-        if isinstance(m, _PRUNABLE)
+        if layers.kind(m) is not None
     ]
     try:
         with torch.no_grad():
@@ -86,41 +327,86 @@ def _output_layer(model: nn.Module, example_inputs: Batch) -> nn.Module | None:
     return order[-1] if order else None
 
 
-def find_units(model: nn.Module, example_inputs: Batch) -> list[PruneUnit]:
-    """Every prunable group of ``model`` as a :class:`PruneUnit`, in module order."""
-    graph = build_graph(model, example_inputs)
-    names = {m: n for n, m in model.named_modules()}
-    out_layer = _output_layer(model, example_inputs)
-    ignored = [out_layer] if out_layer is not None else []
-    units = []
-    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=_PRUNABLE):
-        modules = [dep.target.module for dep, _ in group]
-        if any(isinstance(m, _KEEP_WIDTH) for m in modules):
+def _groups(graph: tp.DependencyGraph, roots: tuple, ignored: list, names: dict, where: dict):
+    """Torch-Pruning's ``get_all_groups``, noting which root it is grouping (for the time limit)."""
+    visited: set = set()
+    for m in list(graph.module2node):
+        if m in ignored or not isinstance(m, roots) or m in visited:
             continue
-        root = modules[0]
-        size = graph.get_out_channels(root)
-        consumers = [
-            names[dep.target.module]
-            for dep, _ in group
-            if isinstance(dep.target.module, _PRUNABLE)
-            and graph.is_in_channel_pruning_fn(dep.handler)
-        ]
-        producers = [
-            names[dep.target.module]
-            for dep, _ in group
-            if isinstance(dep.target.module, _PRUNABLE)
-            and graph.is_out_channel_pruning_fn(dep.handler)
-        ]
-        members = sorted({names[m] for m in modules if m in names})
-        head_size = families.head_size_of(model, members)
-        kind = "neurons" if isinstance(root, nn.Linear) else "channels"
-        if head_size:
-            kind = "heads"
-        units.append(
-            PruneUnit(names[root], kind, size, head_size or 1, consumers, members, producers)
+        pruner = graph.get_pruner_of_module(m)
+        if pruner is None or pruner.get_out_channels(m) is None:
+            continue
+        where["module"] = f"{names.get(m, '?')} ({type(m).__name__})"
+        group = graph.get_pruning_group(
+            m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m)))
         )
-    order = {name: i for i, name in enumerate(names.values())}
-    return sorted(units, key=lambda u: order[u.name])
+        prunable = True
+        for dep, _ in group:
+            if graph.is_out_channel_pruning_fn(dep.handler):
+                visited.add(dep.target.module)
+                prunable = prunable and dep.target.module not in ignored
+        if prunable:
+            yield group
+
+
+def find_units(
+    model: nn.Module, example_inputs: Batch, time_limit_s: float = TRACE_TIME_LIMIT_S
+) -> list[PruneUnit]:
+    """Every prunable group of ``model`` as a :class:`PruneUnit`, in module order."""
+    where: dict = {}
+
+    def trace() -> list[PruneUnit]:
+        with traceable(model) as cores:
+            names = {m: n for n, m in model.named_modules()}
+            where["stage"] = "tracing"
+            record = [
+                m.register_forward_pre_hook(lambda mod, a, n=n: where.update(module=n))
+                for n, m in model.named_modules()
+                if n
+            ]
+            try:
+                graph = build_graph(model, example_inputs)
+            finally:
+                for h in record:
+                    h.remove()
+            out_layer = _output_layer(model, example_inputs)
+            ignored = [out_layer] if out_layer is not None else []
+            roots = (*_LAYERS, HeadCore, *_customized(model))
+            where["stage"] = "grouping"
+            units = [
+                _unit(graph, g, names, cores) for g in _groups(graph, roots, ignored, names, where)
+            ]
+            order = {name: i for i, name in enumerate(names.values())}
+            units = [u for u in units if u is not None]
+            return sorted(units, key=lambda u: order[u.name])
+
+    return _with_time_limit(trace, time_limit_s, where, model)
+
+
+def _unit(graph, group, names: dict, cores: dict) -> PruneUnit | None:
+    modules = [dep.target.module for dep, _ in group]
+    if any(isinstance(m, _KEEP_WIDTH) for m in modules):
+        return None
+    root = modules[0]
+    size = graph.get_out_channels(root)
+    consumers = [
+        names[dep.target.module]
+        for dep, _ in group
+        if layers.kind(dep.target.module) and graph.is_in_channel_pruning_fn(dep.handler)
+    ]
+    producers = [
+        names[dep.target.module]
+        for dep, _ in group
+        if layers.kind(dep.target.module) and graph.is_out_channel_pruning_fn(dep.handler)
+    ]
+    members = sorted({names[m] for m in modules if m in names})
+    if isinstance(root, HeadCore):
+        granule = root.layout.granule
+        if size < 2 * granule:
+            return None  # one head (or key/value group) left: nothing to remove
+        return PruneUnit(names[root], "heads", size, granule, consumers, members, producers)
+    kind = "neurons" if layers.kind(root) != "conv" else "channels"
+    return PruneUnit(names[root], kind, size, 1, consumers, members, producers)
 
 
 def _root_group(graph: tp.DependencyGraph, model: nn.Module, unit: PruneUnit, idxs: list[int]):
@@ -136,7 +422,6 @@ def library_scores(
 
     Taylor reads ``.grad`` of the parameters, so the caller runs backward passes first.
     """
-    graph = build_graph(model, example_inputs)
     if criterion == "magnitude":
         importance = tp.importance.GroupMagnitudeImportance(p=2)
     elif criterion == "taylor":
@@ -144,34 +429,43 @@ def library_scores(
     else:
         raise ValueError(f"Torch-Pruning criterion must be magnitude or taylor, got {criterion!r}")
     scores = {}
-    for unit in units:
-        group = _root_group(graph, model, unit, list(range(unit.size)))
-        scores[unit.name] = importance(group).detach().float().cpu()
+    with traceable(model):
+        graph = build_graph(model, example_inputs)
+        for unit in units:
+            group = _root_group(graph, model, unit, list(range(unit.size)))
+            scores[unit.name] = importance(group).detach().float().cpu()
     return scores
 
 
 def prune(model: nn.Module, example_inputs: Batch, removed: dict[str, list[int]]) -> None:
     """Remove the given output channels of each unit's root, in place, with all coupled layers.
 
-    ``removed`` maps a unit name to channel indices. Family fix-ups (e.g. a BERT attention
-    module's head count) run afterwards so the pruned model still runs.
+    ``removed`` maps a unit name to channel indices (whole heads for a ``heads`` unit). The
+    attention layouts set their head counts as they cut; model config fields follow where
+    every attention module agrees (:func:`compression.attention.sync_config`).
     """
-    graph = build_graph(model, example_inputs)
-    for name, idxs in removed.items():
-        if not idxs:
-            continue
-        unit = PruneUnit(name, "", 0)
-        group = _root_group(graph, model, unit, sorted(idxs))
-        if not graph.check_pruning_group(group):
-            raise UntraceableModelError(f"Torch-Pruning refused to prune {name}: it would empty it")
-        group.prune()
-    families.fix_up(model)
+    with traceable(model) as cores:
+        graph = build_graph(model, example_inputs)
+        for name, idxs in removed.items():
+            if not idxs:
+                continue
+            group = _root_group(graph, model, PruneUnit(name, "", 0), sorted(idxs))
+            if not graph.check_pruning_group(group):
+                raise UntraceableModelError(
+                    f"Torch-Pruning refused to prune {name}: it would empty it"
+                )
+            group.prune()
+        attention.sync_config(model, [c.layout for c in cores.values()])
 
 
 def count_macs_params(model: nn.Module, example_inputs: Batch) -> tuple[int, int]:
     """Multiply-accumulates of one forward on ``example_inputs``, and parameter count."""
     # Torch-Pruning prints a warning for keyword-only inputs to stdout; keep stdout clean for
     # callers that print JSON (the CLI).
+    counter = tp.utils.op_counter  # transformers' Conv1D counts as the Linear it is
+    for m in model.modules():
+        if layers.kind(m) == "conv1d_t":
+            counter.CUSTOM_MODULES_MAPPING[type(m)] = counter.linear_flops_counter_hook
     with contextlib.redirect_stdout(io.StringIO()):
         macs, params = tp.utils.count_ops_and_params(model, example_inputs)
     return int(macs), int(params)

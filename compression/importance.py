@@ -23,13 +23,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compression import graph
+from compression import graph, layers
 from compression.graph import PruneUnit
 from compression.inputs import (
     Batch,
     call,
-    conv_rows,
-    flat_tokens,
     main_output,
     split,
     token_mask,
@@ -43,13 +41,6 @@ class InputStats:
 
     mean: torch.Tensor
     sq_mean: torch.Tensor
-
-
-def _channel_rows(module: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """A layer input as rows of channels: tokens x C for Linear, pixels x C for Conv."""
-    if isinstance(module, nn.Linear):
-        return flat_tokens(x, mask)
-    return x.transpose(0, 1).reshape(x.shape[1], -1).T
 
 
 def observe_inputs(model: nn.Module, layer_names: list[str], batch: Batch, record) -> None:
@@ -70,7 +61,7 @@ def observe_inputs(model: nn.Module, layer_names: list[str], batch: Batch, recor
 
 def _stats_recorder(sums: dict[str, list]):
     def record(name, layer, x, mask):
-        rows = _channel_rows(layer, x, mask)
+        rows = layers.channel_rows(layer, x, mask)
         acc = sums.setdefault(name, [0.0, 0.0, 0])
         acc[0] = acc[0] + rows.sum(0)
         acc[1] = acc[1] + rows.pow(2).sum(0)
@@ -81,8 +72,7 @@ def _stats_recorder(sums: dict[str, list]):
 
 def _gram_recorder(grams: dict[str, list]):
     def record(name, layer, x, mask):
-        rows = conv_rows(layer, x) if isinstance(layer, nn.Conv2d) else flat_tokens(x, mask)
-        rows = rows.double()
+        rows = layers.input_rows(layer, x, mask).double()
         acc = grams.setdefault(name, [0.0, 0])
         acc[0] = acc[0] + rows.T @ rows
         acc[1] += rows.shape[0]
@@ -136,12 +126,12 @@ def activation_scores(
             if getattr(layer, "groups", 1) != 1:
                 continue
             energy = stats[name].sq_mean
-            columns = _consumer_columns(layer.weight, energy.numel())
+            columns = _consumer_columns(layers.weight(layer), energy.numel())
             if energy.numel() == unit.size:
                 total += energy * columns
         if not total.any():  # no usable consumer: fall back to weight magnitude of the consumers
             for name in unit.consumers:
-                w = _consumer_columns(model.get_submodule(name).weight, unit.size)
+                w = _consumer_columns(layers.weight(model.get_submodule(name)), unit.size)
                 if w.numel() == unit.size:
                     total += w
         scores[unit.name] = total
@@ -276,7 +266,7 @@ def lsq_scores(
             layer = model.get_submodule(name)
             if name not in grams or getattr(layer, "groups", 1) != 1:
                 continue
-            w = layer.weight.detach().double().reshape(layer.weight.shape[0], -1)
+            w = layers.matrix(layer).detach().double()
             g = grams[name]
             if w.shape[1] % unit.size:
                 continue

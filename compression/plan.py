@@ -19,30 +19,35 @@ if TYPE_CHECKING:
     from compression.profiles import DeviceProfile
     from compression.report import Candidate
 
-# Plain attributes that hold sizes a module's forward reads.
-SIZE_ATTRS = (
-    "in_features",
-    "out_features",
-    "in_channels",
-    "out_channels",
-    "num_features",
-    "normalized_shape",
-    "num_attention_heads",
-    "all_head_size",
-)
+# Size attributes recorded even when they are tuples (normalized_shape of a LayerNorm).
+SIZE_ATTRS = ("normalized_shape", "kernel_size")
+CONFIG_KEY = "<config>"  # the model config's changed integer fields, in the structure
 
 
 def _sizes(module: nn.Module) -> dict:
+    """The module's integer attributes (and tuple sizes): every count ``forward`` might read,
+    from ``out_features`` to ``num_key_value_heads`` and GPT-2's ``split_size``."""
     out = {}
-    for attr in SIZE_ATTRS:
-        value = module.__dict__.get(attr)
-        if isinstance(value, int | tuple):
-            out[attr] = list(value) if isinstance(value, tuple) else value
+    for attr, value in vars(module).items():
+        if attr.startswith("_") or isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            out[attr] = value
+        elif attr in SIZE_ATTRS and isinstance(value, tuple):
+            out[attr] = list(value)
     return out
 
 
+def _config_ints(model: nn.Module) -> dict:
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "to_dict"):
+        return {}
+    return {k: v for k, v in vars(config).items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
 def structure_diff(original: nn.Module, pruned: nn.Module) -> dict[str, dict]:
-    """Size attributes of ``pruned`` that differ from ``original``, by module name."""
+    """Size attributes of ``pruned`` that differ from ``original``, by module name, and the
+    model config's changed integer fields under ``<config>``."""
     before = dict(original.named_modules())
     diff = {}
     for name, module in pruned.named_modules():
@@ -50,6 +55,10 @@ def structure_diff(original: nn.Module, pruned: nn.Module) -> dict[str, dict]:
         changed = {k: v for k, v in now.items() if then.get(k) != v}
         if changed:
             diff[name] = changed
+    then = _config_ints(original)
+    config = {k: v for k, v in _config_ints(pruned).items() if then.get(k) != v}
+    if config:
+        diff[CONFIG_KEY] = config
     return diff
 
 
@@ -58,6 +67,10 @@ def replay(
 ) -> nn.Module:
     """Resize ``model`` in place to the plan's structure and the saved tensors' shapes."""
     for name, attrs in structure.items():
+        if name == CONFIG_KEY:
+            for attr, value in attrs.items():
+                setattr(model.config, attr, value)
+            continue
         module = model.get_submodule(name)
         for attr, value in attrs.items():
             setattr(module, attr, tuple(value) if isinstance(value, list) else value)
@@ -94,3 +107,17 @@ def variant_plan(
         "quantization": "int8-dynamic" if candidate.precision == "int8-dynamic" else "none",
         "sparsity": candidate.sparsity,
     }
+
+
+def tied_names(state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Entries of a state dict that are the same tensor as an earlier entry (tied weights, such
+    as a language model head sharing its embedding), mapped to that entry's name."""
+    seen: dict[tuple, str] = {}
+    tied = {}
+    for name, t in state.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+        if key in seen and t.numel():
+            tied[name] = seen[key]
+        else:
+            seen.setdefault(key, name)
+    return tied

@@ -99,6 +99,12 @@ class DeviceProfile(BaseModel):
     latency_batch: int = Field(8, ge=1, description="Batch size of latency measurements.")
     latency_repeats: int = Field(15, ge=3, description="Timed repeats (median is reported).")
     time_limit_s: float = Field(300.0, gt=0, description="Wall-clock limit of one compression.")
+    trace_time_limit_s: float = Field(
+        60.0,
+        gt=0,
+        description="Time limit of tracing the model into Torch-Pruning's dependency graph; past "
+        "it the model is treated as unprunable (precision step only) with the module it stopped at.",
+    )
 
     @field_validator("dtype")
     @classmethod

@@ -3,16 +3,17 @@
 Cheapest first; each step is kept only when it lowers the calibration error (relative squared
 error of the pruned model's output against the original's on calibration data):
 
-1. ``bn``      BatchNorm recalibration: re-estimate running statistics on calibration data, since
-               the pruned layers feeding each BN now produce differently distributed outputs.
+1. ``bn``      BatchNorm recalibration (1-D, 2-D and 3-D): re-estimate running statistics on
+               calibration data, since the pruned layers feeding each BN now produce differently
+               distributed outputs.
 2. ``bias``    mean compensation: a consumer loses the *average* contribution W[:, c] * E[x_c] of
                every removed input channel c; fold it into the consumer's bias.
-3. ``refit``   least-squares (ridge) refit of every consumer of a cut, in execution order: solve
-               min ||X_pruned W - Y_original||^2 + lambda ||W||^2 where X are the pruned model's own
-               inputs to the layer (so upstream error is compensated too) and Y the original
-               layer's outputs. One forward pass does all layers: each layer is refit in a hook
-               just before it runs, so the next layer sees refit inputs.
+3. ``refit``   least-squares (ridge) refit of every consumer of a cut (:mod:`compression.refit`).
 4. ``distill`` optional, time-boxed: fine-tune the pruned model to the original's outputs.
+
+Steps register by name in :data:`STEPS`. A step that finds nothing to do, or that fails on a
+layer it cannot handle, is recorded as not kept with the reason (``report.steps``); the model
+is restored and the ladder goes on.
 """
 
 from __future__ import annotations
@@ -25,19 +26,11 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from compression import families
+from compression import layers
 from compression.graph import PruneUnit
 from compression.importance import InputStats
-from compression.inputs import (
-    Batch,
-    call,
-    conv_rows,
-    flat_tokens,
-    index,
-    main_output,
-    split,
-    token_mask,
-)
+from compression.inputs import Batch, call, flat_tokens, main_output, split, token_mask
+from compression.refit import kept_rows, refit_consumers
 from compression.registry import Registry
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -59,8 +52,9 @@ class StepRecord:
 
 
 def _rows(out: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    if out.dim() == 4:  # N, C, H, W -> pixels x C
-        return out.permute(0, 2, 3, 1).reshape(-1, out.shape[1])
+    """A model output as rows: channels of an N, C, H, W (or 3-D) map; tokens x features else."""
+    if out.dim() >= 4:
+        return out.movedim(1, -1).reshape(-1, out.shape[1])
     return flat_tokens(out, mask)
 
 
@@ -103,23 +97,6 @@ def recalibrate_bn(model: nn.Module, batch: Batch, chunk: int = 256) -> int:
 # ---- 2. mean (bias) compensation -------------------------------------------------------------
 
 
-def _ensure_bias(layer: nn.Module) -> torch.Tensor:
-    if layer.bias is None:
-        out = layer.weight.shape[0]
-        w = layer.weight
-        layer.bias = nn.Parameter(torch.zeros(out, dtype=w.dtype, device=w.device))
-    return layer.bias
-
-
-def _kept_rows(name: str, units: list[PruneUnit], removed: dict[str, list[int]], n: int):
-    """Indices of ``name``'s output channels that survive pruning."""
-    for unit in units:
-        if name in unit.producers and removed.get(unit.name):
-            gone = set(removed[unit.name])
-            return torch.tensor([i for i in range(n) if i not in gone])
-    return None
-
-
 def compensate_bias(
     pruned: nn.Module,
     original: nn.Module,
@@ -135,178 +112,25 @@ def compensate_bias(
             continue
         for name in unit.consumers:
             layer, orig = pruned.get_submodule(name), original.get_submodule(name)
-            if getattr(orig, "groups", 1) != 1 or name not in stats:
+            if layers.unsupported(orig) or name not in stats:
                 continue
             mean = stats[name].mean
-            w = orig.weight.detach()
+            w = layers.weight(orig).detach()
             per = w.shape[1] // mean.numel() if mean.numel() != w.shape[1] else 1
             cols = torch.tensor([c * per + j for c in gone for j in range(per)], dtype=torch.long)
             if mean.numel() != w.shape[1] and per * mean.numel() != w.shape[1]:
                 continue
             col_mean = mean.repeat_interleave(per) if per > 1 else mean
+            cols = cols.to(w.device)
             w_gone = w[:, cols].reshape(w.shape[0], len(cols), -1).sum(-1)
             delta = w_gone @ col_mean[cols].to(w.dtype)
-            keep = _kept_rows(name, units, removed, w.shape[0])
+            keep = kept_rows(name, units, removed, w.shape[0])
             if keep is not None:
-                delta = delta[keep]
+                delta = delta[keep.to(delta.device)]
             with torch.no_grad():
-                _ensure_bias(layer).add_(delta.to(layer.weight.dtype))
+                layers.ensure_bias(layer).add_(delta.to(layer.weight.dtype))
             changed += 1
     return changed
-
-
-# ---- 3. least-squares refit ------------------------------------------------------------------
-
-
-def _ridge(x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Solve min ||[x 1] [W; b] - y||^2 + lam ||W||^2; returns (W^T, b)."""
-    # Products of the centred data in float32 (fast), the solve in float64 (stable).
-    mx, my = x.mean(0), y.mean(0)
-    xc, yc = x - mx, y - my
-    gram, cross = (xc.T @ xc).double(), (xc.T @ yc).double()
-    lam = ridge * gram.diagonal().mean().clamp_min(1e-12)
-    gram.diagonal().add_(lam)
-    w = torch.linalg.solve(gram, cross)  # d_in x d_out
-    b = my.double() - mx.double() @ w
-    return w.T, b
-
-
-def refit_consumers(
-    pruned: nn.Module,
-    original: nn.Module,
-    units: list[PruneUnit],
-    removed: dict[str, list[int]],
-    batch: Batch,
-    ridge: float,
-) -> int:
-    """Ridge-refit every Linear/Conv2d consumer of a cut (see module docstring); returns count."""
-    names = []
-    for unit in units:
-        if removed.get(unit.name):
-            names += [n for n in unit.consumers if n not in names]
-    names = [
-        n
-        for n in names
-        if isinstance(pruned.get_submodule(n), nn.Linear | nn.Conv2d)
-        and getattr(pruned.get_submodule(n), "groups", 1) == 1
-    ]
-    if not names:
-        return 0
-    mask = token_mask(batch)
-    targets: dict[str, torch.Tensor] = {}
-
-    def capture(name):
-        def hook(module, args, out):
-            rows = _rows(out.detach().float(), mask)
-            keep = _kept_rows(name, units, removed, rows.shape[1])
-            targets[name] = rows if keep is None else rows[:, keep]
-
-        return hook
-
-    # Layers whose output joins a skip connection are fit to the *sum*: target = original output
-    # + original skip - pruned skip (families.residual_parent says where the skip is).
-    parents = {n: p for n in names if (p := families.residual_parent(original, n))}
-    skips: dict[str, torch.Tensor] = {}
-
-    def capture_skip(name, sign):
-        def hook(module, args):
-            rows = flat_tokens(args[1].detach().float(), mask)
-            skips[name] = skips.get(name, 0) + sign * rows
-
-        return hook
-
-    handles = [original.get_submodule(n).register_forward_hook(capture(n)) for n in names]
-    handles += [
-        original.get_submodule(p).register_forward_pre_hook(capture_skip(n, 1.0))
-        for n, p in parents.items()
-    ]
-    try:
-        with torch.inference_mode():
-            call(original, batch)
-    finally:
-        for h in handles:
-            h.remove()
-
-    def refit(name):
-        def hook(layer, args):
-            x = args[0].detach().float()
-            rows = conv_rows(layer, x) if isinstance(layer, nn.Conv2d) else flat_tokens(x, mask)
-            target = targets.pop(name)
-            if name in skips:
-                target = target + skips.pop(name)
-            w, b = _ridge(rows, target, ridge)
-            with torch.no_grad():
-                layer.weight.copy_(w.reshape(layer.weight.shape).to(layer.weight.dtype))
-                _ensure_bias(layer).copy_(b.to(layer.weight.dtype))
-
-        return hook
-
-    # A refit layer reproduces the original's outputs again, so the BatchNorm right after it
-    # gets the original's statistics back (those of the kept channels).
-    follower = _batchnorm_after(original, names, batch)
-
-    def refit_and_restore(name):
-        inner = refit(name)
-
-        def hook(layer, args):
-            inner(layer, args)
-            if name in follower:
-                bn_name = follower[name]
-                bn, bn_orig = pruned.get_submodule(bn_name), original.get_submodule(bn_name)
-                keep = _kept_rows(name, units, removed, bn_orig.num_features)
-                keep = torch.arange(bn_orig.num_features) if keep is None else keep
-                if len(keep) == bn.num_features:
-                    with torch.no_grad():
-                        for attr in ("running_mean", "running_var", "weight", "bias"):
-                            getattr(bn, attr).copy_(getattr(bn_orig, attr)[keep])
-
-        return hook
-
-    handles = [
-        pruned.get_submodule(n).register_forward_pre_hook(refit_and_restore(n)) for n in names
-    ]
-    handles += [
-        pruned.get_submodule(p).register_forward_pre_hook(capture_skip(n, -1.0))
-        for n, p in parents.items()
-    ]
-    try:
-        with torch.no_grad():
-            call(pruned, batch)
-    finally:
-        for h in handles:
-            h.remove()
-    return len(names)
-
-
-def _batchnorm_after(model: nn.Module, layer_names: list[str], batch: Batch) -> dict[str, str]:
-    """Map each named layer to the BatchNorm that directly consumes its output, if any."""
-    produced: dict[int, str] = {}
-    follower: dict[str, str] = {}
-
-    def mark(name):
-        def hook(module, args, out):
-            produced[id(out)] = name
-
-        return hook
-
-    def find(name):
-        def hook(module, args):
-            if id(args[0]) in produced:
-                follower[produced[id(args[0])]] = name
-
-        return hook
-
-    handles = [model.get_submodule(n).register_forward_hook(mark(n)) for n in layer_names]
-    handles += [
-        m.register_forward_pre_hook(find(n)) for n, m in model.named_modules() if isinstance(m, _BN)
-    ]
-    try:
-        with torch.inference_mode():
-            call(model, index(batch, slice(0, 2)))
-    finally:
-        for h in handles:
-            h.remove()
-    return follower
 
 
 # ---- 4. distillation -------------------------------------------------------------------------
@@ -357,7 +181,7 @@ class RebuildContext:
 
 
 # A step changes ``ctx.pruned`` and returns (how many layers/steps it changed, what it did);
-# 0 means it did not apply. The profile's ``rebuild`` list names steps registered here.
+# 0 means it did not apply (the detail says why). The profile's ``rebuild`` names steps here.
 RebuildStep = Callable[[RebuildContext], tuple[int, str]]
 STEPS: Registry[RebuildStep] = Registry("rebuild step")
 
@@ -366,21 +190,28 @@ STEPS: Registry[RebuildStep] = Registry("rebuild step")
 def bn_step(ctx: RebuildContext) -> tuple[int, str]:
     """BatchNorm recalibration (:func:`recalibrate_bn`)."""
     n = recalibrate_bn(ctx.pruned, ctx.batch)
-    return n, f"{n} BatchNorm layers re-estimated"
+    return n, f"{n} BatchNorm layers re-estimated" if n else "no BatchNorm layer"
 
 
 @STEPS.register("bias")
 def bias_step(ctx: RebuildContext) -> tuple[int, str]:
     """Mean compensation of removed input channels (:func:`compensate_bias`)."""
     n = compensate_bias(ctx.pruned, ctx.original, ctx.units, ctx.removed, ctx.stats)
-    return n, f"{n} consumer biases compensated"
+    return n, f"{n} consumer biases compensated" if n else "no consumer it can compensate"
 
 
 @STEPS.register("refit")
 def refit_step(ctx: RebuildContext) -> tuple[int, str]:
-    """Ridge refit of every consumer of a cut (:func:`refit_consumers`)."""
-    n = refit_consumers(ctx.pruned, ctx.original, ctx.units, ctx.removed, ctx.batch, ctx.ridge)
-    return n, f"{n} consumer layers refit (ridge {ctx.ridge})"
+    """Ridge refit of every consumer of a cut (:func:`compression.refit.refit_consumers`)."""
+    skipped: dict[str, str] = {}
+    n = refit_consumers(
+        ctx.pruned, ctx.original, ctx.units, ctx.removed, ctx.batch, ctx.ridge, skipped
+    )
+    detail = f"{n} consumer layers refit (ridge {ctx.ridge})" if n else "no consumer it can refit"
+    if skipped:
+        kinds = sorted(set(skipped.values()))
+        detail += f"; {len(skipped)} left as they are ({', '.join(kinds)})"
+    return n, detail
 
 
 @STEPS.register("distill")
@@ -420,18 +251,22 @@ def rebuild(
         start = time.perf_counter()
         backup = copy.deepcopy(pruned.state_dict())
         biases = {n for n, m in pruned.named_modules() if getattr(m, "bias", 0) is None}
-        n, detail = run_step(ctx)
-        if n == 0:
-            continue
-        new_error = calibration_error(pruned, check, reference)
-        kept = new_error < error
+        try:
+            n, detail = run_step(ctx)
+            new_error = calibration_error(pruned, check, reference) if n else error
+        except (RuntimeError, ValueError, IndexError, torch.linalg.LinAlgError) as err:
+            n, detail, new_error = 0, f"failed: {type(err).__name__}: {err}"[:300], error
+        kept = n > 0 and new_error < error
         if not kept:  # undo: restore weights and drop biases this step added
             for name in biases:
                 module = pruned.get_submodule(name) if name else pruned
                 if getattr(module, "bias", None) is not None:
                     module.bias = None
             pruned.load_state_dict(backup)
+            pruned.eval()
         seconds = time.perf_counter() - start
+        if n == 0 and not detail.startswith("failed"):
+            detail = f"not applicable: {detail}"
         records.append(StepRecord(step, kept, error, new_error, round(seconds, 3), detail))
         if kept:
             error = new_error

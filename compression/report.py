@@ -154,6 +154,10 @@ def build_report(
     chosen, c = verdict.chosen, verdict.chosen.candidate
     name = metric_name(ctx.metric)
     steps = list(chosen.steps)
+    if ctx.unprunable:
+        steps.insert(
+            0, {"step": "prune", "kept": False, "detail": f"not applicable: {ctx.unprunable}"}
+        )
     steps.append({"step": "precision", "kept": c.precision != "float32", "detail": c.precision})
     if ctx.profile.sparsity != "none" and c.sparsity == "none":
         steps.append({"step": "sparsity", "kept": False, "detail": "no sparse candidate won"})

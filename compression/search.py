@@ -64,6 +64,7 @@ class SearchContext:
     should_stop: Callable[[], bool]
     timings: dict[str, float] = field(default_factory=dict)
     metric_before: float = 0.0  # the original's metric on the validation data
+    unprunable: str | None = None  # why the model has no prunable unit (then: precision only)
 
     def tick(self, key: str, start: float) -> None:
         self.timings[key] = round(self.timings.get(key, 0.0) + time.perf_counter() - start, 3)
@@ -164,7 +165,9 @@ def run(ctx: SearchContext, original_built: Built) -> list[Built]:
         built.append(b)
         return b
 
-    if ctx.profile.allocation == "search":
+    if not ctx.units:  # nothing to prune (ctx.unprunable says why): precision only
+        mode, last_ok, ratios = "none", False, []
+    elif ctx.profile.allocation == "search":
         # Both splits at the first amount; the one closer to the original goes on (fidelity is
         # continuous, where accuracy on a few hundred samples moves in steps of one sample).
         trials = [step(ratios[0], mode) for mode in ("uniform", "global")]

@@ -30,7 +30,10 @@ from compression import plan as plan_mod
 from compression.errors import VariantError
 from compression.report import CompressionReport
 
-PLAN_VERSION = 1
+# 2: the structure also records every changed integer attribute (head counts, split sizes)
+# and the model config's changed fields (<config>). Version 1 plans replay unchanged.
+PLAN_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 def sha256_file(path: Path) -> str:
@@ -58,10 +61,14 @@ class CompressedModel:
         """Write weights, plan, report.json and report.png into ``directory``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous() for k, v in self.float_module.state_dict().items()}
+        state = self.float_module.state_dict()
+        tied = plan_mod.tied_names(state)  # GPT-2's lm_head is its embedding: stored once
+        state = {k: v.detach().contiguous() for k, v in state.items() if k not in tied}
         weights = directory / "weights.safetensors"
         compact.save(state, weights)
         plan = dict(self.plan, weights_sha256=sha256_file(weights), version=PLAN_VERSION)
+        if tied:
+            plan["tied"] = tied
         _write_json(directory / "plan.json", plan)
         _write_json(directory / "report.json", self.report.to_dict())
         self.report.plot(directory / "report.png")
@@ -88,11 +95,12 @@ def read_plan(directory: str | Path) -> dict:
 def check_version(plan: dict, directory: str | Path) -> None:
     """Refuse a plan written by another plan format: replaying it could load wrong weights."""
     version = plan.get("version")
-    if version != PLAN_VERSION:
+    if version not in READABLE_VERSIONS:
         raise VariantError(
-            f"{directory}: plan.json has version {version!r}; this SlimServe reads version "
-            f"{PLAN_VERSION}. Compress the model again with this version (slimserve compress, or "
-            "POST /admin/models/{name}/compress), or load it with the SlimServe that saved it"
+            f"{directory}: plan.json has version {version!r}; this SlimServe reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}. Compress the model again with this "
+            "version (slimserve compress, or POST /admin/models/{name}/compress), or load it "
+            "with the SlimServe that saved it"
         )
 
 
@@ -127,6 +135,7 @@ def load_variant(directory: str | Path, model: nn.Module) -> CompressedModel:
             f"{type(model).__name__}"
         )
     state = compact.load(weights)
+    state |= {name: state[kept] for name, kept in plan.get("tied", {}).items()}
     float_module = plan_mod.replay(model, plan["structure"], state).eval()
     sparsity = plan.get("sparsity", "none")
     module = precision.apply(float_module, plan["dtype"], plan["quantization"], sparsity).eval()

@@ -102,6 +102,8 @@ def verify(ctx: SearchContext, candidates: list[Built], base: Built) -> Verdict:
     (True, 2.4)
     """
     winner, reason = choose(ctx, candidates, base.candidate)
+    if winner is None and ctx.unprunable:
+        reason = f"cannot prune: {ctx.unprunable}" + (f"; {reason}" if candidates else "")
     ctx.progress(0.95, "verifying")
     chosen = winner or min(candidates, key=lambda b: b.candidate.ratio, default=base)
     profile = ctx.profile

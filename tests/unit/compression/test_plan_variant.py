@@ -106,7 +106,7 @@ def test_plan_of_another_version_is_refused_with_what_to_do(tmp_path):
     plan = json.loads((tmp_path / "v" / "plan.json").read_text())
     (tmp_path / "v" / "plan.json").write_text(json.dumps(dict(plan, version=99)))
     with pytest.raises(
-        VariantError, match=r"version 99; this SlimServe reads version 1\. Compress"
+        VariantError, match=r"version 99; this SlimServe reads versions 1, 2\. Compress"
     ):
         load_variant(tmp_path / "v", model=tiny_resnet())
 
