@@ -95,3 +95,18 @@ class VariantCache:
         except OSError:  # another replica published the same key first
             shutil.rmtree(tmp, ignore_errors=True)
         return final
+
+    def remove(self, key: str, variant_dir: Path) -> bool:
+        """Drop the entry ``key`` if it holds the variant in ``variant_dir`` (same weights)."""
+        entry = self.directory / key
+        try:
+            ours = json.loads((Path(variant_dir) / "plan.json").read_text())["weights_sha256"]
+            theirs = json.loads((entry / "plan.json").read_text())["weights_sha256"]
+        except (OSError, KeyError, json.JSONDecodeError):
+            return False
+        if ours != theirs:
+            return False
+        tmp = self.directory / f".{key}.{uuid.uuid4().hex[:8]}.removed"
+        os.rename(entry, tmp)  # atomic for readers; then the files go
+        shutil.rmtree(tmp, ignore_errors=True)
+        return True

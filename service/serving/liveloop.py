@@ -52,10 +52,10 @@ class LiveLoop:
     # ---- accepted variants -----------------------------------------------------------------
 
     def accepted(self, name: str, vid: str) -> None:
-        """A job's accepted variant: publish it to the cache, then canary it (or serve it)."""
-        self._publish(name, vid)
+        """A job's accepted variant: a canary in shadow, or served at once (then shared)."""
         if not self.settings.canary or self.settings.shadow_fraction <= 0:
             self.manager.activate(name, vid, reason="compression")
+            self._publish(name, vid)
             return
         self.shadow.canaries[name] = self.manager.load(name, vid)
         self.shadow.reset(name, vid)
@@ -74,6 +74,7 @@ class LiveLoop:
                     log.info("model %s: canary %s promoted (%s %.4f >= %.4f over %d samples)",
                              name, vid, window.metric, value, budget, len(window.values))  # fmt: skip
                     self.manager.activate(name, vid, reason="canary")
+                    self._publish(name, vid)
                 elif value < budget - self.settings.live_hysteresis:
                     del self.shadow.canaries[name]
                     self._mark(name, vid, window, budget, "canary")
@@ -82,6 +83,7 @@ class LiveLoop:
             if served.variant == vid and value < budget - self.settings.live_hysteresis:
                 self._mark(name, vid, window, budget, "rollback")
                 self.manager.activate(name, ORIGINAL, reason="live_fidelity")
+                self._unpublish(name, vid)
                 self.shadow.reset(name, vid)
                 self._recompress(name)
 
@@ -146,22 +148,41 @@ class LiveLoop:
 
     # ---- the shared cache ------------------------------------------------------------------
 
-    def _key(self, name: str) -> str:
+    def _key(self, name: str, profile: dict | None = None) -> str:
+        """The cache key of ``name`` under ``profile`` (a variant's own; default: the service's)."""
         if name not in self._digests:
             self._digests[name] = model_digest(self.manager.plane.originals[name])
-        from compression.profiles import get_profile
+        if profile is None:
+            from compression.profiles import get_profile
 
-        profile = get_profile(self.manager.profile_path or self.manager.profile)
-        return VariantCache.key(self._digests[name], profile.model_dump(mode="json"))
+            profile = get_profile(self.manager.profile_path or self.manager.profile).model_dump()
+        return VariantCache.key(self._digests[name], json.loads(json.dumps(profile, default=str)))
+
+    def _variant_key(self, name: str, vid: str) -> tuple[str, Path]:
+        path = self.manager.registry.variant_path(name, vid)
+        plan = json.loads((path / "plan.json").read_text())
+        return self._key(name, plan.get("profile")), path
 
     def _publish(self, name: str, vid: str) -> None:
+        """Share a variant that serves (under the profile it was compressed for)."""
         if self.cache is None:
             return
         try:
-            path = self.cache.put(self._key(name), self.manager.registry.variant_path(name, vid))
-            log.info("model %s: variant %s published to the shared cache %s", name, vid, path)
-        except Exception as err:  # a full or read-only cache never fails a job
+            key, path = self._variant_key(name, vid)
+            published = self.cache.put(key, path)
+            log.info("model %s: variant %s published to the shared cache %s", name, vid, published)
+        except Exception as err:  # a full or read-only cache never fails serving
             log.warning("model %s: cannot publish variant %s to the cache: %s", name, vid, err)
+
+    def _unpublish(self, name: str, vid: str) -> None:
+        """Live traffic rejected ``vid``: no replica starts on it again."""
+        if self.cache is None:
+            return
+        try:
+            key, path = self._variant_key(name, vid)
+            self.cache.remove(key, path)
+        except Exception as err:
+            log.warning("model %s: cannot remove variant %s from the cache: %s", name, vid, err)
 
     def serve_cached(self, name: str) -> bool:
         """At start: serve the accepted variant a replica on the same hardware published."""

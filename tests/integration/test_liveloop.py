@@ -8,6 +8,7 @@ real digit images through the runtime; the shadow thread measures agreement with
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import numpy as np
@@ -58,6 +59,7 @@ def core(tmp_path):
         shadow_max_per_second=1000,
         shadow_window=64,
         shadow_min_samples=48,
+        variant_cache=tmp_path / "cache",
     )
     core = Core(settings).start()
     yield core
@@ -83,8 +85,18 @@ def _traffic(core: Core, bundle, until, timeout: float = 60.0) -> int:
     return sent
 
 
+def _eventually(read, timeout: float = 30.0):
+    """``read()`` once it is truthy: the shadow thread acts right after the swap it makes."""
+    deadline = time.monotonic() + timeout
+    while not (value := read()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value
+
+
 def _swaps(reason: str) -> float:
-    return REGISTRY.get_sample_value("slimserve_swaps_total", {"model": NAME, "reason": reason}) or 0
+    return (
+        REGISTRY.get_sample_value("slimserve_swaps_total", {"model": NAME, "reason": reason}) or 0
+    )
 
 
 def test_a_bad_canary_is_dropped_and_a_good_one_promoted(core, variants, digits_cnn_bundle):
@@ -94,9 +106,10 @@ def test_a_bad_canary_is_dropped_and_a_good_one_promoted(core, variants, digits_
     _traffic(core, digits_cnn_bundle, lambda: NAME not in core.shadow.canaries)
     assert NAME not in core.shadow.canaries, core.shadow.view(NAME)
     assert core.plane.served(NAME).active.variant == ORIGINAL  # never served
-    (mark,) = core.live.marks(NAME)
+    (mark,) = _eventually(lambda: core.live.marks(NAME))
     assert mark["variant"] == bad and mark["when"] == "canary" and mark["ratio"] == 0.9
     assert mark["live"]["value"] < 0.95, mark
+    assert not list((core.settings.variant_cache).iterdir())  # a dropped canary is never shared
 
     good = core.registry.add_variant(NAME, variants["good"], "cpu")
     before = _swaps("canary")
@@ -104,6 +117,14 @@ def test_a_bad_canary_is_dropped_and_a_good_one_promoted(core, variants, digits_
     _traffic(core, digits_cnn_bundle, lambda: core.plane.served(NAME).active.variant == good)
     assert core.plane.served(NAME).active.variant == good, core.shadow.view(NAME)
     assert _swaps("canary") == before + 1
+    deadline = time.monotonic() + 30  # published by the shadow thread right after the swap
+    while not list(core.settings.variant_cache.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (entry,) = core.settings.variant_cache.iterdir()  # the promoted variant is shared ...
+    assert (entry / "report.json").is_file()
+    # ... under the key of the profile it was compressed for: a replica finds it.
+    profile = json.loads((variants["good"] / "plan.json").read_text())["profile"]
+    assert entry.name == core.live._key(NAME, profile)
     view = {row["id"]: row for row in core.variants_view(NAME)}
     assert view[good]["active"] and view[good]["live"]["value"] >= 0.95, view[good]
     assert view[bad]["live"]["rejected_live"] == "canary"
@@ -119,6 +140,9 @@ def test_a_bad_serving_variant_is_rolled_back_and_recompressed(core, variants, d
     before = _swaps("live_fidelity")
     _traffic(core, digits_cnn_bundle, lambda: core.plane.served(NAME).active.variant != bad)
     assert core.plane.served(NAME).active.variant == ORIGINAL, core.shadow.view(NAME)
+    deadline = time.monotonic() + 10  # the pointer is written right after the swap
+    while core.registry.active(NAME) != ORIGINAL and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert core.registry.active(NAME) == ORIGINAL  # survives a restart
     assert _swaps("live_fidelity") == before + 1
     fidelity = REGISTRY.get_sample_value(
@@ -126,7 +150,7 @@ def test_a_bad_serving_variant_is_rolled_back_and_recompressed(core, variants, d
     )
     assert fidelity is not None and fidelity < 0.95 - 0.01, fidelity
     # A new job on live traffic, with amounts below the rejected one's 90 %.
-    (job,) = core.jobs.list()
+    (job,) = _eventually(core.jobs.list)
     spec_ratios = core.live.profile_update(NAME)["ratios"]
     assert spec_ratios and max(spec_ratios) < 0.9, spec_ratios
     core.jobs.cancel(job.id)

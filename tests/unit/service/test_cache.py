@@ -43,3 +43,11 @@ def test_key_changes_with_profile_and_entries_are_whole(tmp_path):
     k2 = cache.key(digest, {"name": "edge"})
     assert cache.put(k2, variant) == cache.get(k2)
     assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "plan.json").write_text(json.dumps({"weights_sha256": "b"}))
+    (variant / "plan.json").write_text(json.dumps({"weights_sha256": "a"}))
+    cache.put(cache.key(digest, {"name": "gpu"}), variant)
+    assert not cache.remove(cache.key(digest, {"name": "gpu"}), other)  # not the same weights
+    assert cache.remove(cache.key(digest, {"name": "gpu"}), variant)
+    assert cache.get(cache.key(digest, {"name": "gpu"})) is None
