@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from compression import graph, importance, metrics, rebuild, search, verify
+from compression import graph, importance, metrics, rebuild, runtimes, search, verify
 from compression.errors import CompressionError, DataError, UntraceableModelError
 from compression.inputs import (
     Batch,
@@ -117,12 +117,20 @@ def compress(
         )
         base = search.baseline(ctx)
         candidates = search.run(ctx, base)
+        served_by, runtime_notes = runtimes.search_step(ctx, candidates, base)
+        if served_by and "torch" not in profile.runtimes:  # pinned: ONNX Runtime serves
+            candidates = served_by
+        else:
+            candidates += served_by
         verdict = verify.verify(ctx, candidates, base)
         report = build_report(
             ctx, verdict, candidates, model=source or type(model).__name__, started=started
         )
+    report.runtimes = runtime_notes
     chosen = verdict.chosen
     plan = variant_plan(model, chosen.float_module, chosen.candidate, profile, source)
+    if isinstance(chosen.module, runtimes.OrtModule):
+        plan["runtime"] = "onnxruntime"
     progress(1.0, "done")
     return CompressedModel(
         module=chosen.module, report=report, float_module=chosen.float_module, plan=plan

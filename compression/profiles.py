@@ -105,6 +105,11 @@ class DeviceProfile(BaseModel):
         description="Time limit of tracing the model into Torch-Pruning's dependency graph; past "
         "it the model is treated as unprunable (precision step only) with the module it stopped at.",
     )
+    runtimes: list[Literal["torch", "onnxruntime"]] = Field(
+        default_factory=lambda: ["torch", "onnxruntime"],
+        description="Runtimes the search may serve a variant with, each measured like an amount "
+        "(compression.runtimes); ONNX Runtime only on CPU, skipped where it is not installed.",
+    )
 
     @field_validator("dtype")
     @classmethod

@@ -70,6 +70,8 @@ class CompressionReport:
     candidates: list[Candidate] = field(default_factory=list)
     # Labelled tasks: {"before": {...}, "after": {...}} of accuracy, macro_f1, precision, recall.
     task_metrics: dict | None = None
+    # What the runtime step did (compression.runtimes): export checks, skips and fallbacks.
+    runtimes: list[str] = field(default_factory=list)
     # Task pruning (compression.task): class names and how the head was trained.
     task: dict | None = None
 

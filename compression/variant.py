@@ -69,6 +69,10 @@ class CompressedModel:
         plan = dict(self.plan, weights_sha256=sha256_file(weights), version=PLAN_VERSION)
         if tied:
             plan["tied"] = tied
+        if plan.get("runtime") == "onnxruntime":  # the served graph beside the float weights
+            from compression.runtimes import save_onnx
+
+            plan.update(save_onnx(directory, self.module))
         _write_json(directory / "plan.json", plan)
         _write_json(directory / "report.json", self.report.to_dict())
         self.report.plot(directory / "report.png")
@@ -138,5 +142,11 @@ def load_variant(directory: str | Path, model: nn.Module) -> CompressedModel:
     state |= {name: state[kept] for name, kept in plan.get("tied", {}).items()}
     float_module = plan_mod.replay(model, plan["structure"], state).eval()
     sparsity = plan.get("sparsity", "none")
-    module = precision.apply(float_module, plan["dtype"], plan["quantization"], sparsity).eval()
+    if plan.get("runtime") == "onnxruntime":
+        from compression.runtimes import load_onnx
+
+        module = load_onnx(directory, plan, threads=(plan.get("profile") or {}).get("threads"))
+    else:
+        module = precision.apply(float_module, plan["dtype"], plan["quantization"], sparsity)
+        module = module.eval()
     return CompressedModel(module=module, report=report, float_module=float_module, plan=plan)
