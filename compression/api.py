@@ -164,6 +164,12 @@ def prepare(
     else:
         val_list = [(to_device(x, device), y) for x, y in materialize(validation, "validation")]
         check_runs(original, val_list[0][0], "validation")
+    if (
+        metric == "auto"
+        and not metrics.has_labels(val_list)
+        and metrics.is_causal_lm(original, calib_list[0])
+    ):
+        metric = "perplexity"  # a language model: next-token perplexity, not pooled logits
     metric = metrics.resolve_metric(metric, val_list)
 
     progress(0.02, "tracing")
@@ -190,8 +196,14 @@ def prepare(
     scoring_s = time.perf_counter() - t
     probe = index(calib, slice(0, PROBE_SAMPLES))
     reference_val = metrics.outputs(original, val_list)
-    metric_before = metrics.score(metric, reference_val, val_list, reference_val)
-    labelled = metric != "cosine"
+    reference_perplexity = None
+    if metric == "perplexity":
+        reference_perplexity = metrics.perplexity(original, val_list)
+        metric_before, budget = 1.0, 1.0 / (1.0 + profile.max_perplexity_increase)
+    else:
+        metric_before = metrics.score(metric, reference_val, val_list, reference_val)
+        labelled = metric != "cosine"
+        budget = metric_before - profile.max_drop if labelled else profile.min_fidelity
     lat_source = val_list[0][0]
     if batch_size(lat_source) < profile.latency_batch:  # GPU batches span several
         lat_source = concat([x for x, _ in val_list])
@@ -209,11 +221,12 @@ def prepare(
         probe=probe,
         reference_val=reference_val,
         latency_batch=index(lat_source, slice(0, profile.latency_batch)),
-        budget=metric_before - profile.max_drop if labelled else profile.min_fidelity,
+        budget=budget,
         deadline=deadline,
         progress=progress,
         should_stop=should_stop,
         timings={"scoring": round(scoring_s, 3)},
         metric_before=metric_before,
         unprunable=unprunable,
+        reference_perplexity=reference_perplexity,
     )

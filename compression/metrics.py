@@ -4,6 +4,10 @@
 outputs with an ``attention_mask`` the embedding is the mean over real tokens (how sentence
 encoders such as all-MiniLM-L6-v2 pool), otherwise the flattened output.
 
+``perplexity`` is for causal language models: next-token perplexity on the validation text,
+reported as a ratio, the original's perplexity over the model's (1.0 for the original, 0.95
+for a variant 5% more perplexed), so that higher is better like every other metric.
+
 Embeddings stay on the model's device (CUDA included); cosine and neighbour recall compute
 there, and only what goes to scikit-learn or a callable metric is copied to the CPU.
 """
@@ -20,7 +24,7 @@ from torch import nn
 from compression.errors import DataError
 from compression.inputs import Batch, call, main_output, token_mask
 
-METRICS = ("accuracy", "f1", "cosine")
+METRICS = ("accuracy", "f1", "cosine", "perplexity")
 Metric = str | Callable[[np.ndarray, np.ndarray], float]
 
 
@@ -57,9 +61,39 @@ def resolve_metric(metric: Metric, validation: list | None) -> Metric:
         raise DataError(
             f"unknown metric {metric!r}: expected one of {METRICS}, 'auto' or a callable"
         )
+    if metric == "perplexity" and not isinstance((validation or [(None, None)])[0][0], dict):
+        raise DataError("metric 'perplexity' needs validation batches of token ids (input_ids)")
     if metric in ("accuracy", "f1") and not has_labels(validation):
         raise DataError(f"metric {metric!r} needs validation pairs (inputs, labels) with labels")
     return metric
+
+
+def is_causal_lm(model: nn.Module, batch: Batch) -> bool:
+    """A generative language model called with token ids (perplexity is its natural metric)."""
+    can_generate = getattr(model, "can_generate", None)
+    return (
+        isinstance(batch, dict)
+        and "input_ids" in batch
+        and callable(can_generate)
+        and bool(can_generate())
+    )
+
+
+def perplexity(model: nn.Module, validation: list) -> float:
+    """Next-token perplexity of ``model`` on the validation batches (padding excluded)."""
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for inputs, _ in validation:
+            logits = main_output(call(model, inputs)).float()[:, :-1]
+            target = inputs["input_ids"][:, 1:]
+            mask = token_mask(inputs)
+            keep = torch.ones_like(target, dtype=torch.bool) if mask is None else mask[:, 1:] > 0
+            nll = nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+            total += float(nll[keep].sum())
+            count += int(keep.sum())
+    if count == 0:
+        raise DataError("perplexity needs validation text of at least 2 tokens per sample")
+    return float(np.exp(total / count))
 
 
 def cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:

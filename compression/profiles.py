@@ -68,6 +68,12 @@ class DeviceProfile(BaseModel):
         le=1.0,
         description="Smallest allowed cosine fidelity when there are no labels.",
     )
+    max_perplexity_increase: float = Field(
+        0.05,
+        ge=0.0,
+        description="Causal language models (metric perplexity): largest allowed relative rise "
+        "of next-token perplexity on the validation text (0.05 = at most +5%).",
+    )
     min_neighbour_recall: float | None = Field(
         0.8,
         ge=0.0,

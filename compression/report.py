@@ -167,11 +167,16 @@ def build_report(
         {
             "step": "verify",
             "kept": verdict.accepted,
-            "detail": f"{name} {c.metric:.4f} vs budget {ctx.budget:.4f}",
+            "detail": f"{name} {c.metric:.4f} vs budget {ctx.budget:.4f}"
+            + (
+                f" (ratio of perplexities; the original's is {ctx.reference_perplexity:.3f})"
+                if ctx.metric == "perplexity"
+                else ""
+            ),
         }
     )
     task_metrics = None
-    if ctx.metric != "cosine" and not callable(ctx.metric):  # accuracy, macro P/R/F1
+    if ctx.metric not in ("cosine", "perplexity") and not callable(ctx.metric):  # accuracy, F1
         task_metrics = classification_report(ctx.reference_val, chosen.module, ctx.validation)
     return CompressionReport(
         model=model,

@@ -65,6 +65,7 @@ class SearchContext:
     timings: dict[str, float] = field(default_factory=dict)
     metric_before: float = 0.0  # the original's metric on the validation data
     unprunable: str | None = None  # why the model has no prunable unit (then: precision only)
+    reference_perplexity: float | None = None  # metric "perplexity": the original's
 
     def tick(self, key: str, start: float) -> None:
         self.timings[key] = round(self.timings.get(key, 0.0) + time.perf_counter() - start, 3)
@@ -78,7 +79,10 @@ def measure(ctx: SearchContext, module: nn.Module, float_module: nn.Module, **in
     """Metric, fidelity, MACs, params and latency of one candidate."""
     start = time.perf_counter()
     out = metrics.outputs(module, ctx.validation)
-    value = metrics.score(ctx.metric, out, ctx.validation, ctx.reference_val)
+    if ctx.metric == "perplexity":  # the original's perplexity over this one's (higher: better)
+        value = ctx.reference_perplexity / metrics.perplexity(module, ctx.validation)
+    else:
+        value = metrics.score(ctx.metric, out, ctx.validation, ctx.reference_val)
     fidelity = value if ctx.metric == "cosine" else metrics.cosine(out, ctx.reference_val)
     floor = ctx.profile.min_neighbour_recall
     recall = None

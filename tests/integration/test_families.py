@@ -34,6 +34,7 @@ SETTINGS = {
     "max_drop": 1.0,
     "min_fidelity": 0.0,
     "min_neighbour_recall": None,
+    "max_perplexity_increase": 100.0,  # causal LMs verify by perplexity ratio (random weights)
     "calibration_size": 32,
 }
 if "runtimes" in DeviceProfile.model_fields:  # torch only: the test pins pruning, not export
@@ -105,6 +106,9 @@ def test_family_compresses_with_zero_configuration(family, tmp_path):
     if family in HEADS:
         cut = [n for n, h in heads_after.items() if h[0] < heads_before[n][0]]
         assert cut, f"{family}: no head was cut: {heads_after}"
+    if family in ("gpt2", "llama"):  # causal LMs: next-token perplexity ratio to the original
+        assert r.metric == "perplexity" and r.metric_before == 1.0, (r.metric, r.metric_before)
+        assert 0.0 < r.metric_after <= 1.5, r.metric_after
     steps = {s["step"] for s in r.steps}
     assert {"prune", "bn", "bias", "refit", "verify"} <= steps, r.steps
 
