@@ -241,7 +241,7 @@ def load_onnx(directory: Path, plan: dict, threads: int | None = None) -> OrtMod
 
 
 def search_step(ctx, built: list, base) -> tuple[list, list[str]]:
-    """ONNX Runtime candidates of the most pruned float candidate within budget (else of the
+    """ONNX Runtime candidates of the most pruned candidate within budget (else of the
     original), measured like every other candidate; and notes for the report."""
     from compression.search import Built, measure
 
@@ -250,8 +250,9 @@ def search_step(ctx, built: list, base) -> tuple[list, list[str]]:
         return [], ["onnxruntime not in the profile's runtimes"]
     if profile.device != "cpu":
         return [], [f"onnxruntime is measured on cpu profiles only (this one: {profile.device})"]
-    floats = [b for b in built if b.candidate.precision == "float32"]
-    within = [b for b in floats if b.candidate.within_budget]
+    # The most pruned structure any precision kept within budget (its float weights export);
+    # the original only when no pruned candidate holds the budget.
+    within = [b for b in built if b.candidate.within_budget and b.candidate.ratio > 0]
     pick = min(within, key=lambda b: b.candidate.macs, default=base)
     start = time.perf_counter()
     ctx.progress(0.9, "onnxruntime")

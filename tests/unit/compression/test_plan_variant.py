@@ -21,6 +21,9 @@ PROFILE = {
     "quantization": "none",
     "max_drop": 1.0,
     "min_fidelity": 0.0,
+    # Plan replay is about pruned structure: the original under ONNX Runtime (lossless, often
+    # faster) would otherwise win where no pruned candidate holds the recall floor.
+    "runtimes": ["torch"],
 }
 
 
