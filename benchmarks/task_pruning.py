@@ -20,12 +20,21 @@ benchmarks/results/task_pruning.json and .md; with --readme, the README block.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
 import torch
 
-from benchmarks.common import Timer, describe_machine, finish, machine, stamp, table
+from benchmarks.common import (
+    Timer,
+    describe_machine,
+    finish,
+    machine,
+    stamp,
+    table,
+    update_readme,
+)
 from compression.measure import latency_ms, macs_params
 from compression.profiles import get_profile
 from compression.task import Task, compress_task, evaluate, fit_head
@@ -107,9 +116,17 @@ def run_task(task_name: str, profile_name: str) -> list[dict]:
 
 
 def markdown(result: dict) -> str:
+    end = result["machine"].get("load_average_end")
+    busy = (
+        f" Load average {end[0]} at the end: the machine was shared; latencies and the "
+        "profile's time limit (which stops the search) were affected."
+        if end and end[0] > 2 * (result["machine"]["cores"] or 1)
+        else ""
+    )
     lines = [
         f"Measured {result['when']} on {describe_machine(result['machine'])}; profile "
-        f"`{result['profile']}` with int8 off; validation: a stratified 30 % hold-out.",
+        f"`{result['profile']}` with int8 off; validation: a stratified 30 % hold-out "
+        f"(`python -m benchmarks.task_pruning --readme`, {result['seconds'] / 60:.0f} min).{busy}",
         "",
     ]
     header = [
@@ -147,7 +164,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tasks", default="python-topics,digits-parity")
     p.add_argument("--profile", default="cpu")
     p.add_argument("--readme", action="store_true", help="update the README block")
+    p.add_argument("--render", action="store_true", help="re-render the last results only")
     args = p.parse_args(argv)
+    if args.render:
+        from benchmarks.common import RESULTS
+
+        result = json.loads((RESULTS / "task_pruning.json").read_text())
+        md = markdown(result)
+        (RESULTS / "task_pruning.md").write_text(md)
+        if args.readme:
+            update_readme("task_pruning", md)
+        print(md)
+        return
     torch.manual_seed(0)
     started = time.perf_counter()
     result = {"when": stamp(), "machine": machine(), "profile": args.profile, "rows": []}
