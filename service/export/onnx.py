@@ -44,6 +44,9 @@ from service.export.triton import (
 PLATFORM = "onnxruntime_onnx"
 MODEL_FILE = "model.onnx"
 OPSET = 17
+# Half precision: opset 17's fused LayerNormalization is exported with a float32 scale beside
+# float16 activations, which ONNX Runtime refuses (MiniLM); opset 16 decomposes it.
+OPSET_HALF = 16
 CHECK_RTOL = 1e-3  # ONNX Runtime vs torch, float32: largest difference / output scale
 CHECK_RTOL_HALF = 3e-2
 
@@ -55,6 +58,10 @@ def _dynamic_axes(prep: Prepared) -> dict[str, dict[int, str]]:
             axes[s.name][1] = "tokens"
     axes["OUTPUT__0"] = {0: "batch"}
     return axes
+
+
+def _opset(prep: Prepared) -> int:
+    return OPSET if prep.plan.get("dtype", "float32") == "float32" else OPSET_HALF
 
 
 def to_onnx(prep: Prepared) -> bytes:
@@ -70,7 +77,7 @@ def to_onnx(prep: Prepared) -> bytes:
                 input_names=[s.name for s in prep.inputs],
                 output_names=["OUTPUT__0"],
                 dynamic_axes=_dynamic_axes(prep),
-                opset_version=OPSET,
+                opset_version=_opset(prep),
                 dynamo=False,
             )
     except Exception as err:  # noqa: BLE001 - any exporter failure is an export error here
@@ -166,6 +173,6 @@ def export_onnx(
         max_batch_size=max_batch_size,
     )
     model.meta = export_meta(
-        prep, PLATFORM, prep.inputs, outputs, opset=OPSET, export_max_rel_diff=max_diff
+        prep, PLATFORM, prep.inputs, outputs, opset=_opset(prep), export_max_rel_diff=max_diff
     )
     return write_model_dir(model, PLATFORM, lambda d: (d / MODEL_FILE).write_bytes(data))

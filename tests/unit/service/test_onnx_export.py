@@ -99,3 +99,23 @@ def test_cli_writes_the_onnx_format(mlp, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert code in (0, None) and out["platform"] == "onnxruntime_onnx"
     assert (Path(out["path"]) / "1" / "model.onnx").is_file()
+
+
+@pytest.mark.slow
+def test_a_float16_text_encoder_exports_and_runs_in_onnx_runtime(tmp_path):
+    """MiniLM in float16 (the gpu profile's precision): opset 17's fused LayerNorm would mix
+    float32 and float16 and ONNX Runtime refuses it; the half export uses opset 16."""
+    from service.export.onnx import OPSET_HALF, export_onnx
+
+    v = make_variant("minilm", tmp_path / "v")
+    plan = json.loads((v / "plan.json").read_text())
+    plan["dtype"], plan["quantization"] = "float16", "none"  # as the gpu profile records it
+    (v / "plan.json").write_text(json.dumps(plan, indent=2, sort_keys=True))
+    path = export_onnx(v, tmp_path / "repo", model_name="minilm16")
+    meta = json.loads((path / "slimserve.json").read_text())
+    assert meta["opset"] == OPSET_HALF and meta["export_max_rel_diff"] < 3e-2
+    config = read_config(path)
+    assert [(t.name, t.dims) for t in tensor_specs(config.input)] == [
+        ("input_ids", (-1,)),
+        ("attention_mask", (-1,)),
+    ]
