@@ -173,7 +173,11 @@ def test_swap_under_load_rollback_restart_and_metrics(server, server_home):
     assert (
         metric_value(text, "slimserve_swaps_total", model="digits-cnn", reason="compression") == 1
     )
-    acc = metric_value(text, "slimserve_model_accuracy", model="digits-cnn", variant=new)
+    # The verified metric; labelled tasks add precision, recall and F1 beside it (metric=...).
+    metric = job["report"]["metric"]
+    acc = metric_value(
+        text, "slimserve_model_accuracy", model="digits-cnn", variant=new, metric=metric
+    )
     assert acc == pytest.approx(job["report"]["metric_after"])
 
     variants = server.admin("GET", "/models/digits-cnn/variants").json()["variants"]
