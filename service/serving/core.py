@@ -59,6 +59,7 @@ class Core:
             settings.max_wait_ms,
             settings.queue_size,
             max_rows=settings.max_rows_per_request,
+            device=settings.device,
         )
         self.plane = DataPlane(self.runtime, self.thread_budget)
         self.jobs = JobRunner(
@@ -74,6 +75,7 @@ class Core:
             settings.shadow_min_samples,
         )
         self.runtime.on_batch = self.shadow.offer
+        self.shadow.place = self.runtime.place
         self.live = LiveLoop(settings, self.variants, self.shadow)
         self.leader = False
         self.ready = False

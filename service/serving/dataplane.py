@@ -102,6 +102,7 @@ class DataPlane:
                 "active_variant": s.active.variant,
                 "profile": s.active.profile,
                 "threads": s.threads,
+                "device": self.runtime.device_of(n),
             }
             for n, s in self.runtime.models.items()
         ]

@@ -72,7 +72,14 @@ class Settings(BaseSettings):
         "cgroup quota included); models lighter than their HTTP handling use one.",
     )
     job_threads: int = Field(1, ge=1, description="torch threads of a compression job process.")
-    max_batch_size: int = Field(32, ge=1, description="Largest micro-batch one forward runs.")
+    max_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Largest micro-batch one forward runs (default: 32 on CPU, 256 on CUDA).",
+    )
+    device: str = Field(
+        "auto", description="Where models serve: auto (CUDA when present), cpu, cuda or cuda:N."
+    )
     max_wait_ms: float = Field(
         2.0,
         ge=0,

@@ -110,6 +110,8 @@ class ShadowEvaluator:
         self.canaries: dict[str, Active] = {}
         self.originals: dict[str, Active] = {}
         self.on_window: Callable[[str, str, Window], None] | None = None
+        # Puts the other model of a pair where the served one runs (the runtime's device).
+        self.place: Callable[[Active], Active] | None = None
         self._queue: queue.Queue[_Job] = queue.Queue(maxsize=queue_size)
         self._rng = random.Random(seed)
         self._tokens, self._last = max_per_second, time.monotonic()
@@ -176,7 +178,8 @@ class ShadowEvaluator:
 
     def _evaluate(self, job: _Job) -> None:
         adapter = job.served.adapter
-        other_out = Runtime._forward(adapter, job.other, job.rows)
+        other = self.place(job.other) if self.place is not None else job.other
+        other_out = Runtime._forward(adapter, other, job.rows)
         embedding = getattr(adapter, "output_name", "") == "EMBEDDING"
         metric, values, extra = agreement(job.outputs, other_out, embedding)
         # The window belongs to the compressed variant of the pair.
