@@ -8,15 +8,13 @@ about without importing ``torch_pruning`` (only this module does).
 What it adds to Torch-Pruning, with Torch-Pruning's own extension points
 (``customized_pruners``, as its Swin example does for patch merging):
 
-- **Attention heads.** Each attention module found by :mod:`compression.attention` gets a
-  :class:`HeadCore`, a customised layer of the graph standing for "query/key/value and the
-  attention itself": hidden states in, attention context (query width) out. While tracing, the
-  context reaches the graph only through the core, so Torch-Pruning never walks the attention's
-  internals (rotary embeddings, grouped-query ``repeat_kv`` and the fused kernels are where its
-  grouping loops or fails) and finds the context's consumer (the output projection) itself.
-  Cutting the core cuts whole heads through the layout.
+- **Attention heads.** Each attention module found by :mod:`compression.attention` becomes one
+  customised layer, a :class:`~compression.heads.HeadCore` (see :mod:`compression.heads`), so
+  tracing never walks attention internals; cutting the core cuts whole heads through the
+  layout, and Torch-Pruning cuts the output projection's columns with it.
 - **transformers' ``Conv1D``** (GPT-2) prunes as a Linear with its weight transposed.
-- **A time limit** on tracing and grouping, with an error naming the module it stopped at.
+- **A time limit** on tracing and grouping (:mod:`compression.timelimit`), with an error naming
+  the module it stopped at.
 
 Upstream: https://github.com/VainF/Torch-Pruning (``DependencyGraph``, ``Group``,
 ``BasePruningFunc``).
@@ -25,10 +23,7 @@ Upstream: https://github.com/VainF/Torch-Pruning (``DependencyGraph``, ``Group``
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import io
-import threading
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -37,7 +32,9 @@ from torch import nn
 
 from compression import attention, layers
 from compression.errors import UntraceableModelError
+from compression.heads import HeadCore, traceable
 from compression.inputs import Batch, call, main_output
+from compression.timelimit import TraceTimeout, with_time_limit
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # Groups touching these keep their width: the embedding/hidden size of a transformer is shared by
@@ -70,37 +67,6 @@ class PruneUnit:
 
 
 # ---- attention heads as customised layers ----------------------------------------------------
-
-
-class _Opaque(torch.autograd.Function):
-    """Returns ``context`` with an autograd edge to ``hidden`` only (tracing sees core in->out)."""
-
-    @staticmethod
-    def forward(ctx, hidden: torch.Tensor, context: torch.Tensor, anchor: torch.Tensor):
-        return context.clone()
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # never run: the graph is only traced
-        return None, None, None
-
-
-class HeadCore(nn.Module):
-    """An attention module's heads as one layer of the dependency graph (see module docstring).
-
-    Attached as a child of the attention module while the graph exists; it has no parameters.
-    """
-
-    def __init__(self, attn: nn.Module, layout: attention.HeadLayout) -> None:
-        super().__init__()
-        self.layout = layout
-        self.__dict__["attn"] = attn  # not a child: the attention module is its parent
-        # Keeps the core in the autograd graph when its input needs no gradient (a model input).
-        self.__dict__["anchor"] = torch.zeros((), requires_grad=True)
-
-    def forward(self, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled():
-            return context
-        return _Opaque.apply(hidden, context.detach(), self.anchor)
 
 
 def _prune_out(module: nn.Module, idxs: list[int]) -> None:
@@ -184,109 +150,12 @@ class _TransposedLinearPruner(tp.BasePruningFunc):
         return layer.weight.shape[0]
 
 
-def _core_name(attn: nn.Module) -> str:
-    return "heads" if not hasattr(attn, "heads") else "heads_"
-
-
-@contextlib.contextmanager
-def traceable(model: nn.Module) -> Iterator[dict[str, HeadCore]]:
-    """Attach a :class:`HeadCore` to every attention module while the block runs.
-
-    Yields the cores by their module names (``<attention>.heads``); on exit the model is exactly
-    as before (cores and hooks removed).
-    """
-    cores: dict[str, HeadCore] = {}
-    handles = []
-    for name, layout in attention.find_layouts(model).items():
-        attn = model.get_submodule(name) if name else model
-        core = HeadCore(attn, layout)
-        child = _core_name(attn)
-        attn.add_module(child, core)
-        cores[f"{name}.{child}" if name else child] = core
-        handles += _route_context(attn, core, layout)
-    try:
-        yield cores
-    finally:
-        for h in handles:
-            h.remove()
-        for full in cores:
-            parent, _, child = full.rpartition(".")
-            delattr(model.get_submodule(parent) if parent else model, child)
-
-
-def _route_context(attn: nn.Module, core: HeadCore, layout: attention.HeadLayout) -> list:
-    """Hooks that send the attention's context through ``core`` (value unchanged)."""
-    seen: dict[str, torch.Tensor] = {}
-
-    def remember(module, args, kwargs):
-        hidden = args[0] if args else kwargs.get("hidden_states")
-        if isinstance(hidden, torch.Tensor):
-            seen["hidden"] = hidden
-
-    def route(context: torch.Tensor) -> torch.Tensor:
-        hidden = seen.get("hidden")
-        return context if hidden is None else core(hidden, context)
-
-    handles = [attn.register_forward_pre_hook(remember, with_kwargs=True)]
-    if layout.context is not None:
-        out_proj = attn.get_submodule(layout.context)
-        handles.append(
-            out_proj.register_forward_pre_hook(lambda m, args: (route(args[0]), *args[1:]))
-        )
-    else:
-
-        def route_output(module, args, out):
-            if isinstance(out, tuple):
-                return (route(out[0]), *out[1:])
-            return route(out)
-
-        handles.append(attn.register_forward_hook(route_output))
-    return handles
-
-
 def _customized(model: nn.Module) -> dict:
     pruners: dict = {HeadCore: _HeadPruner()}
     for m in model.modules():
         if layers.kind(m) == "conv1d_t":
             pruners[type(m)] = _TransposedLinearPruner()
     return pruners
-
-
-# ---- tracing with a time limit ---------------------------------------------------------------
-
-
-class _TraceTimeout(Exception):
-    """Raised inside the tracing thread when its time is up."""
-
-
-def _with_time_limit(fn: Callable, seconds: float, where: dict, model: nn.Module):
-    """Run ``fn`` in a thread; past ``seconds``, stop it and name where it was."""
-    result: dict = {}
-
-    def target():
-        try:
-            result["value"] = fn()
-        except BaseException as err:  # handed to the caller below
-            result["error"] = err
-
-    thread = threading.Thread(target=target, name="slimserve-trace", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(
-            ctypes.c_ulong(thread.ident), ctypes.py_object(_TraceTimeout)
-        )
-        thread.join(10)
-        raise UntraceableModelError(
-            f"Torch-Pruning did not finish {where.get('stage', 'tracing')} "
-            f"{type(model).__name__} within {seconds:g} s: it stopped at "
-            f"{where.get('module') or 'the first module'}. Expected a model whose forward "
-            "runs on example_inputs with standard layers; raise the profile's "
-            "trace_time_limit_s for a very large model"
-        )
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
 
 
 def build_graph(model: nn.Module, example_inputs: Batch) -> tp.DependencyGraph:
@@ -300,7 +169,7 @@ def build_graph(model: nn.Module, example_inputs: Batch) -> tp.DependencyGraph:
             customized_pruners=_customized(model),
             verbose=False,
         )
-    except _TraceTimeout:
+    except TraceTimeout:
         raise
     except Exception as err:  # Torch-Pruning raises bare exceptions of many kinds
         raise UntraceableModelError(
@@ -380,7 +249,7 @@ def find_units(
             units = [u for u in units if u is not None]
             return sorted(units, key=lambda u: order[u.name])
 
-    return _with_time_limit(trace, time_limit_s, where, model)
+    return with_time_limit(trace, time_limit_s, where, model)
 
 
 def _unit(graph, group, names: dict, cores: dict) -> PruneUnit | None:
