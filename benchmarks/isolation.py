@@ -49,6 +49,14 @@ _BACKGROUND = textwrap.dedent(
 )
 
 
+def _describe(checkout: Path) -> str:
+    """The commit a checkout is at (its short hash), or its path."""
+    found = subprocess.run(
+        ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return found.stdout.strip() or str(checkout)
+
+
 def digits_target(address: str) -> Target:
     from service.models.digits import digits_split
 
@@ -159,7 +167,7 @@ def main(argv=None) -> None:
         with base:
             print(f"baseline: the server of {args.baseline}", flush=True)
             result["baseline"] = measure(base.address, args.duration, args.warmup)
-            result["baseline"]["checkout"] = str(args.baseline)
+            result["baseline"]["checkout"] = _describe(checkout)
     if args.address:
         result["isolation"] = measure(args.address, args.duration, args.warmup)
     else:
@@ -167,6 +175,8 @@ def main(argv=None) -> None:
         with SlimServer(home, "digits-cnn,minilm").start() as server:
             result["isolation"] = measure(server.address, args.duration, args.warmup)
     command = "python -m benchmarks.isolation" + (" --quick" if args.quick else "")
+    if args.baseline:
+        command += f" --baseline <checkout of {result['baseline']['checkout']}>"
     common.finish(NAME, result, markdown(result, command))
 
 

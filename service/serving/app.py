@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Annotated, Any
 
 import bentoml
+from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -22,7 +23,7 @@ from service.serving import connections
 from service.serving.admin import ADMIN_ROUTES
 from service.serving.core import Core
 from service.serving.errors import ServiceError
-from service.serving.guards import BodyLimit, PredictErrors, quiet_client_errors
+from service.serving.guards import BodyLimit, PredictGuard, quiet_client_errors
 from service.serving.predict import predict
 from service.serving.routes import V2_ROUTES
 from service.serving.settings import Settings
@@ -79,7 +80,7 @@ def _guard(service, settings: Settings) -> None:
         )
     )
     service.add_asgi_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    service.add_asgi_middleware(PredictErrors)
+    service.add_asgi_middleware(PredictGuard)
     quiet_client_errors()
 
 
@@ -102,7 +103,11 @@ class SlimServe:
         return self.core.ready
 
     @bentoml.api
-    async def predict(self, model: str, inputs: Any) -> dict:
+    async def predict(
+        self,
+        model: Annotated[str, Field(examples=["digits-cnn", "minilm"])],
+        inputs: Annotated[Any, Field(examples=[[[0.5] * 64], ["A sentence to embed."]])],
+    ) -> dict:
         """BentoML-native JSON: ``{"model": "digits-cnn", "inputs": [[...8x8...]]}``."""
         status, body = await predict(self.core.plane, model, inputs)
         # Client errors are answered, not raised: no traceback logged, the declared body shape.

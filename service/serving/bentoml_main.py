@@ -6,7 +6,7 @@ BentoML keeps ``prometheus_client``'s memory-mapped metric files under ``BENTOML
 disk, the next request's metric update touched a page the full disk could not back and the
 worker died with SIGBUS, again at every restart. The directory is ``SLIMSERVE_METRICS_DIR`` (in
 k8s an emptyDir of its own), else a fresh directory in ``/dev/shm`` (memory) or the temp dir,
-removed when the server exits.
+removed when the server exits (and, if it was killed, by the next server that starts).
 """
 
 from __future__ import annotations
@@ -27,8 +27,24 @@ def metrics_dir(configured: str | None = None) -> tuple[Path, bool]:
         path.mkdir(parents=True, exist_ok=True)
         return path, False
     shm = Path("/dev/shm")
-    base = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
-    return Path(tempfile.mkdtemp(prefix="slimserve-metrics-", dir=base)), True
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    _remove_stale(base)
+    prefix = f"slimserve-metrics-{os.getpid()}-"
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=base)), True
+
+
+def _remove_stale(base: Path) -> None:
+    """Remove the metrics directories of servers that were killed (their pid is gone)."""
+    for path in base.glob("slimserve-metrics-*-*"):
+        pid = path.name.split("-")[2]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:  # another user's live process
+            pass
 
 
 def main(argv: list[str] | None = None) -> None:

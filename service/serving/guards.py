@@ -23,9 +23,12 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-async def _answer(send: Send, status: int, message: str, close: bool = False) -> None:
+async def _answer(
+    send: Send, status: int, message: str, close: bool = False, extra: list | None = None
+) -> None:
     body = json.dumps({"error": message}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    headers += extra or []
     if close:  # the rest of an unread body is not read on
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -82,10 +85,16 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-class PredictErrors:
-    """BentoML answers its own 4xx errors on API routes as ``[{"error": ...}]`` (a list) or with
-    a list in ``detail``; ``/docs.json`` declares ``{"error": string, "detail": string}``.
-    Rewrite those bodies into the declared shape (successful and 5xx answers pass untouched)."""
+class PredictGuard:
+    """``/predict`` as ``/docs.json`` declares it, where BentoML's own handling differs.
+
+    * Only JSON bodies (the one declared media type; no Content-Type means JSON): anything else
+      is 415 before BentoML's decoders see it (multipart without a boundary was a 500).
+    * BentoML answers its own 4xx errors as ``[{"error": ...}]`` (a list) or with a list in
+      ``detail``; the declared shape is ``{"error": string, "detail": string}``: such bodies are
+      rewritten (successful and 5xx answers pass untouched).
+    * A 405 gets the ``Allow: POST`` header HTTP requires (BentoML drops it).
+    """
 
     def __init__(self, app: ASGIApp, paths: tuple[str, ...] = ("/predict",)) -> None:
         self.app = app
@@ -94,6 +103,12 @@ class PredictErrors:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] not in self.paths:
             return await self.app(scope, receive, send)
+        media = dict(scope["headers"]).get(b"content-type", b"application/json")
+        if media.split(b";")[0].strip().lower() != b"application/json":
+            shown = media.decode("latin-1")[:60]
+            return await _answer(
+                send, 415, f"expected Content-Type application/json, got {shown!r}"
+            )
         start: Message | None = None
         parts: list[bytes] = []
 
@@ -108,7 +123,8 @@ class PredictErrors:
                 return await send(message)
             parts.append(message.get("body", b""))
             if not message.get("more_body", False):
-                await _answer(send, start["status"], _error_message(b"".join(parts)))
+                extra = [(b"allow", b"POST")] if start["status"] == 405 else []
+                await _answer(send, start["status"], _error_message(b"".join(parts)), extra=extra)
 
         await self.app(scope, receive, capture)
 
