@@ -197,6 +197,40 @@ def test_schemathesis_finds_nothing_in_the_served_openapi(guarded, tmp_path):
     assert "No issues found" in done.stdout, done.stdout[-2000:]
 
 
+# ---- what held: SIGTERM under load (last on this module's server: it stops it) -----------------
+
+
+def test_sigterm_under_load_completes_every_request_in_flight(guarded):
+    import os
+    import signal
+
+    from service.launch import metric_value
+
+    sentences = ["Structured pruning removes whole channels, so the model is faster."] * 64
+    body = {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [64], "data": sentences}]}
+
+    def one(_):
+        try:
+            return httpx.post(
+                f"{guarded.url}/v2/models/minilm/infer", json=body, timeout=300
+            ).status_code
+        except httpx.HTTPError as err:
+            return type(err).__name__
+
+    with ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(one, i) for i in range(16)]
+        inflight = 0.0
+        deadline = time.monotonic() + 60
+        while inflight < 16 and time.monotonic() < deadline:
+            text = httpx.get(f"{guarded.url}/metrics", timeout=30).text
+            inflight = metric_value(text, "slimserve_inflight_requests", model="minilm")
+        assert inflight == 16, f"only {inflight} requests in flight"
+        os.killpg(guarded.proc.pid, signal.SIGTERM)  # what a pod's termination sends
+        codes = [f.result() for f in futures]
+    assert codes == [200] * 16, codes
+    guarded.proc.wait(120)
+
+
 # ---- item 6: a killed worker leaves no job process ------------------------------------------------
 
 

@@ -130,3 +130,38 @@ def test_a_job_waits_while_another_job_process_holds_the_lock(tmp_path):
     assert job.state == "cancelled" and job.pid is None
     held.close()
     assert lock_holder(runner.lock) is None
+
+
+def _running_job(tmp_path, finished: list):
+    runner = _runner(tmp_path, lambda job, out: finished.append(job.state))
+    runner.start()
+    job = runner.submit("digits-cnn", "digits-cnn", "cpu", None, 600)
+    deadline = time.monotonic() + 120
+    while job.progress == 0.0 and job.state in ("queued", "running"):
+        assert time.monotonic() < deadline, job.detail()
+        time.sleep(0.05)
+    assert job.pid is not None, job.detail()
+    return runner, job
+
+
+def test_a_job_process_killed_with_sigkill_ends_failed(tmp_path):
+    import os
+    import signal
+
+    runner, job = _running_job(tmp_path, finished := [])
+    os.kill(job.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while job.state == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job.state == "failed" and "job process died" in job.error, job.detail()
+    assert finished == ["running"]
+
+
+def test_a_cancelled_job_process_is_gone(tmp_path):
+    runner, job = _running_job(tmp_path, [])
+    pid = job.pid
+    runner.cancel(job.id)
+    deadline = time.monotonic() + 30
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(pid) and job.state == "cancelled", job.detail()
