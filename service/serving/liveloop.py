@@ -148,20 +148,27 @@ class LiveLoop:
 
     # ---- the shared cache ------------------------------------------------------------------
 
-    def _key(self, name: str, profile: dict | None = None) -> str:
-        """The cache key of ``name`` under ``profile`` (a variant's own; default: the service's)."""
+    def _key(self, name: str, profile: str | None = None) -> str:
+        """The cache key of ``name`` under the profile named ``profile`` (default: the
+        service's), resolved the way this service resolves profiles: a replica with the same
+        settings computes the same key whatever a job adjusted inside its own copy."""
+        from compression.profiles import get_profile
+        from service.serving.profiles import resolve_profile
+
         if name not in self._digests:
             self._digests[name] = model_digest(self.manager.plane.originals[name])
         if profile is None:
-            from compression.profiles import get_profile
-
-            profile = get_profile(self.manager.profile_path or self.manager.profile).model_dump()
-        return VariantCache.key(self._digests[name], json.loads(json.dumps(profile, default=str)))
+            spec = self.manager.profile_path or self.manager.profile
+        else:
+            resolved, path = resolve_profile(profile, self.settings.profiles_dir)
+            spec = path or resolved
+        settings = json.loads(json.dumps(get_profile(spec).model_dump(), default=str))
+        return VariantCache.key(self._digests[name], settings)
 
     def _variant_key(self, name: str, vid: str) -> tuple[str, Path]:
         path = self.manager.registry.variant_path(name, vid)
-        plan = json.loads((path / "plan.json").read_text())
-        return self._key(name, plan.get("profile")), path
+        report = json.loads((path / "report.json").read_text())
+        return self._key(name, report["profile"]), path
 
     def _publish(self, name: str, vid: str) -> None:
         """Share a variant that serves (under the profile it was compressed for)."""
