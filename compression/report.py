@@ -156,6 +156,7 @@ def build_report(
     chosen, c = verdict.chosen, verdict.chosen.candidate
     name = metric_name(ctx.metric)
     steps = list(chosen.steps)
+    steps += [{"step": "prune", "kept": False, "detail": f"failed: {f}"} for f in ctx.failures]
     if ctx.unprunable:
         steps.insert(
             0, {"step": "prune", "kept": False, "detail": f"not applicable: {ctx.unprunable}"}

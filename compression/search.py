@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from compression import allocation, graph, metrics, precision, rebuild, sparsity
-from compression.errors import Cancelled
+from compression.errors import Cancelled, CompressionError
 from compression.graph import PruneUnit
 from compression.inputs import Batch
 from compression.measure import latency_ms, macs_params
@@ -66,6 +66,7 @@ class SearchContext:
     metric_before: float = 0.0  # the original's metric on the validation data
     unprunable: str | None = None  # why the model has no prunable unit (then: precision only)
     reference_perplexity: float | None = None  # metric "perplexity": the original's
+    failures: list[str] = field(default_factory=list)  # amounts whose cut or rebuild failed
 
     def tick(self, key: str, start: float) -> None:
         self.timings[key] = round(self.timings.get(key, 0.0) + time.perf_counter() - start, 3)
@@ -161,29 +162,42 @@ def run(ctx: SearchContext, original_built: Built) -> list[Built]:
     ratios = sorted(ctx.profile.ratios)
     built: list[Built] = []
 
-    def step(ratio: float, mode: str) -> Built:
+    def step(ratio: float, mode: str) -> Built | None:
         ctx.check()
         done = len(built) / (len(ratios) + 1)
         ctx.progress(0.1 + 0.7 * done, f"{mode} allocation, pruning {ratio:.0%}")
-        b = build(ctx, ratio, mode)
+        try:
+            b = build(ctx, ratio, mode)
+        except Cancelled:
+            raise
+        except (CompressionError, RuntimeError, ValueError, IndexError) as err:
+            # A cut the model cannot take (or a forward it no longer runs) ends this amount,
+            # recorded in the report; the search goes on with what it has.
+            ctx.failures.append(f"{mode} {ratio:.0%}: {type(err).__name__}: {err}"[:300])
+            return None
         built.append(b)
         return b
+
+    def fits(b: Built | None) -> bool:
+        return b is not None and b.candidate.within_budget
 
     if not ctx.units:  # nothing to prune (ctx.unprunable says why): precision only
         mode, last_ok, ratios = "none", False, []
     elif ctx.profile.allocation == "search":
         # Both splits at the first amount; the one closer to the original goes on (fidelity is
         # continuous, where accuracy on a few hundred samples moves in steps of one sample).
-        trials = [step(ratios[0], mode) for mode in ("uniform", "global")]
-        best = max(trials, key=lambda b: (b.candidate.within_budget, b.candidate.fidelity))
-        mode, ratios = best.candidate.allocation, ratios[1:]
-        last_ok = best.candidate.within_budget
+        trials = [b for mode in ("uniform", "global") if (b := step(ratios[0], mode))]
+        best = max(
+            trials, key=lambda b: (b.candidate.within_budget, b.candidate.fidelity), default=None
+        )
+        mode = best.candidate.allocation if best else "uniform"
+        ratios, last_ok = ratios[1:], fits(best)
     else:
         mode, last_ok = ctx.profile.allocation, True
     for ratio in ratios:
         if not last_ok or time.monotonic() > ctx.deadline:
             break  # larger amounts only lose more
-        last_ok = step(ratio, mode).candidate.within_budget
+        last_ok = fits(step(ratio, mode))
     # Precision on the three fastest within budget, the most faithful one (lower precision
     # costs quality: the candidate with the most headroom may be the one that stays within
     # budget), and the unpruned model.
