@@ -31,6 +31,7 @@ ratios: [0.5]
 allocation: uniform
 calibration_size: {calibration_size}
 latency_repeats: 3
+runtimes: [torch]
 """
 
 
@@ -173,7 +174,12 @@ def test_triton_serves_minilm_sentence_embeddings(tmp_path, minilm_bundle):
 
     # In process, on two calibration batches: the CLI's full calibration set takes minutes here.
     profile = PROFILES["cpu"].model_copy(
-        update={"ratios": [0.5], "allocation": "uniform", "latency_repeats": 3}
+        update={
+            "ratios": [0.5],
+            "allocation": "uniform",
+            "latency_repeats": 3,
+            "runtimes": ["torch"],  # Triton gets TorchScript; .venv-triton has no onnxruntime
+        }
     )
     compressed = compress(
         minilm_bundle.factory(),
