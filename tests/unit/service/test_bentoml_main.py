@@ -34,4 +34,3 @@ def test_the_default_is_a_fresh_directory_off_the_home_and_stale_ones_go(tmp_pat
         assert not stale.exists() and path.exists()  # a live server's directory stays
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
