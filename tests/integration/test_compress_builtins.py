@@ -59,6 +59,7 @@ def test_minilm_cpu_keeps_cosine_fidelity(minilm_bundle, tmp_path):
             "allocation": "global",
             "latency_repeats": 5,
             "quantization": "none",
+            "runtimes": ["torch"],  # the module is read as a transformers model below
         }
     )
     variant = compress(
@@ -106,7 +107,14 @@ def test_neighbour_recall_floor_rejects_variants_that_fold_the_embedding_space()
     b = resolve("digits-mlp")
     unlabelled = [(x, None) for x, _ in b.validation]  # fidelity only: the cosine metric
     kw = dict(example_inputs=b.example_inputs, calibration=b.calibration, validation=unlabelled)
-    base = {"min_fidelity": 0.0, "ratios": [0.5, 0.7], "quantization": "none"}
+    # Pruned torch modules only: an ONNX Runtime copy of the unpruned model (recall 1.0) would
+    # otherwise be a faster variant that passes the floor.
+    base = {
+        "min_fidelity": 0.0,
+        "ratios": [0.5, 0.7],
+        "quantization": "none",
+        "runtimes": ["torch"],
+    }
     strict = PROFILES["cpu"].model_copy(update={**base, "min_neighbour_recall": 1.0})
     r = compress(b.factory(), strict, **kw).report
     assert not r.accepted and "nearest neighbours" in r.reason, r.reason

@@ -204,7 +204,8 @@ def test_admin_views_and_error_statuses(client):
     assert {m["name"] for m in models} == {"digits-cnn", "minilm"}
     assert all(m["active_variant"] == "original" for m in models)
     variants = client.admin("GET", "/models/digits-cnn/variants").json()["variants"]
-    assert [v["id"] for v in variants] == ["original"] and variants[0]["active"]
+    # The BentoML store is one per test process: other tests' digits-cnn variants may be listed.
+    assert [v["id"] for v in variants if v["active"]] == ["original"], variants
     cases = [
         ("GET", "/models/nope/variants", None, 404, "unknown model"),
         ("POST", "/models/nope/compress", {}, 404, "unknown model"),
