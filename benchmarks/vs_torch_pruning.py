@@ -65,7 +65,7 @@ class Setup:
 
 
 def setup(name: str) -> Setup:
-    from compression import PROFILES, graph, rebuild, search
+    from compression import PROFILES, graph, importance, rebuild
     from compression.inputs import concat, index, materialize
     from compression.metrics import outputs
     from service.models.sources import resolve
@@ -92,7 +92,7 @@ def setup(name: str) -> Setup:
         copy.deepcopy(original), bundle.example_inputs, units, "magnitude"
     )
     mid = time.perf_counter()
-    stats, lsq = search.score_units(original, bundle.example_inputs, units, "lsq", calibration)
+    stats, lsq = importance.score_units(original, bundle.example_inputs, units, "lsq", calibration)
     end = time.perf_counter()
     return Setup(
         name=name,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from compression import graph, importance, metrics, rebuild, runtimes, search, verify
+from compression import graph, importance, metrics, rebuild, runtimes, search, splits, verify
 from compression.errors import CompressionError, DataError, UntraceableModelError
 from compression.inputs import (
     Batch,
@@ -159,8 +159,11 @@ def prepare(
         for b in materialize(calibration, "calibration", profile.calibration_size)
     ]
     check_runs(original, calib_list[0], "calibration")
-    if validation is None:
-        val_list = [(b, None) for b in calib_list]
+    in_sample = False
+    if validation is None:  # hold part of the calibration data out of every fit
+        calib_list, held = splits.holdout(calib_list)
+        in_sample = held is None
+        val_list = [(b, None) for b in calib_list] if in_sample else held
     else:
         val_list = [(to_device(x, device), y) for x, y in materialize(validation, "validation")]
         check_runs(original, val_list[0][0], "validation")
@@ -195,15 +198,11 @@ def prepare(
         )
     scoring_s = time.perf_counter() - t
     probe = index(calib, slice(0, PROBE_SAMPLES))
-    reference_val = metrics.outputs(original, val_list)
-    reference_perplexity = None
-    if metric == "perplexity":
-        reference_perplexity = metrics.perplexity(original, val_list)
-        metric_before, budget = 1.0, 1.0 / (1.0 + profile.max_perplexity_increase)
-    else:
-        metric_before = metrics.score(metric, reference_val, val_list, reference_val)
-        labelled = metric != "cosine"
-        budget = metric_before - profile.max_drop if labelled else profile.min_fidelity
+    # Selection (every candidate) and confirmation (the chosen one): see compression.splits.
+    selection, confirmation = splits.interleave(val_list)
+    limits = (profile.max_drop, profile.min_fidelity, profile.max_perplexity_increase)
+    sel = splits.evaluation(original, selection, metric, *limits)
+    conf = splits.evaluation(original, confirmation, metric, *limits) if confirmation else None
     lat_source = val_list[0][0]
     if batch_size(lat_source) < profile.latency_batch:  # GPU batches span several
         lat_source = concat([x for x, _ in val_list])
@@ -212,21 +211,24 @@ def prepare(
         profile=profile,
         example_inputs=example_inputs,
         calibration=calib,
-        validation=val_list,
+        validation=sel.data,
         metric=metric,
         units=units,
         scores=scores,
         stats=stats,
         reference=rebuild.reference_outputs(original, probe),
         probe=probe,
-        reference_val=reference_val,
+        reference_val=sel.reference,
         latency_batch=index(lat_source, slice(0, profile.latency_batch)),
-        budget=budget,
+        budget=sel.budget,
         deadline=deadline,
         progress=progress,
         should_stop=should_stop,
         timings={"scoring": round(scoring_s, 3)},
-        metric_before=metric_before,
+        metric_before=sel.metric_before,
         unprunable=unprunable,
-        reference_perplexity=reference_perplexity,
+        reference_perplexity=sel.reference_perplexity,
+        selection=sel,
+        confirmation=conf,
+        in_sample=in_sample,
     )

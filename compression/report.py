@@ -74,6 +74,10 @@ class CompressionReport:
     runtimes: list[str] = field(default_factory=list)
     # Task pruning (compression.task): class names and how the head was trained.
     task: dict | None = None
+    # Figures per data split (compression.splits): calibration (samples the fits used),
+    # selection (the chosen candidate where the search measured it), confirmation (where
+    # acceptance was decided; metric_after, fidelity and neighbour_recall are these).
+    splits: dict = field(default_factory=dict)
 
     @property
     def macs_reduction(self) -> float:
@@ -155,6 +159,9 @@ def build_report(
     """
     chosen, c = verdict.chosen, verdict.chosen.candidate
     name = metric_name(ctx.metric)
+    # What the report claims comes from the confirmation split when there is one.
+    final = ctx.confirmation or ctx.selection
+    conf = verdict.confirmed or {"metric": c.metric, "fidelity": c.fidelity, "recall": c.recall}
     steps = list(chosen.steps)
     steps += [{"step": "prune", "kept": False, "detail": f"failed: {f}"} for f in ctx.failures]
     if ctx.unprunable:
@@ -168,7 +175,9 @@ def build_report(
         {
             "step": "verify",
             "kept": verdict.accepted,
-            "detail": f"{name} {c.metric:.4f} vs budget {ctx.budget:.4f}"
+            "detail": f"{name} {conf['metric']:.4f} vs budget {final.budget:.4f}"
+            + (" on the confirmation split" if verdict.confirmed else "")
+            + "".join(f"; refused {r}" for r in verdict.refused)
             + (
                 f" (ratio of perplexities; the original's is {ctx.reference_perplexity:.3f})"
                 if ctx.metric == "perplexity"
@@ -178,7 +187,7 @@ def build_report(
     )
     task_metrics = None
     if ctx.metric not in ("cosine", "perplexity") and not callable(ctx.metric):  # accuracy, F1
-        task_metrics = classification_report(ctx.reference_val, chosen.module, ctx.validation)
+        task_metrics = classification_report(final.reference, chosen.module, final.data)
     return CompressionReport(
         model=model,
         profile=ctx.profile.name,
@@ -192,10 +201,10 @@ def build_report(
         latency_ms_after=round(verdict.latency_ms_after, 4),
         speedup=round(verdict.speedup, 4),
         metric=name,
-        metric_before=round(ctx.metric_before, 6),
-        metric_after=c.metric,
-        fidelity=c.fidelity,
-        budget=round(ctx.budget, 6),
+        metric_before=round(final.metric_before, 6),
+        metric_after=conf["metric"],
+        fidelity=conf["fidelity"],
+        budget=round(final.budget, 6),
         seconds=round(time.perf_counter() - started, 2),
         steps=steps,
         ratio=c.ratio,
@@ -204,11 +213,36 @@ def build_report(
         precision=c.precision,
         sparsity=c.sparsity,
         target_met=verdict.target_met,
-        neighbour_recall=c.recall,
+        neighbour_recall=conf["recall"],
         timings=ctx.timings,
         candidates=[b.candidate for b in candidates],
         task_metrics=task_metrics,
+        splits=split_figures(ctx, c, verdict),
     )
+
+
+def split_figures(ctx: SearchContext, c: Candidate, verdict: Verdict) -> dict:
+    """Samples and the chosen candidate's figures on each data split (report.splits)."""
+    from compression.inputs import batch_size
+
+    figures = {
+        "calibration": {"samples": batch_size(ctx.calibration), "used_for": "fits"},
+        "selection": {
+            "samples": ctx.selection.samples if ctx.selection else None,
+            "metric": c.metric,
+            "fidelity": c.fidelity,
+            "recall": c.recall,
+            "used_for": "search"
+            + (" (in-sample: too little data to hold any out)" if ctx.in_sample else ""),
+        },
+    }
+    if ctx.confirmation is not None and verdict.confirmed is not None:
+        figures["confirmation"] = {
+            "samples": ctx.confirmation.samples,
+            **{k: verdict.confirmed[k] for k in ("metric", "fidelity", "recall")},
+            "used_for": "acceptance",
+        }
+    return figures
 
 
 def classification_report(reference_val: list, module, val_list: list) -> dict:

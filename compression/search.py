@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from compression import allocation, graph, metrics, precision, rebuild, sparsity
+from compression import allocation, graph, metrics, precision, rebuild, sparsity, splits
 from compression.errors import Cancelled, CompressionError
 from compression.graph import PruneUnit
 from compression.inputs import Batch
@@ -67,6 +67,11 @@ class SearchContext:
     unprunable: str | None = None  # why the model has no prunable unit (then: precision only)
     reference_perplexity: float | None = None  # metric "perplexity": the original's
     failures: list[str] = field(default_factory=list)  # amounts whose cut or rebuild failed
+    # The evaluation splits (compression.splits): ``validation``, ``reference_val``, ``budget``,
+    # ``metric_before`` and ``reference_perplexity`` above are the selection split's.
+    selection: splits.Evaluation | None = None
+    confirmation: splits.Evaluation | None = None  # None: too little data to hold any out
+    in_sample: bool = False  # no validation and too little calibration to hold any out
 
     def tick(self, key: str, start: float) -> None:
         self.timings[key] = round(self.timings.get(key, 0.0) + time.perf_counter() - start, 3)
@@ -79,16 +84,8 @@ class SearchContext:
 def measure(ctx: SearchContext, module: nn.Module, float_module: nn.Module, **info) -> Candidate:
     """Metric, fidelity, MACs, params and latency of one candidate."""
     start = time.perf_counter()
-    out = metrics.outputs(module, ctx.validation)
-    if ctx.metric == "perplexity":  # the original's perplexity over this one's (higher: better)
-        value = ctx.reference_perplexity / metrics.perplexity(module, ctx.validation)
-    else:
-        value = metrics.score(ctx.metric, out, ctx.validation, ctx.reference_val)
-    fidelity = value if ctx.metric == "cosine" else metrics.cosine(out, ctx.reference_val)
     floor = ctx.profile.min_neighbour_recall
-    recall = None
-    if ctx.metric == "cosine" and floor is not None:
-        recall = metrics.neighbour_recall(out, ctx.reference_val)
+    value, fidelity, recall = splits.measure(module, ctx.selection, ctx.metric, floor)
     macs, params = macs_params(float_module, ctx.example_inputs)
     lat = latency_ms(module, ctx.latency_batch, ctx.profile.device, ctx.profile.latency_repeats)
     ctx.tick("verify", start)
@@ -98,7 +95,7 @@ def measure(ctx: SearchContext, module: nn.Module, float_module: nn.Module, **in
         latency_ms=round(lat, 4),
         metric=round(value, 6),
         fidelity=round(fidelity, 6),
-        within_budget=value >= ctx.budget - 1e-9 and (recall is None or recall >= floor - 1e-9),
+        within_budget=splits.within(ctx.selection, value, recall, floor),
         recall=None if recall is None else round(recall, 4),
         **info,
     )

@@ -3,19 +3,26 @@
 Every candidate was measured once by the search (metric, fidelity, MACs, params, latency).
 Here the ones within budget compete: for a size budget the most accurate one that fits, else
 the fastest, after re-timing the close contenders side by side (:func:`confirm_latencies`).
-The winner and the original are then timed back to back, so the reported speed-up compares
-like with like, and the variant is accepted only when it is faster or smaller.
+The winner is then measured on the confirmation split, which no choice has seen
+(:mod:`compression.splits`): it is accepted only when it holds its budget there too, else the
+next one is tried. The winner and the original are timed back to back, so the reported speed-up
+compares like with like, and the variant is accepted only when it is faster or smaller.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from compression import splits
 from compression.measure import latency_ms, macs_params
 from compression.report import Candidate
 from compression.search import Built, SearchContext
+
+# A winner on the selection split that fails on the confirmation split is dropped and the next
+# one confirmed; after this many, nothing is accepted (the selection split is not telling).
+MAX_CONFIRMATIONS = 8
 
 
 @dataclass
@@ -31,6 +38,10 @@ class Verdict:
     speedup: float
     macs_before: int
     params_before: int
+    # The chosen candidate on the confirmation split: {"metric", "fidelity", "recall"}; None
+    # when there is no confirmation split (then the selection figures stand).
+    confirmed: dict | None = None
+    refused: list[str] = field(default_factory=list)  # winners on selection that did not hold
 
 
 def confirm_latencies(
@@ -102,10 +113,32 @@ def verify(ctx: SearchContext, candidates: list[Built], base: Built) -> Verdict:
     (True, 2.4)
     """
     winner, reason = choose(ctx, candidates, base.candidate)
+    refused: list[str] = []
+    confirmed = confirm(ctx, winner) if winner is not None else None
+    while winner is not None and confirmed is not None and not confirmed["ok"]:
+        c = winner.candidate
+        refused.append(
+            f"{c.ratio:.0%} {c.allocation} {c.precision}: {ctx.metric} {c.metric:.4f} on "
+            f"selection, {confirmed['metric']:.4f} on confirmation"
+            + (f" (recall {confirmed['recall']:.4f})" if confirmed["recall"] is not None else "")
+        )
+        c.note = "over budget on the confirmation split"  # choose() skips it from now on
+        if len(refused) >= MAX_CONFIRMATIONS:
+            winner = None
+            break
+        winner, reason = choose(ctx, candidates, base.candidate)
+        confirmed = confirm(ctx, winner) if winner is not None else None
+    if winner is None and refused:
+        reason = (
+            f"no candidate held its budget on the confirmation split ({len(refused)} refused; "
+            f"first: {refused[0]})"
+        )
     if winner is None and ctx.unprunable:
         reason = f"cannot prune: {ctx.unprunable}" + (f"; {reason}" if candidates else "")
     ctx.progress(0.95, "verifying")
     chosen = winner or min(candidates, key=lambda b: b.candidate.ratio, default=base)
+    if winner is None and ctx.confirmation is not None:
+        confirmed = confirm(ctx, chosen)  # the report's figures come from one split
     profile = ctx.profile
     # Re-measure both back to back: the reported speed-up compares like with like.
     start = time.perf_counter()
@@ -141,4 +174,23 @@ def verify(ctx: SearchContext, candidates: list[Built], base: Built) -> Verdict:
         speedup=speedup,
         macs_before=macs_before,
         params_before=params_before,
+        confirmed=confirmed,
+        refused=refused,
     )
+
+
+def confirm(ctx: SearchContext, built: Built) -> dict | None:
+    """The candidate measured on the confirmation split; None without one."""
+    ev = ctx.confirmation
+    if ev is None:
+        return None
+    start = time.perf_counter()
+    floor = ctx.profile.min_neighbour_recall
+    value, fidelity, recall = splits.measure(built.module, ev, ctx.metric, floor)
+    ctx.tick("verify", start)
+    return {
+        "metric": round(value, 6),
+        "fidelity": round(fidelity, 6),
+        "recall": None if recall is None else round(recall, 4),
+        "ok": splits.within(ev, value, recall, floor),
+    }

@@ -1,0 +1,121 @@
+"""Honest verification: the data that fits, the data that chooses, the data that accepts.
+
+Scoring a variant on the samples that chose it flatters it: among many candidates, the one that
+looks best on a split is partly the one whose errors happen to miss that split. So the engine
+keeps three disjoint sets, and the report gives a figure for each:
+
+- **calibration** -- importance scores and every rebuild fit (refit, bias, BN statistics);
+- **selection** -- every candidate is measured here; the search and the choice use it;
+- **confirmation** -- only the chosen candidate is measured here; it decides acceptance, and
+  the report's ``metric_after`` / ``fidelity`` / ``neighbour_recall`` are its figures.
+
+Validation data is split sample by sample (even samples of each batch select, odd ones confirm),
+so both halves come from the same source in the same proportions. Without ``validation=``, the
+last quarter of the calibration samples is held out of every fit and split the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from compression import metrics
+from compression.inputs import Batch, batch_size, concat, index, split
+
+# Without validation data, this share of the calibration samples is held out of the fits.
+HOLDOUT_FRACTION = 0.25
+HOLDOUT_MIN_SAMPLES = 8  # fewer calibration samples than 2x this: nothing is held out
+
+
+@dataclass
+class Evaluation:
+    """One evaluation split with what the original scored on it."""
+
+    data: list  # [(inputs, labels or None), ...]
+    reference: list[torch.Tensor]  # the original's per-sample outputs (metrics.outputs)
+    metric_before: float  # the original's metric (1.0 for cosine and perplexity ratios)
+    budget: float  # smallest metric a variant may have here
+    reference_perplexity: float | None = None  # metric "perplexity": the original's
+
+    @property
+    def samples(self) -> int:
+        return sum(batch_size(x) for x, _ in self.data)
+
+
+def _take_labels(labels: object, idx: torch.Tensor) -> object:
+    if labels is None:
+        return None
+    if isinstance(labels, torch.Tensor):
+        return labels[idx.to(labels.device)]
+    if isinstance(labels, np.ndarray):
+        return labels[idx.numpy()]
+    return [labels[i] for i in idx.tolist()]
+
+
+def interleave(validation: list) -> tuple[list, list]:
+    """(selection, confirmation): even samples of every batch, odd samples of every batch.
+
+    A batch of one sample goes to selection; confirmation is empty when every batch has one.
+    """
+    selection, confirmation = [], []
+    for inputs, labels in validation:
+        n = batch_size(inputs)
+        even, odd = torch.arange(0, n, 2), torch.arange(1, n, 2)
+        selection.append((index(inputs, even), _take_labels(labels, even)))
+        if len(odd):
+            confirmation.append((index(inputs, odd), _take_labels(labels, odd)))
+    return selection, confirmation
+
+
+def holdout(calibration: list[Batch], chunk: int = 32) -> tuple[list[Batch], list | None]:
+    """(fit batches, held-out validation pairs) from calibration batches; None when too few."""
+    joined = concat(calibration)
+    n = batch_size(joined)
+    held = int(n * HOLDOUT_FRACTION)
+    if held < HOLDOUT_MIN_SAMPLES or n - held < HOLDOUT_MIN_SAMPLES:
+        return calibration, None
+    fit = split(index(joined, slice(0, n - held)), chunk)
+    val = [(b, None) for b in split(index(joined, slice(n - held, n)), chunk)]
+    return fit, val
+
+
+def evaluation(
+    original: torch.nn.Module,
+    data: list,
+    metric: metrics.Metric,
+    max_drop: float,
+    min_fidelity: float,
+    max_perplexity_increase: float,
+) -> Evaluation:
+    """The original scored on ``data``, and the budget a variant must meet there."""
+    reference = metrics.outputs(original, data)
+    if metric == "perplexity":
+        ppl = metrics.perplexity(original, data)
+        return Evaluation(data, reference, 1.0, 1.0 / (1.0 + max_perplexity_increase), ppl)
+    before = metrics.score(metric, reference, data, reference)
+    budget = min_fidelity if metric == "cosine" else before - max_drop
+    return Evaluation(data, reference, before, budget)
+
+
+def measure(
+    module: torch.nn.Module, ev: Evaluation, metric: metrics.Metric, recall_floor: float | None
+) -> tuple[float, float, float | None]:
+    """(metric, cosine fidelity, neighbour recall or None) of ``module`` on one split."""
+    out = metrics.outputs(module, ev.data)
+    if metric == "perplexity":  # the original's perplexity over this one's (higher: better)
+        value = ev.reference_perplexity / metrics.perplexity(module, ev.data)
+    else:
+        value = metrics.score(metric, out, ev.data, ev.reference)
+    fidelity = value if metric == "cosine" else metrics.cosine(out, ev.reference)
+    recall = None
+    if metric == "cosine" and recall_floor is not None:
+        recall = metrics.neighbour_recall(out, ev.reference)
+    return value, fidelity, recall
+
+
+def within(ev: Evaluation, value: float, recall: float | None, recall_floor: float | None) -> bool:
+    """Whether a measured (metric, recall) meets the split's budget and the recall floor."""
+    recall_ok = recall is None or recall_floor is None or recall >= recall_floor - 1e-9
+    return value >= ev.budget - 1e-9 and recall_ok

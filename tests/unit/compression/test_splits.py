@@ -1,0 +1,92 @@
+"""Honest verification: selection and confirmation splits, hold-out without validation data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from compression import PROFILES, compress
+from compression.splits import holdout, interleave
+
+
+def test_interleave_gives_disjoint_halves_with_their_labels():
+    x = torch.arange(10.0).reshape(10, 1)
+    y = torch.arange(10) * 10
+    sel, conf = interleave([(x, y), (x[:1], np.array([7]))])
+    assert sel[0][0].flatten().tolist() == [0, 2, 4, 6, 8]
+    assert conf[0][0].flatten().tolist() == [1, 3, 5, 7, 9]
+    assert sel[0][1].tolist() == [0, 20, 40, 60, 80] and conf[0][1].tolist() == [10, 30, 50, 70, 90]
+    assert len(sel) == 2 and len(conf) == 1  # a one-sample batch selects only
+    tokens = {"input_ids": torch.arange(12).reshape(4, 3), "attention_mask": torch.ones(4, 3)}
+    sel, conf = interleave([(tokens, None)])
+    assert sel[0][0]["input_ids"][:, 0].tolist() == [0, 6] and conf[0][1] is None
+
+
+def test_holdout_keeps_a_quarter_of_the_calibration_out_of_the_fits():
+    fit, held = holdout([torch.randn(40, 3), torch.randn(24, 3)])
+    assert (
+        sum(b.shape[0] for b in fit) == 48 and sum(b.shape[0] for x in [held] for b, _ in x) == 16
+    )
+    fit, held = holdout([torch.randn(12, 3)])  # too few to hold any out
+    assert held is None and fit[0].shape[0] == 12
+
+
+def _subspace_model():
+    """Calibration in an 8-dim subspace of 32; odd validation samples leave it."""
+    torch.manual_seed(0)
+    basis = torch.randn(32, 8)
+
+    def inputs(n, wide=False):
+        x = torch.randn(n, 8) @ basis.T
+        return x + torch.randn(n, 32) if wide else x
+
+    model = nn.Sequential(
+        nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 16)
+    ).eval()
+    val = torch.empty(128, 32)
+    val[0::2], val[1::2] = inputs(64), inputs(64, wide=True)
+    return model, inputs(256), val
+
+
+def test_a_winner_that_does_not_hold_on_confirmation_is_refused():
+    model, cal, val = _subspace_model()
+    profile = PROFILES["cpu"].model_copy(
+        update={
+            "min_fidelity": 0.99,
+            "quantization": "none",
+            "runtimes": ["torch"],
+            "ratios": [0.2, 0.4],
+            "latency_repeats": 3,
+        }
+    )
+    r = compress(
+        model, profile, example_inputs=cal[:4], calibration=[cal], validation=[(val, None)]
+    ).report
+    sel, conf = r.splits["selection"], r.splits["confirmation"]
+    assert sel["samples"] == conf["samples"] == 64
+    # Selection passes (0.99), confirmation does not: nothing is accepted, and the report's
+    # figures are the confirmation split's.
+    assert sel["metric"] >= 0.99 > conf["metric"], r.splits
+    assert not r.accepted and "confirmation split" in r.reason, r.reason
+    assert r.fidelity == conf["fidelity"] < 0.99
+    refused = [c for c in r.candidates if c.note == "over budget on the confirmation split"]
+    assert len(refused) >= 1, r.candidates
+
+
+@pytest.mark.parametrize("validation", [False, True])
+def test_report_figures_come_from_the_confirmation_split(validation):
+    model, cal, val = _subspace_model()
+    profile = PROFILES["cpu"].model_copy(
+        update={"min_fidelity": 0.9, "quantization": "none", "runtimes": ["torch"],
+                "ratios": [0.2], "latency_repeats": 3}
+    )  # fmt: skip
+    kw = {"validation": [(val[0::2], None)]} if validation else {}
+    r = compress(model, profile, example_inputs=cal[:4], calibration=[cal], **kw).report
+    assert r.accepted, r.reason
+    s = r.splits
+    # Without validation, a quarter of the 256 calibration samples is held out of the fits.
+    assert s["calibration"]["samples"] == (256 if validation else 192), s
+    assert s["selection"]["samples"] + s["confirmation"]["samples"] == (64 if validation else 64)
+    assert r.metric_after == s["confirmation"]["metric"] and r.budget == 0.9
