@@ -12,7 +12,8 @@ A variant directory holds::
 Loading takes a freshly built original from the caller (the engine knows no model catalog; the
 service's catalog offers ``service.models.load(dir)``, which builds the model the plan names),
 replays the plan, loads the weights after checking their checksum, and re-applies the precision
-step.
+step. ``load_variant(..., runtime="torch")`` gives the torch form of any variant, an ONNX
+Runtime one included, without importing onnxruntime (what a TorchScript export needs).
 """
 
 from __future__ import annotations
@@ -108,11 +109,31 @@ def check_version(plan: dict, directory: str | Path) -> None:
         )
 
 
-def load_variant(directory: str | Path, model: nn.Module) -> CompressedModel:
+# What load_variant(runtime=...) accepts: None serves the variant in the runtime its plan names.
+LOAD_RUNTIMES = (None, "torch", "onnxruntime")
+
+
+def load_variant(
+    directory: str | Path, model: nn.Module, runtime: str | None = None
+) -> CompressedModel:
     """Load a saved variant onto ``model``, a freshly built copy of the original.
 
+    ``runtime`` picks the form of ``.module``: ``None`` the runtime the plan serves with (an
+    :class:`~compression.runtimes.OrtModule` for an ONNX Runtime variant), ``"torch"`` the torch
+    form whatever runtime serves it (the float weights in the plan's dtype and quantization,
+    ``precision.apply``; for an ONNX Runtime variant that is float32, since ONNX Runtime's int8
+    lives in its graph, not in the plan), never importing onnxruntime, so a TorchScript export
+    works where ONNX Runtime is not installed. ``"onnxruntime"`` insists on the ONNX graph and
+    refuses a variant that torch serves.
+
     >>> variant = load_variant("out/", model=build_original())  # doctest: +SKIP
+    >>> scriptable = load_variant("out/", model=build_original(), runtime="torch")  # doctest: +SKIP
     """
+    if runtime not in LOAD_RUNTIMES:  # a caller's mistake, not a variant's
+        raise ValueError(
+            f"load_variant: runtime={runtime!r} is not one of None (the plan's runtime), "
+            "'torch' (the torch form of any variant) or 'onnxruntime' (the variant's ONNX graph)"
+        )
     directory = Path(directory)
     try:
         plan = json.loads((directory / "plan.json").read_text())
@@ -124,6 +145,12 @@ def load_variant(directory: str | Path, model: nn.Module) -> CompressedModel:
     except (json.JSONDecodeError, TypeError) as err:
         raise VariantError(f"{directory}: plan.json or report.json is corrupted: {err}") from None
     check_version(plan, directory)
+    served_by = plan.get("runtime", "torch")
+    if runtime == "onnxruntime" and served_by != "onnxruntime":
+        raise VariantError(
+            f"{directory}: runtime='onnxruntime' asked for, but this variant is served by "
+            f"{served_by} and has no ONNX graph; load it with runtime=None or 'torch'"
+        )
     weights = directory / "weights.safetensors"
     if not weights.is_file():
         raise VariantError(f"{directory} is not a variant: weights.safetensors is missing")
@@ -142,7 +169,7 @@ def load_variant(directory: str | Path, model: nn.Module) -> CompressedModel:
     state |= {name: state[kept] for name, kept in plan.get("tied", {}).items()}
     float_module = plan_mod.replay(model, plan["structure"], state).eval()
     sparsity = plan.get("sparsity", "none")
-    if plan.get("runtime") == "onnxruntime":
+    if served_by == "onnxruntime" and runtime != "torch":
         from compression.runtimes import load_onnx
 
         module = load_onnx(directory, plan, threads=(plan.get("profile") or {}).get("threads"))

@@ -227,7 +227,7 @@ def prepare(
     A variant compressed for a CUDA profile is captured on the GPU where one is present, so
     device constants a trace records (Hugging Face's mask tensors) are the ones it serves on.
     """
-    from compression import load_variant, precision
+    from compression import load_variant
     from compression.errors import CompressionError
     from service.models import resolve
 
@@ -248,17 +248,13 @@ def prepare(
             raise CompressionError(
                 f"{variant_dir}: the plan records no model source, so the model cannot be built"
             )
-        variant = load_variant(variant_dir, model=bundle.factory())
+        # The torch form, whichever runtime serves the variant (an ONNX Runtime variant's float
+        # weights in the plan's precision): never imports onnxruntime, which Triton's
+        # environment may lack.
+        variant = load_variant(variant_dir, model=bundle.factory(), runtime="torch")
     except CompressionError as err:
         raise ExportError(str(err)) from None
-    # The torch form of the variant, whichever runtime serves it (an ONNX Runtime variant's
-    # module is a session): its float weights in the plan's precision.
-    module = precision.apply(
-        variant.float_module,
-        plan.get("dtype", "float32"),
-        plan.get("quantization", "none"),
-        plan.get("sparsity", "none"),
-    ).eval()
+    module = variant.module
     dtype = _DTYPES.get(plan.get("dtype", "float32"), torch.float32)
     gpu = (plan.get("profile") or {}).get("device") == "cuda" and torch.cuda.is_available()
     device = "cuda" if gpu and plan.get("quantization", "none") == "none" else "cpu"
