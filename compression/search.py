@@ -1,7 +1,8 @@
 """The search: prune -> rebuild -> verify, over pruning amounts and layer splits, within budget.
 
 Both layer splits (uniform, global) are tried at the first amount and the one closer to the
-original goes on; amounts are tried in increasing order until one goes over budget; every
+original goes on; amounts are tried in increasing order until one goes over budget (when the
+smallest is already over, half of it is tried); every
 candidate is measured (metric on validation data, MACs, params, latency on the profile's
 device; for the cosine metric also neighbour recall, see ``metrics.neighbour_recall``). The
 profile's precision step is then tried on the fastest candidates, the most faithful one and the
@@ -29,6 +30,7 @@ from compression.profiles import DeviceProfile
 from compression.report import Candidate
 
 Progress = Callable[[float, str], None]
+MIN_RATIO = 0.05  # the smallest amount the search backs off to
 
 
 @dataclass
@@ -191,6 +193,13 @@ def run(ctx: SearchContext, original_built: Built) -> list[Built]:
         ratios, last_ok = ratios[1:], fits(best)
     else:
         mode, last_ok = ctx.profile.allocation, True
+        first = step(ratios[0], mode) if ratios else None
+        ratios, last_ok = ratios[1:], fits(first)
+    if ctx.units and built and not any(fits(b) for b in built):
+        # The smallest amount already breaks the budget: back off below it (half of it).
+        smaller = round(sorted(ctx.profile.ratios)[0] / 2, 4)
+        if smaller >= MIN_RATIO and time.monotonic() < ctx.deadline:
+            step(smaller, mode)
     for ratio in ratios:
         if not last_ok or time.monotonic() > ctx.deadline:
             break  # larger amounts only lose more

@@ -3,15 +3,21 @@
 - the help topics of the language reference (``pydoc_data.topics``): prose about syntax and
   semantics;
 - the docstrings of widely used standard-library modules (read with :mod:`ast`, nothing is
-  imported): prose about what functions and classes do.
+  imported): prose about what functions and classes do;
+- the IDLE user guide (``idlelib/help.html``): how to use an editor, a third register.
 
-Calibration and validation each take half of their sentences from each source, so neither the
-fits nor the checks see one register only; the two never share a sentence.
+Calibration takes half of its sentences from each of the first two sources, so the fits do not
+see one register only. Validation interleaves sentences of those two (even positions) with
+sentences of the user guide (odd positions): the engine's selection split (even samples) is
+text like the calibration's, its confirmation split (odd samples) a register no fit and no
+choice has seen, so what a report claims is measured on text from another source. No two sets
+share a sentence.
 """
 
 from __future__ import annotations
 
 import ast
+import html.parser
 import random
 import re
 import sysconfig
@@ -82,25 +88,73 @@ def docstring_sentences() -> tuple[str, ...]:
     return _shuffled(set(prose_sentences("\n\n".join(docs))) - set(stdlib_sentences()))
 
 
+class _PageText(html.parser.HTMLParser):
+    """The prose of an HTML page: code blocks left out, block elements as paragraphs."""
+
+    BLOCKS = ("p", "li", "dd", "dt", "h1", "h2", "h3", "div", "br", "tr")
+    SKIP = ("pre", "script", "style")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
+        self.skipping = 0
+
+    def handle_starttag(self, tag, attrs) -> None:
+        self.skipping += tag in self.SKIP
+        if tag in self.BLOCKS:
+            self.parts.append("\n\n")
+
+    def handle_endtag(self, tag) -> None:
+        self.skipping -= tag in self.SKIP
+        if tag in self.BLOCKS:
+            self.parts.append("\n\n")
+
+    def handle_data(self, data) -> None:
+        if not self.skipping:
+            self.parts.append(data)
+
+
+@lru_cache(maxsize=1)
+def guide_sentences() -> tuple[str, ...]:
+    """Distinct prose sentences of the IDLE user guide, shuffled; empty where it is missing."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("idlelib")
+    page = Path(spec.origin).parent / "help.html" if spec and spec.origin else None
+    if page is None or not page.is_file():
+        return ()
+    parser = _PageText()
+    parser.feed(page.read_text(encoding="utf-8"))
+    known = set(stdlib_sentences()) | set(docstring_sentences())
+    return _shuffled(set(prose_sentences("".join(parser.parts))) - known)
+
+
+def _interleave(*parts: list[str]) -> list[str]:
+    return [s for group in zip(*parts, strict=False) for s in group]
+
+
 def sentence_split(
     n_calibration: int = 512, n_validation: int = 384
 ) -> tuple[list[str], list[str]]:
-    """Disjoint calibration and validation sentences, half from each source, interleaved."""
-    sources = (stdlib_sentences(), docstring_sentences())
-    need = [(n + 1) // 2 for n in (n_validation, n_calibration)]
-    if any(len(src) < sum(need) for src in sources):
+    """Disjoint calibration and validation sentences (see the module docstring).
+
+    Where the user guide is missing from an installation, validation is the first two sources
+    only (then the confirmation split is the same register as the calibration).
+    """
+    topics, docs, guide = stdlib_sentences(), docstring_sentences(), guide_sentences()
+    half = n_validation // 2
+    in_register = half if len(guide) >= half else n_validation
+    need = (n_calibration + in_register + 1) // 2
+    if min(len(topics), len(docs)) < need:
         raise ValueError(
             f"asked for {n_calibration}+{n_validation} sentences, the standard library has "
-            f"{min(len(src) for src in sources)} per source"
+            f"{min(len(topics), len(docs))} per source"
         )
-
-    def mixed(start: int, n: int) -> list[str]:
-        pairs = zip(sources[0][start : start + n], sources[1][start : start + n], strict=True)
-        return [s for pair in pairs for s in pair]
-
-    validation = mixed(0, need[0])[:n_validation]
-    calibration = mixed(need[0], need[1])[:n_calibration]
-    return calibration, validation
+    mixed = _interleave(list(topics[:need]), list(docs[:need]))
+    seen, calibration = mixed[:in_register], mixed[in_register : in_register + n_calibration]
+    if in_register == n_validation:
+        return calibration, seen
+    return calibration, _interleave(seen, list(guide[:half]))
 
 
 def read_sentences(path: str) -> list[str]:
