@@ -178,6 +178,7 @@ class RebuildContext:
     stats: dict[str, InputStats]
     ridge: float = 1e-2
     distill_seconds: float = 0.0
+    cache: dict | None = None  # the original's captured outputs, shared by candidates (refit)
 
 
 # A step changes ``ctx.pruned`` and returns (how many layers/steps it changed, what it did);
@@ -205,7 +206,7 @@ def refit_step(ctx: RebuildContext) -> tuple[int, str]:
     """Ridge refit of every consumer of a cut (:func:`compression.refit.refit_consumers`)."""
     skipped: dict[str, str] = {}
     n = refit_consumers(
-        ctx.pruned, ctx.original, ctx.units, ctx.removed, ctx.batch, ctx.ridge, skipped
+        ctx.pruned, ctx.original, ctx.units, ctx.removed, ctx.batch, ctx.ridge, skipped, ctx.cache
     )
     detail = f"{n} consumer layers refit (ridge {ctx.ridge})" if n else "no consumer it can refit"
     if skipped:
@@ -233,6 +234,7 @@ def rebuild(
     ridge: float = 1e-2,
     distill_seconds: float = 0.0,
     probe: Batch | None = None,
+    cache: dict | None = None,
 ) -> list[StepRecord]:
     """Run the ladder's named ``steps`` (see :data:`STEPS`) on ``pruned`` in place; returns one
     record per step tried.
@@ -240,8 +242,11 @@ def rebuild(
     Steps fit on all of ``batch``; the error that decides whether a step stays is measured on
     ``probe`` (a slice of it, with ``reference`` its original outputs) when given, else on
     ``batch`` -- three full calibration forwards per candidate are most of the ladder's time.
+    ``cache``: see :func:`compression.refit.refit_consumers` (one dict per original and batch).
     """
-    ctx = RebuildContext(pruned, original, units, removed, batch, stats, ridge, distill_seconds)
+    ctx = RebuildContext(
+        pruned, original, units, removed, batch, stats, ridge, distill_seconds, cache
+    )
     check = batch if probe is None else probe
     records = []
     error = calibration_error(pruned, check, reference)

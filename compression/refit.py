@@ -50,11 +50,15 @@ def refit_consumers(
     batch: Batch,
     ridge: float,
     skipped: dict[str, str] | None = None,
+    cache: dict | None = None,
 ) -> int:
     """Ridge-refit every consumer of a cut (see module docstring); returns how many.
 
     Consumers of a kind the refit cannot rewrite (a grouped conv; see
     :func:`compression.layers.unsupported`) are left as they are and listed in ``skipped``.
+    ``cache`` (a dict the caller keeps for one original and one ``batch``) holds the original's
+    outputs and skip inputs of each layer once captured, so the next candidate's refit skips
+    that forward pass.
     """
     names = []
     for unit in units:
@@ -68,13 +72,11 @@ def refit_consumers(
     if not names:
         return 0
     mask = token_mask(batch)
-    targets: dict[str, torch.Tensor] = {}
+    cache = {} if cache is None else cache
 
     def capture(name):
         def hook(module, args, out):
-            rows = layers.output_rows(module, out.detach().float(), mask)
-            keep = kept_rows(name, units, removed, rows.shape[1])
-            targets[name] = rows if keep is None else rows[:, keep]
+            cache[("out", name)] = layers.output_rows(module, out.detach().float(), mask)
 
         return hook
 
@@ -86,21 +88,35 @@ def refit_consumers(
     def capture_skip(name, sign):
         def hook(module, args):
             rows = flat_tokens(args[1].detach().float(), mask)
-            skips[name] = skips.get(name, 0) + sign * rows
+            if sign > 0:
+                cache[("skip", name)] = rows
+            else:
+                skips[name] = skips.get(name, 0) + sign * rows
 
         return hook
 
-    handles = [original.get_submodule(n).register_forward_hook(capture(n)) for n in names]
-    handles += [
-        original.get_submodule(p).register_forward_pre_hook(capture_skip(n, 1.0))
-        for n, p in parents.items()
-    ]
-    try:
-        with torch.inference_mode():
-            call(original, batch)
-    finally:
-        for h in handles:
-            h.remove()
+    missing = [n for n in names if ("out", n) not in cache]
+    if missing:  # one forward of the original captures what no earlier candidate needed
+        handles = [original.get_submodule(n).register_forward_hook(capture(n)) for n in missing]
+        handles += [
+            original.get_submodule(parents[n]).register_forward_pre_hook(capture_skip(n, 1.0))
+            for n in missing
+            if n in parents
+        ]
+        try:
+            with torch.inference_mode():
+                call(original, batch)
+        finally:
+            for h in handles:
+                h.remove()
+    targets: dict[str, torch.Tensor] = {}
+    for name in names:
+        rows = cache[("out", name)]
+        keep = kept_rows(name, units, removed, rows.shape[1])
+        targets[name] = rows if keep is None else rows[:, keep]
+        if name in parents:
+            skip = cache[("skip", name)]
+            skips[name] = skip if keep is None else skip[:, keep]
 
     def refit(name):
         def hook(layer, args):

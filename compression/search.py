@@ -74,6 +74,7 @@ class SearchContext:
     selection: splits.Evaluation | None = None
     confirmation: splits.Evaluation | None = None  # None: too little data to hold any out
     in_sample: bool = False  # no validation and too little calibration to hold any out
+    refit_cache: dict = field(default_factory=dict)  # the original's layer outputs (refit)
 
     def tick(self, key: str, start: float) -> None:
         self.timings[key] = round(self.timings.get(key, 0.0) + time.perf_counter() - start, 3)
@@ -129,6 +130,7 @@ def build(ctx: SearchContext, ratio: float, mode: str) -> Built:
         ctx.profile.ridge,
         ctx.profile.distill_seconds,
         probe=ctx.probe,
+        cache=ctx.refit_cache,
     )
     pruned.eval()
     ctx.tick("prune_rebuild", start)

@@ -107,3 +107,46 @@ def test_distillation_is_time_boxed_and_helps():
     steps = rebuild.distill(pruned, model, x, seconds=0.5)
     assert steps > 0
     assert rebuild.calibration_error(pruned, x, ref) < before
+
+
+def test_refit_with_the_shared_cache_gives_the_same_weights():
+    """The original's captured outputs are reused by the next candidate, with the same result."""
+    model, x = tiny_resnet(), torch.randn(128, 3, 8, 8)
+    units = graph.find_units(model, x[:2])
+    cache: dict = {}
+    for ratio in (0.25, 0.5):  # two candidates: the second reads what the first captured
+        removed = {u.name: list(range(int(u.size * ratio))) for u in units}
+        fresh, cached = copy.deepcopy(model), copy.deepcopy(model)
+        for m in (fresh, cached):
+            graph.prune(m, x[:2], removed)
+        n = rebuild.refit_consumers(fresh, model, units, removed, x, ridge=1e-2)
+        assert rebuild.refit_consumers(cached, model, units, removed, x, 1e-2, cache=cache) == n
+        for a, b in zip(fresh.state_dict().values(), cached.state_dict().values(), strict=True):
+            assert torch.equal(a, b)
+    assert len(cache) == n  # one capture per consumer layer, reused by the second candidate
+
+
+def test_refit_cache_on_a_bert_reuses_the_residual_skips():
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=32,
+    )  # fmt: skip
+    model = BertModel(cfg).eval()
+    x = {"input_ids": torch.randint(0, 50, (16, 12)), "attention_mask": torch.ones(16, 12).long()}
+    units = graph.find_units(model, x)
+    removed = {u.name: list(range(u.granule * max(1, u.groups // 4))) for u in units}
+    fresh, cached = copy.deepcopy(model), copy.deepcopy(model)
+    for m in (fresh, cached):
+        graph.prune(m, x, removed)
+    cache: dict = {}
+    n = rebuild.refit_consumers(fresh, model, units, removed, x, ridge=1e-2)
+    rebuild.refit_consumers(cached, model, units, removed, x, 1e-2, cache=cache)  # fills
+    again = copy.deepcopy(model)
+    graph.prune(again, x, removed)
+    assert rebuild.refit_consumers(again, model, units, removed, x, 1e-2, cache=cache) == n
+    assert any(key[0] == "skip" for key in cache), sorted(cache)
+    for a, b in zip(fresh.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
