@@ -44,21 +44,32 @@ REPORT_KEYS = ("accepted", "precision", "ratio", "allocation", "speedup", "metri
                "metric_before", "metric_after", "macs_before", "macs_after", "runtimes")  # fmt: skip
 
 
-def pinned_profile(runtime: str, threads: int, quick: bool) -> dict:
+def pinned_profile(runtime: str, threads: int, args) -> dict:
     """The cpu profile as an inline mapping, pinned to one runtime, on the model's threads."""
     from compression import PROFILES
 
     profile = PROFILES["cpu"].model_dump()
     profile |= {"name": f"cpu-{runtime}", "runtimes": [runtime], "threads": threads}
-    if quick:
+    # The search stops trying amounts at the time limit; the runtime step, verification and
+    # saving come after it, and a job runs at most 1.2x its limit + 60 s: room for a busy machine.
+    profile["time_limit_s"] = args.job_limit
+    if args.quick:
         profile |= {"latency_repeats": 3, "ratios": [0.3, 0.5], "allocation": "uniform"}
     return profile
 
 
-def compress(server: SlimServer, model: str, runtime: str, threads: int, quick: bool) -> dict:
-    """One pinned compression job through the admin API: the variant and what served it."""
+def compress(server: SlimServer, model: str, runtime: str, threads: int, args) -> dict:
+    """One pinned compression job through the admin API: the variant and what served it, or
+    the job's error (that variant is then left out of the load, the others still run)."""
     start = time.perf_counter()
-    job = server.compress(model, pinned_profile(runtime, threads, quick))
+    try:
+        job = server.compress(
+            model, pinned_profile(runtime, threads, args), timeout=args.job_limit * 1.2 + 120
+        )
+    except (RuntimeError, TimeoutError) as err:
+        seconds = time.perf_counter() - start
+        print(f"compressing {model} pinned to {runtime} failed: {err}", flush=True)
+        return {"pinned": runtime, "error": str(err)[:400], "job_seconds": round(seconds, 1)}
     seconds = time.perf_counter() - start
     vid, report = job["variant"], job["report"]
     plan = json.loads((server.variant_dir(model, vid) / "plan.json").read_text())
@@ -145,9 +156,10 @@ def run(args) -> dict:
             result["threads"] = {m["name"]: m["threads"] for m in served}
             for model in args.models:
                 threads = result["threads"][model]
-                made = {rt: compress(server, model, rt, threads, args.quick) for rt in RUNTIMES}
+                made = {rt: compress(server, model, rt, threads, args) for rt in RUNTIMES}
                 result["variants"][model] = made
-                variants = {"original": "original"} | {rt: v["id"] for rt, v in made.items()}
+                variants = {"original": "original"}
+                variants |= {rt: v["id"] for rt, v in made.items() if "id" in v}
                 result["rows"] += interleaved(server, model, variants, args)
                 server.activate(model, "original")
     finally:
@@ -209,6 +221,11 @@ def markdown(result: dict, command: str) -> str:
     variant_rows = []
     for model, made in result["variants"].items():
         for v in made.values():
+            if "error" in v:
+                error = v["error"][:160].replace("|", "/")
+                failed = f"job failed after {v['job_seconds']} s: {error}"
+                variant_rows.append([model, f"`{v['pinned']}`", "–", failed, *["–"] * 7])
+                continue
             macs = v["macs_before"] / max(v["macs_after"] or 1, 1)
             variant_rows.append(
                 [model, f"`{v['pinned']}`", f"`{v['id']}`", v["served_by"], str(v["precision"]),
@@ -265,6 +282,9 @@ def parse(argv=None):
     p.add_argument("--duration", type=float, default=5.0, help="seconds measured per variant")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds discarded per variant")
     p.add_argument("--models", default=None, help="default digits-cnn,minilm; quick: digits-cnn")
+    p.add_argument(
+        "--job-limit", type=float, default=600.0, help="time_limit_s of each compression job"
+    )
     p.add_argument("--home", help="keep the server's SLIMSERVE_HOME here (default: a temp dir)")
     args = p.parse_args(argv)
     if args.quick:
