@@ -27,6 +27,7 @@ from compression import graph, layers
 from compression.graph import PruneUnit
 from compression.inputs import (
     Batch,
+    buckets,
     call,
     main_output,
     split,
@@ -45,15 +46,17 @@ class InputStats:
 
 def observe_inputs(model: nn.Module, layer_names: list[str], batch: Batch, record) -> None:
     """One forward over ``batch`` calling ``record(name, layer, x, mask)`` on each named layer's input."""
-    mask = token_mask(batch)
+    mask = [None]  # the mask of the part being run (token batches run as length buckets)
 
     def hook(name):
-        return lambda layer, args: record(name, layer, args[0].detach().float(), mask)
+        return lambda layer, args: record(name, layer, args[0].detach().float(), mask[0])
 
     handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in set(layer_names)]
     try:
         with torch.inference_mode():
-            call(model, batch)
+            for part in buckets(batch):
+                mask[0] = token_mask(part)
+                call(model, part)
     finally:
         for h in handles:
             h.remove()
@@ -72,9 +75,9 @@ def _stats_recorder(sums: dict[str, list]):
 
 def _gram_recorder(grams: dict[str, list]):
     def record(name, layer, x, mask):
-        rows = layers.input_rows(layer, x, mask).double()
+        rows = layers.input_rows(layer, x, mask)
         acc = grams.setdefault(name, [0.0, 0])
-        acc[0] = acc[0] + rows.T @ rows
+        acc[0] = acc[0] + (rows.T @ rows).double()  # products in float32, sums in float64
         acc[1] += rows.shape[0]
 
     return record

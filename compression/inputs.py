@@ -166,3 +166,26 @@ def conv_rows(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride
     )
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+def buckets(batch: Batch, n: int = 4) -> list[Batch]:
+    """Samples of a right-padded token batch sorted by length into ``n`` parts, each cut to its
+    longest sample: the forward computes the real tokens, not the padding. Other batches whole.
+    """
+    mask = token_mask(batch)
+    if mask is None or not isinstance(batch, dict) or mask.shape[0] < 2 * n:
+        return [batch]
+    lengths = mask.sum(1)
+    width = mask.shape[1]
+    right_padded = bool((mask == (torch.arange(width) < lengths[:, None]).to(mask.dtype)).all())
+    if not right_padded:
+        return [batch]
+    out = []
+    for idx in torch.argsort(lengths, stable=True).chunk(n):
+        part = index(batch, idx)
+        cut = max(1, int(lengths[idx].max()))
+        fits = [v.dim() == 2 and v.shape == mask[idx].shape for v in part.values()]
+        out.append(
+            {k: v[:, :cut] if f else v for (k, v), f in zip(part.items(), fits, strict=True)}
+        )
+    return out

@@ -4,20 +4,24 @@ Every consumer of a cut (a layer whose input channels were removed) is refit by 
 min ||X_pruned W - Y_original||^2 + lambda ||W||^2, where X are the pruned model's *own* inputs
 to the layer (so error left upstream is compensated too) and Y the original layer's outputs.
 One forward pass does all layers: each is refit in a hook just before it runs, so the next layer
-already sees refit inputs. Layers of every kind in :mod:`compression.layers` are refit the same
+already sees refit inputs. Token batches run as length buckets (each cut to its longest
+sample), one thread per bucket meeting at every consumer, so padding costs nothing. Layers of every kind in :mod:`compression.layers` are refit the same
 way (a conv's rows are its unfolded kernel windows); grouped convs are left alone.
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 from torch import nn
 
 from compression import families, layers
 from compression.graph import PruneUnit
-from compression.inputs import Batch, call, flat_tokens, index, token_mask
+from compression.inputs import Batch, buckets, call, flat_tokens, index, token_mask
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+BARRIER_TIMEOUT_S = 600.0  # a bucket's forward that never reaches a layer fails the refit
 
 
 def kept_rows(name: str, units: list[PruneUnit], removed: dict[str, list[int]], n: int):
@@ -71,44 +75,16 @@ def refit_consumers(
     names = [n for n in names if layers.unsupported(pruned.get_submodule(n)) is None]
     if not names:
         return 0
-    mask = token_mask(batch)
     cache = {} if cache is None else cache
-
-    def capture(name):
-        def hook(module, args, out):
-            cache[("out", name)] = layers.output_rows(module, out.detach().float(), mask)
-
-        return hook
-
+    parts = buckets(batch)
+    masks = [token_mask(part) for part in parts]
     # Layers whose output joins a skip connection are fit to the *sum*: target = original output
     # + original skip - pruned skip (families.residual_parent says where the skip is).
     parents = {n: p for n in names if (p := families.residual_parent(original, n))}
-    skips: dict[str, torch.Tensor] = {}
-
-    def capture_skip(name, sign):
-        def hook(module, args):
-            rows = flat_tokens(args[1].detach().float(), mask)
-            if sign > 0:
-                cache[("skip", name)] = rows
-            else:
-                skips[name] = skips.get(name, 0) + sign * rows
-
-        return hook
 
     missing = [n for n in names if ("out", n) not in cache]
-    if missing:  # one forward of the original captures what no earlier candidate needed
-        handles = [original.get_submodule(n).register_forward_hook(capture(n)) for n in missing]
-        handles += [
-            original.get_submodule(parents[n]).register_forward_pre_hook(capture_skip(n, 1.0))
-            for n in missing
-            if n in parents
-        ]
-        try:
-            with torch.inference_mode():
-                call(original, batch)
-        finally:
-            for h in handles:
-                h.remove()
+    if missing:  # the original's forward captures what no earlier candidate needed
+        _capture_original(original, parts, masks, missing, parents, cache)
     targets: dict[str, torch.Tensor] = {}
     for name in names:
         rows = cache[("out", name)]
@@ -116,57 +92,123 @@ def refit_consumers(
         targets[name] = rows if keep is None else rows[:, keep]
         if name in parents:
             skip = cache[("skip", name)]
-            skips[name] = skip if keep is None else skip[:, keep]
+            targets[name] = targets[name] + (skip if keep is None else skip[:, keep])
 
-    def refit(name):
-        def hook(layer, args):
-            x = args[0].detach().float()
-            rows = layers.input_rows(layer, x, mask)
+    # The pruned model's forward runs once per bucket, each in its own thread; at every
+    # consumer the threads wait for each other (a barrier), the last one in solves the refit
+    # from all buckets' inputs, and all go on through the refit layer.
+    follower = _batchnorm_after(original, names, parts[0])
+    local = threading.local()
+    inputs = {n: [None] * len(parts) for n in names}
+    pruned_skips = {n: [None] * len(parts) for n in parents}
+
+    def solve(name):
+        def action():
             target = targets.pop(name)
-            if name in skips:
-                target = target + skips.pop(name)
-            w, b = _ridge(rows, target, ridge)
+            if name in parents:
+                target = target - torch.cat(pruned_skips.pop(name))
+            w, b = _ridge(torch.cat(inputs.pop(name)), target, ridge)
+            layer = pruned.get_submodule(name)
             layers.set_matrix(layer, w)
             with torch.no_grad():
                 layers.ensure_bias(layer).copy_(b.to(layer.weight.dtype))
+            if name in follower:  # the BatchNorm after a refit layer: the original's statistics
+                _restore_bn(pruned, original, follower[name], kept_rows(name, units, removed,
+                            original.get_submodule(follower[name]).num_features))  # fmt: skip
 
-        return hook
+        return action
 
-    # A refit layer reproduces the original's outputs again, so the BatchNorm right after it
-    # gets the original's statistics back (those of the kept channels).
-    follower = _batchnorm_after(original, names, batch)
+    barriers = {n: threading.Barrier(len(parts), action=solve(n)) for n in names}
 
-    def refit_and_restore(name):
-        inner = refit(name)
-
+    def before_layer(name):
         def hook(layer, args):
-            inner(layer, args)
-            if name in follower:
-                bn_name = follower[name]
-                bn, bn_orig = pruned.get_submodule(bn_name), original.get_submodule(bn_name)
-                keep = kept_rows(name, units, removed, bn_orig.num_features)
-                keep = torch.arange(bn_orig.num_features) if keep is None else keep
-                if len(keep) == bn.num_features:
-                    with torch.no_grad():
-                        for attr in ("running_mean", "running_var", "weight", "bias"):
-                            getattr(bn, attr).copy_(getattr(bn_orig, attr)[keep])
+            inputs[name][local.i] = layers.input_rows(layer, args[0].detach().float(), local.mask)
+            barriers[name].wait(timeout=BARRIER_TIMEOUT_S)
 
         return hook
 
-    handles = [
-        pruned.get_submodule(n).register_forward_pre_hook(refit_and_restore(n)) for n in names
-    ]
+    def before_parent(name):
+        def hook(module, args):
+            pruned_skips[name][local.i] = flat_tokens(args[1].detach().float(), local.mask)
+
+        return hook
+
+    handles = [pruned.get_submodule(n).register_forward_pre_hook(before_layer(n)) for n in names]
     handles += [
-        pruned.get_submodule(p).register_forward_pre_hook(capture_skip(n, -1.0))
+        pruned.get_submodule(p).register_forward_pre_hook(before_parent(n))
         for n, p in parents.items()
     ]
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        local.i, local.mask = i, masks[i]
+        try:
+            with torch.no_grad():  # grad mode is per thread
+                call(pruned, parts[i])
+        except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(err)
+            for barrier in barriers.values():
+                barrier.abort()  # the other buckets stop waiting
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(parts))]
     try:
-        with torch.no_grad():
-            call(pruned, batch)
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     finally:
         for h in handles:
             h.remove()
+    real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
+    if real or errors:
+        raise (real or errors)[0]
     return len(names)
+
+
+def _capture_original(original, parts, masks, names, parents, cache) -> None:
+    """The original's output (and skip input) rows of each named layer over all ``parts``."""
+    rows: dict[tuple[str, str], list[torch.Tensor]] = {}
+    mask = [None]
+
+    def capture(name):
+        def hook(module, args, out):
+            got = layers.output_rows(module, out.detach().float(), mask[0])
+            rows.setdefault(("out", name), []).append(got)
+
+        return hook
+
+    def capture_skip(name):
+        def hook(module, args):
+            got = flat_tokens(args[1].detach().float(), mask[0])
+            rows.setdefault(("skip", name), []).append(got)
+
+        return hook
+
+    handles = [original.get_submodule(n).register_forward_hook(capture(n)) for n in names]
+    handles += [
+        original.get_submodule(parents[n]).register_forward_pre_hook(capture_skip(n))
+        for n in names
+        if n in parents
+    ]
+    try:
+        with torch.inference_mode():
+            for part, m in zip(parts, masks, strict=True):
+                mask[0] = m
+                call(original, part)
+    finally:
+        for h in handles:
+            h.remove()
+    cache.update({key: torch.cat(chunks) for key, chunks in rows.items()})
+
+
+def _restore_bn(pruned: nn.Module, original: nn.Module, bn_name: str, keep) -> None:
+    """Copy the original BatchNorm's statistics of the kept channels into the pruned one."""
+    bn, bn_orig = pruned.get_submodule(bn_name), original.get_submodule(bn_name)
+    keep = torch.arange(bn_orig.num_features) if keep is None else keep
+    if len(keep) == bn.num_features:
+        with torch.no_grad():
+            for attr in ("running_mean", "running_var", "weight", "bias"):
+                getattr(bn, attr).copy_(getattr(bn_orig, attr)[keep])
 
 
 def _batchnorm_after(model: nn.Module, layer_names: list[str], batch: Batch) -> dict[str, str]:

@@ -250,10 +250,21 @@ def search_step(ctx, built: list, base) -> tuple[list, list[str]]:
         return [], ["onnxruntime not in the profile's runtimes"]
     if profile.device != "cpu":
         return [], [f"onnxruntime is measured on cpu profiles only (this one: {profile.device})"]
-    # The most pruned structure any precision kept within budget (its float weights export);
-    # the original only when no pruned candidate holds the budget.
-    within = [b for b in built if b.candidate.within_budget and b.candidate.ratio > 0]
-    pick = min(within, key=lambda b: b.candidate.macs, default=base)
+    from compression.verify import confirm
+
+    # The most pruned float structure within budget that also holds on the confirmation split
+    # (an export of one that verification would refuse is wasted); the original when none does.
+    within = [
+        b
+        for b in built
+        if b.candidate.within_budget and b.candidate.ratio > 0 and b.module is b.float_module
+    ]
+    pick = base
+    for b in sorted(within, key=lambda b: b.candidate.macs):
+        held = confirm(ctx, b)
+        if held is None or held["ok"]:
+            pick = b
+            break
     start = time.perf_counter()
     ctx.progress(0.9, "onnxruntime")
     found, notes = candidates(

@@ -41,6 +41,7 @@ class Built:
     float_module: nn.Module
     candidate: Candidate
     steps: list[dict] = field(default_factory=list)
+    confirmed: dict | None = None  # its figures on the confirmation split, once measured
 
 
 @dataclass

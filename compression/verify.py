@@ -184,13 +184,16 @@ def confirm(ctx: SearchContext, built: Built) -> dict | None:
     ev = ctx.confirmation
     if ev is None:
         return None
+    if built.confirmed is not None:
+        return built.confirmed
     start = time.perf_counter()
     floor = ctx.profile.min_neighbour_recall
     value, fidelity, recall = splits.measure(built.module, ev, ctx.metric, floor)
     ctx.tick("verify", start)
-    return {
+    built.confirmed = {
         "metric": round(value, 6),
         "fidelity": round(fidelity, 6),
         "recall": None if recall is None else round(recall, 4),
         "ok": splits.within(ev, value, recall, floor),
     }
+    return built.confirmed
