@@ -25,6 +25,7 @@ from compression.inputs import (
     index,
     materialize,
     to_device,
+    typical,
 )
 from compression.measure import torch_threads
 from compression.plan import variant_plan
@@ -219,7 +220,7 @@ def prepare(
         reference=rebuild.reference_outputs(original, probe),
         probe=probe,
         reference_val=sel.reference,
-        latency_batch=index(lat_source, slice(0, profile.latency_batch)),
+        latency_batch=typical(lat_source, profile.latency_batch),
         budget=sel.budget,
         deadline=deadline,
         progress=progress,

@@ -189,3 +189,22 @@ def buckets(batch: Batch, n: int = 4) -> list[Batch]:
             {k: v[:, :cut] if f else v for (k, v), f in zip(part.items(), fits, strict=True)}
         )
     return out
+
+
+def typical(batch: Batch, n: int) -> Batch:
+    """``n`` samples of a token batch whose lengths are nearest the median, cut to the longest
+    of them (what serving meets, not the longest sentence's padding); other batches: the first
+    ``n`` samples."""
+    mask = token_mask(batch)
+    if mask is None or not isinstance(batch, dict) or batch_size(batch) <= 1:
+        return index(batch, slice(0, n))
+    lengths = mask.sum(1)
+    median = lengths.float().median()
+    idx = torch.argsort((lengths.float() - median).abs(), stable=True)[:n].sort().values
+    part = index(batch, idx)
+    if not bool((mask == (torch.arange(mask.shape[1]) < lengths[:, None]).to(mask.dtype)).all()):
+        return part  # not right-padded: keep the width
+    cut = max(1, int(lengths[idx].max()))
+    return {
+        k: v[:, :cut] if v.dim() == 2 and v.shape == mask[idx].shape else v for k, v in part.items()
+    }

@@ -108,7 +108,7 @@ class CompressionReport:
 
         fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
         for ok, colour, label in ((True, "tab:green", "within budget"), (False, "tab:red", "over")):
-            pts = [c for c in self.candidates if c.within_budget == ok]
+            pts = [c for c in self.candidates if c.within_budget == ok and c.latency_ms > 0]
             ax.scatter([c.latency_ms for c in pts], [c.metric for c in pts], c=colour, label=label)
         ax.scatter(
             [self.latency_ms_before],

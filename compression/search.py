@@ -91,7 +91,11 @@ def measure(ctx: SearchContext, module: nn.Module, float_module: nn.Module, **in
     floor = ctx.profile.min_neighbour_recall
     value, fidelity, recall = splits.measure(module, ctx.selection, ctx.metric, floor)
     macs, params = macs_params(float_module, ctx.example_inputs)
-    lat = latency_ms(module, ctx.latency_batch, ctx.profile.device, ctx.profile.latency_repeats)
+    within = splits.within(ctx.selection, value, recall, floor)
+    lat, note = 0.0, "over budget: not timed"  # only candidates that can win are timed
+    if within or info.get("ratio") == 0.0 and info.get("precision") == "float32":
+        lat = latency_ms(module, ctx.latency_batch, ctx.profile.device, ctx.profile.latency_repeats)
+        note = ""
     ctx.tick("verify", start)
     return Candidate(
         macs=macs,
@@ -99,8 +103,9 @@ def measure(ctx: SearchContext, module: nn.Module, float_module: nn.Module, **in
         latency_ms=round(lat, 4),
         metric=round(value, 6),
         fidelity=round(fidelity, 6),
-        within_budget=splits.within(ctx.selection, value, recall, floor),
+        within_budget=within,
         recall=None if recall is None else round(recall, 4),
+        note=note,
         **info,
     )
 
