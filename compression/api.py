@@ -25,6 +25,7 @@ from compression.inputs import (
     index,
     materialize,
     to_device,
+    token_mask,
     typical,
 )
 from compression.measure import torch_threads
@@ -205,7 +206,8 @@ def prepare(
     sel = splits.evaluation(original, selection, metric, *limits)
     conf = splits.evaluation(original, confirmation, metric, *limits) if confirmation else None
     lat_source = val_list[0][0]
-    if batch_size(lat_source) < profile.latency_batch:  # GPU batches span several
+    if batch_size(lat_source) < profile.latency_batch or token_mask(lat_source) is not None:
+        # GPU batches span several; token batches: typical lengths are drawn from all of them
         lat_source = concat([x for x, _ in val_list])
     return search.SearchContext(
         original=original,
