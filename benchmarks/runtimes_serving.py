@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -205,6 +206,8 @@ def verdicts(rows: list[dict]) -> list[dict]:
 
 def markdown(result: dict, command: str) -> str:
     s = result["settings"]
+    end = result["machine"].get("load_average_end") or [round(x, 2) for x in os.getloadavg()]
+    end = end[0]
     lines = [
         f"Measured {result['date']} on {common.describe_machine(result['machine'])} "
         f"(`{command}`): one `slimserve serve` (shadow evaluation and canary off), "
@@ -212,7 +215,7 @@ def markdown(result: dict, command: str) -> str:
         f"{s['rounds']} interleaved rounds per concurrency, each activating the original, the "
         f"torch and the ONNX Runtime variant in rotating order, {s['duration']} s measured per "
         f"variant and round after {s['warmup']} s warm-up (figures pool the rounds); client and "
-        f"server share the machine. Server threads per model: "
+        f"server share the machine (load average {end} at the end). Server threads per model: "
         f"{', '.join(f'{m} {t}' for m, t in result['threads'].items())}; each variant was "
         "compressed with the cpu profile pinned to one runtime (`runtimes: [torch]` or "
         "`[onnxruntime]`) and `threads` set to that budget, which ONNX Runtime serves with.",
