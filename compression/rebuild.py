@@ -29,7 +29,7 @@ from torch import nn
 from compression import layers
 from compression.graph import PruneUnit
 from compression.importance import InputStats
-from compression.inputs import Batch, call, flat_tokens, main_output, split, token_mask
+from compression.inputs import Batch, buckets, call, flat_tokens, main_output, split, token_mask
 from compression.refit import kept_rows, refit_consumers
 from compression.registry import Registry
 
@@ -59,9 +59,15 @@ def _rows(out: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 def reference_outputs(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """The model's main output on ``batch`` as rows (tokens or samples x features)."""
+    """The model's main output on ``batch`` as rows (tokens or samples x features).
+
+    Token batches run as length buckets (:func:`compression.inputs.buckets`, a fixed order), so
+    rows compare between models but not with an unbucketed forward's.
+    """
     with torch.inference_mode():
-        return _rows(main_output(call(model, batch)).float(), token_mask(batch))
+        return torch.cat(
+            [_rows(main_output(call(model, p)).float(), token_mask(p)) for p in buckets(batch)]
+        )
 
 
 def calibration_error(model: nn.Module, batch: Batch, reference: torch.Tensor) -> float:
@@ -141,7 +147,9 @@ def distill(
 ) -> int:
     """Fine-tune ``pruned`` to the original's outputs for at most ``seconds``; returns steps."""
     parts = split(batch, chunk)
-    targets = [reference_outputs(original, p).clone() for p in parts]  # autograd-safe copies
+    with torch.inference_mode():  # rows in each part's own order (as ``out`` below)
+        targets = [_rows(main_output(call(original, p)).float(), token_mask(p)) for p in parts]
+    targets = [t.clone() for t in targets]  # autograd-safe copies
     opt = torch.optim.Adam([p for p in pruned.parameters() if p.requires_grad], lr=1e-4)
     pruned.train()
     for m in pruned.modules():  # BN statistics and dropout behave as in serving

@@ -134,7 +134,8 @@ class OrtModule(nn.Module):
         self.onnx_bytes = onnx_bytes
         self.input_names = list(input_names)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        self.threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         self.session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])

@@ -114,7 +114,7 @@ LOAD_RUNTIMES = (None, "torch", "onnxruntime")
 
 
 def load_variant(
-    directory: str | Path, model: nn.Module, runtime: str | None = None
+    directory: str | Path, model: nn.Module, runtime: str | None = None, threads: int | None = None
 ) -> CompressedModel:
     """Load a saved variant onto ``model``, a freshly built copy of the original.
 
@@ -124,7 +124,8 @@ def load_variant(
     ``precision.apply``; for an ONNX Runtime variant that is float32, since ONNX Runtime's int8
     lives in its graph, not in the plan), never importing onnxruntime, so a TorchScript export
     works where ONNX Runtime is not installed. ``"onnxruntime"`` insists on the ONNX graph and
-    refuses a variant that torch serves.
+    refuses a variant that torch serves. ``threads``: ONNX Runtime's intra-op threads (a
+    server passes its per-model torch budget); default the profile's.
 
     >>> variant = load_variant("out/", model=build_original())  # doctest: +SKIP
     >>> scriptable = load_variant("out/", model=build_original(), runtime="torch")  # doctest: +SKIP
@@ -172,7 +173,10 @@ def load_variant(
     if served_by == "onnxruntime" and runtime != "torch":
         from compression.runtimes import load_onnx
 
-        module = load_onnx(directory, plan, threads=(plan.get("profile") or {}).get("threads"))
+        # ONNX Runtime's intra-op threads: the caller's budget (a server's per-model share),
+        # else what the profile measured with.
+        threads = threads or (plan.get("profile") or {}).get("threads")
+        module = load_onnx(directory, plan, threads=threads)
     else:
         module = precision.apply(float_module, plan["dtype"], plan["quantization"], sparsity)
         module = module.eval()

@@ -147,7 +147,9 @@ class VariantManager:
             return self._resident[key]
         path = self.registry.variant_path(name, vid)
         try:
-            variant = load_variant(path, model=self.plane.bundles[name].factory())
+            served = self.plane.runtime.models.get(name)
+            threads = served.threads if served is not None else None  # torch's budget, for ORT
+            variant = load_variant(path, model=self.plane.bundles[name].factory(), threads=threads)
         except VariantError as err:
             metrics.series().refused.labels(name).inc()
             # No server path to a client: "weights.safetensors: checksum ... does not match".

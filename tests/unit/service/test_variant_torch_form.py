@@ -117,3 +117,11 @@ def test_without_onnxruntime_the_torch_form_loads_and_exports_to_torchscript(
     with torch.inference_mode():
         diff = float((scripted(x) - expected).abs().max())
     assert diff <= 1e-5, f"TorchScript vs torch form of the ORT variant: {diff:.3g}"
+
+
+def test_onnx_runtime_threads_follow_the_callers_budget(ort_variant):
+    """A server loads ONNX Runtime variants with its per-model torch thread budget."""
+    bundle, directory = ort_variant[0], ort_variant[1]
+    one = load_variant(directory, model=bundle.factory(), threads=1).module
+    default = load_variant(directory, model=bundle.factory()).module
+    assert one.threads == 1 and default.threads == PROFILES["cpu"].threads, (one, default)
