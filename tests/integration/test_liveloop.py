@@ -65,7 +65,7 @@ def core(tmp_path):
     core.close()
 
 
-def _traffic(core: Core, bundle, until, timeout: float = 60.0) -> int:
+def _traffic(core: Core, bundle, until, timeout: float = 180.0) -> int:
     """Send real digit images one at a time until ``until()`` holds; returns requests sent."""
     x = np.concatenate([b[0].numpy() for b in bundle.validation])
     sent = 0
@@ -84,7 +84,7 @@ def _traffic(core: Core, bundle, until, timeout: float = 60.0) -> int:
     return sent
 
 
-def _eventually(read, timeout: float = 30.0):
+def _eventually(read, timeout: float = 90.0):
     """``read()`` once it is truthy: the shadow thread acts right after the swap it makes."""
     deadline = time.monotonic() + timeout
     while not (value := read()) and time.monotonic() < deadline:
@@ -143,10 +143,9 @@ def test_a_bad_serving_variant_is_rolled_back_and_recompressed(core, variants, d
         time.sleep(0.05)
     assert core.registry.active(NAME) == ORIGINAL  # survives a restart
     assert _swaps("live_fidelity") == before + 1
-    fidelity = REGISTRY.get_sample_value(
-        "slimserve_live_fidelity", {"model": NAME, "variant": bad, "metric": "top1"}
-    )
-    assert fidelity is not None and fidelity < 0.95 - 0.01, fidelity
+    # The figures the rollback was decided on (the gauge moves on with later windows).
+    (mark,) = [m for m in core.live.marks(NAME) if m["variant"] == bad]
+    assert mark["live"]["metric"] == "top1" and mark["live"]["value"] < 0.95 - 0.01, mark
     # A new job on live traffic, with amounts below the rejected one's 90 %.
     (job,) = _eventually(core.jobs.list)
     spec_ratios = core.live.profile_update(NAME)["ratios"]
