@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from compression.errors import ModelSourceError
-from service.models.sources import ModelBundle, set_text_data
+from service.models.sources import ModelBundle, sentence_bundle
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -83,8 +83,6 @@ def hf_bundle(source: str, model_dir: Path) -> ModelBundle:
 def _causal_lm_bundle(name: str, source: str, model_dir: Path) -> ModelBundle:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from service.models.text import sentence_split
-
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     if tokenizer.pad_token is None:  # GPT-2 has none: pad with its end-of-text token
         pad = tokenizer.eos_token or tokenizer.unk_token
@@ -98,20 +96,7 @@ def _causal_lm_bundle(name: str, source: str, model_dir: Path) -> ModelBundle:
     def factory() -> nn.Module:
         return AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
 
-    bundle = ModelBundle(
-        name=name,
-        source=source,
-        factory=factory,
-        example_inputs=None,
-        calibration=[],
-        validation=None,
-        metric="perplexity",
-        task="generation",
-        tokenizer=tokenizer,
-    )
-    calibration, validation = sentence_split()
-    set_text_data(bundle, calibration, validation)
-    return bundle
+    return sentence_bundle(name, source, factory, tokenizer, "perplexity", "generation")
 
 
 def _image_bundle(name: str, source: str, model_dir: Path, architectures: list[str]) -> ModelBundle:

@@ -114,8 +114,6 @@ def text_bundle(name: str, source: str, model_dir: Path) -> ModelBundle:
     """A sentence encoder (AutoModel + its tokenizer), verified by cosine and neighbour recall."""
     from transformers import AutoModel, AutoTokenizer
 
-    from service.models.text import sentence_split
-
     if not (model_dir / "config.json").is_file():
         raise ModelSourceError(
             f"{source}: {model_dir} is not a Hugging Face model directory (no config.json)"
@@ -125,6 +123,13 @@ def text_bundle(name: str, source: str, model_dir: Path) -> ModelBundle:
     def factory() -> nn.Module:
         return AutoModel.from_pretrained(str(model_dir)).eval()
 
+    return sentence_bundle(name, source, factory, tokenizer, "cosine", "embedding")
+
+
+def sentence_bundle(name, source, factory, tokenizer, metric: str, task: str) -> ModelBundle:
+    """A text model's bundle on the built-in sentences (``service.models.text``)."""
+    from service.models.text import sentence_split
+
     bundle = ModelBundle(
         name=name,
         source=source,
@@ -132,8 +137,8 @@ def text_bundle(name: str, source: str, model_dir: Path) -> ModelBundle:
         example_inputs=None,
         calibration=[],
         validation=None,
-        metric="cosine",
-        task="embedding",
+        metric=metric,
+        task=task,
         tokenizer=tokenizer,
     )
     calibration, validation = sentence_split()
