@@ -9,6 +9,7 @@ runs in this process on the same CPU as the server it measures, the same way for
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +22,11 @@ from benchmarks.common import latency_summary
 
 @dataclass(frozen=True)
 class Target:
-    """One model endpoint and the request every client sends it."""
+    """One model endpoint and the request every client sends it.
+
+    With ``pool``, requests cycle through its rows instead, ``len(data)`` rows per request
+    (live traffic that differs from request to request, as shadow evaluation needs).
+    """
 
     address: str  # host:port
     model: str
@@ -29,6 +34,16 @@ class Target:
     output_name: str
     data: np.ndarray
     datatype: str = "FP32"
+    pool: np.ndarray | None = None
+
+    def requests(self) -> list[np.ndarray]:
+        """The distinct request tensors, in the order clients send them."""
+        if self.pool is None:
+            return [self.data]
+        n = len(self.data)
+        return [
+            np.ascontiguousarray(self.pool[i : i + n]) for i in range(0, len(self.pool) - n + 1, n)
+        ]
 
 
 @dataclass
@@ -87,9 +102,13 @@ def run_load(
     client = tc.InferenceServerClient(
         target.address, concurrency=concurrency, connection_timeout=60, network_timeout=120
     )
-    inp = tc.InferInput(target.input_name, list(target.data.shape), target.datatype)
-    inp.set_data_from_numpy(target.data, binary_data=True)
+    inputs = []
+    for data in target.requests():
+        inp = tc.InferInput(target.input_name, list(data.shape), target.datatype)
+        inp.set_data_from_numpy(data, binary_data=True)
+        inputs.append(inp)
     out = [tc.InferRequestedOutput(target.output_name, binary_data=True)]
+    sent = itertools.count()
     now = time.perf_counter()
     run = Run(begin=now + warmup, end=now + warmup + duration)
 
@@ -99,6 +118,7 @@ def run_load(
             if start >= run.end:
                 return
             try:
+                inp = inputs[next(sent) % len(inputs)]
                 client.infer(target.model, [inp], outputs=out)
                 ok = True
             except Exception as err:  # noqa: BLE001 - every failure counts, none stops the run

@@ -40,6 +40,17 @@ latency_repeats: 3
 """
 
 
+def _digits_traffic(server: SlimServer):
+    """One held-out digit per request, cycling through scikit-learn's test digits: live traffic
+    that varies as real users' does (one repeated image says nothing about a variant)."""
+    import dataclasses
+
+    from service.models.digits import digits_split
+
+    target = targets(server, 1)["digits-cnn"]
+    return dataclasses.replace(target, pool=digits_split()[2].numpy())
+
+
 def _active(server: SlimServer, model: str = "digits-cnn") -> str:
     models = server.admin("GET", "/models", check=True).json()["models"]
     return next(m["active_variant"] for m in models if m["name"] == model)
@@ -49,7 +60,7 @@ def overhead(off: SlimServer, on: SlimServer, rounds: int, duration: float) -> l
     cells: dict[tuple[str, int], list[dict]] = {}
     for _ in range(rounds):
         for label, server in (("off", off), ("on", on)):
-            target = targets(server, 1)["digits-cnn"]
+            target = _digits_traffic(server)
             for c in (8, 32):
                 cells.setdefault((label, c), []).append(run_load(target, c, duration).summary())
     rows = []
@@ -74,7 +85,7 @@ def overhead(off: SlimServer, on: SlimServer, rounds: int, duration: float) -> l
 def time_to_rollback(server: SlimServer, duration: float = 60.0) -> dict:
     job = server.compress("digits-cnn", "extreme")
     bad = job["variant"]
-    target = targets(server, 1)["digits-cnn"]
+    target = _digits_traffic(server)
     result: dict = {"variant": bad}
 
     def during(begin: float, end: float) -> None:
@@ -103,6 +114,7 @@ def markdown(result: dict) -> str:
     lines = [
         f"Measured {result['when']} on {describe_machine(result['machine'])} "
         "(`python -m benchmarks.shadow`): digits-cnn, one compressed variant, tritonclient, "
+        "one held-out digit per request (cycling through the test split), "
         f"{result['rounds']} alternating rounds of {result['duration']:.0f} s per cell, medians; "
         "shadow on = the defaults (5 % of batches, at most 20 a second, 64-sample window).",
         "",
