@@ -164,6 +164,7 @@ def build_report(
     conf = verdict.confirmed or {"metric": c.metric, "fidelity": c.fidelity, "recall": c.recall}
     steps = list(chosen.steps)
     steps += [{"step": "prune", "kept": False, "detail": f"failed: {f}"} for f in ctx.failures]
+    steps += [{"step": "prune", "kept": False, "detail": f"skipped {s}"} for s in ctx.skipped]
     if ctx.unprunable:
         steps.insert(
             0, {"step": "prune", "kept": False, "detail": f"not applicable: {ctx.unprunable}"}
@@ -176,7 +177,12 @@ def build_report(
             "step": "verify",
             "kept": verdict.accepted,
             "detail": f"{name} {conf['metric']:.4f} vs budget {final.budget:.4f}"
-            + (" on the confirmation split" if verdict.confirmed else "")
+            + (
+                f" on the confirmation split (claimed; measured "
+                f"{verdict.confirmed['measured']['metric']:.4f})"
+                if verdict.confirmed
+                else ""
+            )
             + "".join(f"; refused {r}" for r in verdict.refused)
             + (
                 f" (ratio of perplexities; the original's is {ctx.reference_perplexity:.3f})"
@@ -240,7 +246,9 @@ def split_figures(ctx: SearchContext, c: Candidate, verdict: Verdict) -> dict:
         figures["confirmation"] = {
             "samples": ctx.confirmation.samples,
             **{k: verdict.confirmed[k] for k in ("metric", "fidelity", "recall")},
-            "used_for": "acceptance",
+            "measured": verdict.confirmed["measured"],
+            "used_for": "acceptance (figures: the claim, lowered by the loss added over "
+            "selection; measured: as measured)",
         }
     return figures
 

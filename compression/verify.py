@@ -4,8 +4,8 @@ Every candidate was measured once by the search (metric, fidelity, MACs, params,
 Here the ones within budget compete: for a size budget the most accurate one that fits, else
 the fastest, after re-timing the close contenders side by side (:func:`confirm_latencies`).
 The winner is then measured on the confirmation split, which no choice has seen
-(:mod:`compression.splits`): it is accepted only when it holds its budget there too, else the
-next one is tried. The winner and the original are timed back to back, so the reported speed-up
+(:mod:`compression.splits`): it is accepted only when what it claims there (the measured figure
+lowered by the loss it added over selection) holds its budget, else the next one is tried. The winner and the original are timed back to back, so the reported speed-up
 compares like with like, and the variant is accepted only when it is faster or smaller.
 """
 
@@ -59,8 +59,8 @@ def confirm_latencies(
         for b in ranked[:contenders]
         if b.candidate.latency_ms <= 1.5 * ranked[0].candidate.latency_ms
     ]
-    if len(close) < 2:
-        return
+    if len(close) < 2 or all(b.retimed for b in close):
+        return  # one contender, or these were timed side by side already (a refusal's re-choice)
     start = time.perf_counter()
     times: dict[int, list[float]] = {id(b): [] for b in close}
     for _ in range(rounds):
@@ -69,6 +69,7 @@ def confirm_latencies(
             times[id(b)].append(ms)
     for b in close:
         b.candidate.latency_ms = round(statistics.median(times[id(b)]), 4)
+        b.retimed = True
     ctx.tick("verify", start)
 
 
@@ -119,7 +120,8 @@ def verify(ctx: SearchContext, candidates: list[Built], base: Built) -> Verdict:
         c = winner.candidate
         refused.append(
             f"{c.ratio:.0%} {c.allocation} {c.precision}: {ctx.metric} {c.metric:.4f} on "
-            f"selection, {confirmed['metric']:.4f} on confirmation"
+            f"selection, {confirmed['measured']['metric']:.4f} on confirmation "
+            f"(claims {confirmed['metric']:.4f})"
             + (f" (recall {confirmed['recall']:.4f})" if confirmed["recall"] is not None else "")
         )
         c.note = "over budget on the confirmation split"  # choose() skips it from now on
@@ -180,8 +182,13 @@ def verify(ctx: SearchContext, candidates: list[Built], base: Built) -> Verdict:
 
 
 def confirm(ctx: SearchContext, built: Built) -> dict | None:
-    """The candidate measured on the confirmation split; None without one."""
-    ev = ctx.confirmation
+    """The candidate on the confirmation split, and what it claims there; None without one.
+
+    ``metric``, ``fidelity`` and ``recall`` are the claims (:func:`compression.splits.shifted`:
+    the measured figure lowered by the loss it added over the selection split); ``measured``
+    holds the figures as measured. Acceptance (``ok``) is decided on the claims.
+    """
+    ev, sel = ctx.confirmation, ctx.selection
     if ev is None:
         return None
     if built.confirmed is not None:
@@ -190,10 +197,21 @@ def confirm(ctx: SearchContext, built: Built) -> dict | None:
     floor = ctx.profile.min_neighbour_recall
     value, fidelity, recall = splits.measure(built.module, ev, ctx.metric, floor)
     ctx.tick("verify", start)
+    c = built.candidate
+    claim_value = splits.shifted(sel.metric_before, c.metric, ev.metric_before, value)
+    claim_fidelity = splits.shifted(1.0, c.fidelity, 1.0, fidelity)
+    claim_recall = recall
+    if recall is not None and c.recall is not None:
+        claim_recall = splits.shifted(1.0, c.recall, 1.0, recall)
     built.confirmed = {
-        "metric": round(value, 6),
-        "fidelity": round(fidelity, 6),
-        "recall": None if recall is None else round(recall, 4),
-        "ok": splits.within(ev, value, recall, floor),
+        "metric": round(claim_value, 6),
+        "fidelity": round(claim_fidelity, 6),
+        "recall": None if claim_recall is None else round(claim_recall, 4),
+        "measured": {
+            "metric": round(value, 6),
+            "fidelity": round(fidelity, 6),
+            "recall": None if recall is None else round(recall, 4),
+        },
+        "ok": splits.within(ev, claim_value, claim_recall, floor),
     }
     return built.confirmed

@@ -123,9 +123,14 @@ def test_trained_conv_net_halves_macs_within_one_and_a_half_points(build, shape)
     assert r.macs_reduction >= 1.8, f"MACs only {r.macs_reduction:.2f}x fewer"
     drop = r.metric_before - r.metric_after
     assert drop <= 0.015, f"accuracy {r.metric_before:.4f} -> {r.metric_after:.4f}"
-    # The reported accuracy is the confirmation split's: the odd validation samples.
+    # The reported accuracy is measured on the confirmation split (the odd validation samples)
+    # and claimed no higher (compression.splits.shifted).
     x_conf, y_conf = x_val[1::2], y_val[1::2]
-    assert r.splits["confirmation"]["samples"] == len(y_conf), r.splits
+    conf = r.splits["confirmation"]
+    assert conf["samples"] == len(y_conf), r.splits
     with torch.inference_mode():
         acc = (variant.module(x_conf).argmax(1) == y_conf).float().mean().item()
-    assert abs(acc - r.metric_after) < 1e-6, (acc, r.metric_after)
+    assert abs(acc - conf["measured"]["metric"]) < 1e-6 and r.metric_after <= acc + 1e-6, (
+        acc,
+        r.splits,
+    )

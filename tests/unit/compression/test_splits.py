@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from compression import PROFILES, compress
-from compression.splits import holdout, interleave
+from compression.splits import holdout, interleave, shifted
 
 
 def test_interleave_gives_disjoint_halves_with_their_labels():
@@ -22,6 +22,15 @@ def test_interleave_gives_disjoint_halves_with_their_labels():
     tokens = {"input_ids": torch.arange(12).reshape(4, 3), "attention_mask": torch.ones(4, 3)}
     sel, conf = interleave([(tokens, None)])
     assert sel[0][0]["input_ids"][:, 0].tolist() == [0, 6] and conf[0][1] is None
+
+
+def test_the_claim_is_lowered_by_the_loss_added_over_selection():
+    # Lost 0.028 on selection, 0.039 on confirmation: claims another 0.011 off, 0.950.
+    assert shifted(1.0, 0.972, 1.0, 0.961) == pytest.approx(0.950)
+    # Accuracy: the original scores 0.98 / 0.99; the variant loses 1 point, then 2 points.
+    assert shifted(0.98, 0.97, 0.99, 0.97) == pytest.approx(0.96)
+    # Lost no more on confirmation than on selection: the measured figure stands.
+    assert shifted(1.0, 0.95, 1.0, 0.97) == 0.97
 
 
 def test_holdout_keeps_a_quarter_of_the_calibration_out_of_the_fits():
@@ -91,3 +100,25 @@ def test_report_figures_come_from_the_confirmation_split(validation):
     # 64 evaluation samples either way: the 64 given, or the quarter of 256 held out.
     assert s["selection"]["samples"] == s["confirmation"]["samples"] == 32, s
     assert r.metric_after == s["confirmation"]["metric"] and r.budget == 0.9
+    # The report claims the shifted figure: never above what was measured on confirmation.
+    conf, measured = s["confirmation"], s["confirmation"]["measured"]
+    expected = shifted(1.0, s["selection"]["fidelity"], 1.0, measured["fidelity"])
+    assert (
+        conf["fidelity"] == pytest.approx(expected, abs=1e-5) and expected <= measured["fidelity"]
+    )
+
+
+def test_a_winner_whose_claim_breaks_the_budget_is_refused_though_measured_within_it():
+    """Confirmation measures within budget, but lost more there than on selection: refused."""
+    model, cal, val = _subspace_model()
+    base = {"quantization": "none", "runtimes": ["torch"], "ratios": [0.3], "latency_repeats": 3}
+    kw = {"example_inputs": cal[:4], "calibration": [cal], "validation": [(val, None)]}
+    probe = compress(model, PROFILES["cpu"].model_copy(update={**base, "min_fidelity": 0.0}), **kw)
+    sel = probe.report.splits["selection"]["fidelity"]
+    measured = probe.report.splits["confirmation"]["measured"]["fidelity"]
+    claim = probe.report.splits["confirmation"]["fidelity"]
+    # The odd samples leave the calibration subspace: the variant loses more on them.
+    assert sel > measured > claim, probe.report.splits
+    budget = round((measured + claim) / 2, 6)  # between the claim and the measured figure
+    r = compress(model, PROFILES["cpu"].model_copy(update={**base, "min_fidelity": budget}), **kw)
+    assert not r.report.accepted and "claims" in r.report.reason, r.report.reason
