@@ -172,22 +172,26 @@ def buckets(batch: Batch, n: int = 4) -> list[Batch]:
     """Samples of a right-padded token batch sorted by length into ``n`` parts, each cut to its
     longest sample: the forward computes the real tokens, not the padding. Other batches whole.
     """
+    return [part for _, part in indexed_buckets(batch, n)]
+
+
+def indexed_buckets(batch: Batch, n: int = 4) -> list[tuple[torch.Tensor | None, Batch]]:
+    """:func:`buckets` with each part's sample indices in ``batch`` (None: the batch whole)."""
     mask = token_mask(batch)
     if mask is None or not isinstance(batch, dict) or mask.shape[0] < 2 * n:
-        return [batch]
+        return [(None, batch)]
     lengths = mask.sum(1)
     width = mask.shape[1]
     right_padded = bool((mask == (torch.arange(width) < lengths[:, None]).to(mask.dtype)).all())
     if not right_padded:
-        return [batch]
+        return [(None, batch)]
     out = []
     for idx in torch.argsort(lengths, stable=True).chunk(n):
         part = index(batch, idx)
         cut = max(1, int(lengths[idx].max()))
         fits = [v.dim() == 2 and v.shape == mask[idx].shape for v in part.values()]
-        out.append(
-            {k: v[:, :cut] if f else v for (k, v), f in zip(part.items(), fits, strict=True)}
-        )
+        cut_part = {k: v[:, :cut] if f else v for (k, v), f in zip(part.items(), fits, strict=True)}
+        out.append((idx, cut_part))
     return out
 
 

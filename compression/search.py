@@ -42,6 +42,7 @@ class Built:
     candidate: Candidate
     steps: list[dict] = field(default_factory=list)
     confirmed: dict | None = None  # its figures on the confirmation split, once measured
+    retimed: bool = False  # its latency is the median of interleaved rounds (verify)
 
 
 @dataclass
@@ -70,6 +71,7 @@ class SearchContext:
     unprunable: str | None = None  # why the model has no prunable unit (then: precision only)
     reference_perplexity: float | None = None  # metric "perplexity": the original's
     failures: list[str] = field(default_factory=list)  # amounts whose cut or rebuild failed
+    skipped: list[str] = field(default_factory=list)  # amounts not built, and why
     # The evaluation splits (compression.splits): ``validation``, ``reference_val``, ``budget``,
     # ``metric_before`` and ``reference_perplexity`` above are the selection split's.
     selection: splits.Evaluation | None = None
@@ -164,6 +166,39 @@ def with_precision(ctx: SearchContext, built: Built) -> list[Built]:
     return out
 
 
+def predicted_miss(ctx: SearchContext, built: list[Built], ratio: float) -> str | None:
+    """Why ``ratio`` cannot be within budget, extrapolated from the last two amounts; or None.
+
+    A continuous metric (cosine fidelity, perplexity ratio; accuracy moves in steps of one
+    sample and is not extrapolated) falls at least linearly with the amount pruned: each
+    further channel removed matters more than the last (concave in every model measured here).
+    So when the line through the last two amounts already ends under the budget at ``ratio``,
+    building it (a prune, a rebuild and a measurement) would only confirm the miss.
+    """
+    if ctx.metric not in ("cosine", "perplexity") or len(built) < 2:
+        return None
+    last = sorted(built, key=lambda x: x.candidate.ratio)[-2:]
+    (r1, a), (r2, b) = ((x.candidate.ratio, x.candidate) for x in last)
+    if not r1 < r2 < ratio:
+        return None
+    step = (ratio - r2) / (r2 - r1)
+    value = b.metric + (b.metric - a.metric) * step
+    if value < ctx.budget:
+        return (
+            f"not built: {ctx.metric} extrapolates to {value:.4f} < budget {ctx.budget:.4f} "
+            f"(from {a.metric:.4f} at {r1:.0%} and {b.metric:.4f} at {r2:.0%})"
+        )
+    floor = ctx.profile.min_neighbour_recall
+    if floor is not None and a.recall is not None and b.recall is not None:
+        recall = b.recall + (b.recall - a.recall) * step
+        if recall < floor:
+            return (
+                f"not built: neighbour recall extrapolates to {recall:.4f} < floor {floor} "
+                f"(from {a.recall:.4f} at {r1:.0%} and {b.recall:.4f} at {r2:.0%})"
+            )
+    return None
+
+
 def run(ctx: SearchContext, original_built: Built) -> list[Built]:
     """All candidates the search built, in the order it built them."""
     ratios = sorted(ctx.profile.ratios)
@@ -211,6 +246,10 @@ def run(ctx: SearchContext, original_built: Built) -> list[Built]:
     for ratio in ratios:
         if not last_ok or time.monotonic() > ctx.deadline:
             break  # larger amounts only lose more
+        miss = predicted_miss(ctx, [b for b in built if b.candidate.allocation == mode], ratio)
+        if miss:
+            ctx.skipped.append(f"{mode} {ratio:.0%}: {miss}")
+            break
         last_ok = fits(step(ratio, mode))
     # Precision on the three fastest within budget, the most faithful one (lower precision
     # costs quality: the candidate with the most headroom may be the one that stays within
