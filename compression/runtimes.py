@@ -242,8 +242,12 @@ def load_onnx(directory: Path, plan: dict, threads: int | None = None) -> OrtMod
 
 
 def search_step(ctx, built: list, base) -> tuple[list, list[str]]:
-    """ONNX Runtime candidates of the most pruned candidate within budget (else of the
-    original), measured like every other candidate; and notes for the report."""
+    """ONNX Runtime candidates of the most pruned candidate within budget and of the original,
+    measured like every other candidate; and notes for the report.
+
+    Both, because int8 error compounds with pruning error: on MiniLM, int8 of the original kept
+    cosine 0.992 at 1.8x, int8 of the 20 %-pruned structure 0.972 (over budget once claimed).
+    """
     from compression.search import Built, measure
 
     profile = ctx.profile
@@ -266,25 +270,31 @@ def search_step(ctx, built: list, base) -> tuple[list, list[str]]:
         if held is None or held["ok"]:
             pick = b
             break
-    start = time.perf_counter()
-    ctx.progress(0.9, "onnxruntime")
-    found, notes = candidates(
-        pick.float_module,
-        ctx.example_inputs,
-        check_batches(ctx.validation, ctx.example_inputs),
-        profile.threads,
-    )
-    out = []
-    for precision, module in found:
-        cand = measure(
-            ctx,
-            module,
-            pick.float_module,
-            ratio=pick.candidate.ratio,
-            allocation=pick.candidate.allocation,
-            precision=precision,
+    out, notes = [], []
+    for source in [pick, base] if pick is not base else [base]:
+        if time.monotonic() > ctx.deadline:
+            notes.append(f"{source.candidate.ratio:.0%}: not exported (time limit)")
+            break
+        start = time.perf_counter()
+        ctx.progress(0.9, "onnxruntime")
+        found, said = candidates(
+            source.float_module,
+            ctx.example_inputs,
+            check_batches(ctx.validation, ctx.example_inputs),
+            profile.threads,
         )
-        step = {"step": "runtime", "kept": cand.within_budget, "detail": precision}
-        out.append(Built(module, pick.float_module, cand, [*pick.steps, step]))
-    ctx.tick("runtimes", start)
+        label = f"{source.candidate.ratio:.0%} {source.candidate.allocation}"
+        notes += [f"{label}: {n}" for n in said]
+        for precision, module in found:
+            cand = measure(
+                ctx,
+                module,
+                source.float_module,
+                ratio=source.candidate.ratio,
+                allocation=source.candidate.allocation,
+                precision=precision,
+            )
+            step = {"step": "runtime", "kept": cand.within_budget, "detail": precision}
+            out.append(Built(module, source.float_module, cand, [*source.steps, step]))
+        ctx.tick("runtimes", start)
     return out, notes

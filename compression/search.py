@@ -42,7 +42,6 @@ class Built:
     candidate: Candidate
     steps: list[dict] = field(default_factory=list)
     confirmed: dict | None = None  # its figures on the confirmation split, once measured
-    retimed: bool = False  # its latency is the median of interleaved rounds (verify)
 
 
 @dataclass
@@ -72,6 +71,7 @@ class SearchContext:
     reference_perplexity: float | None = None  # metric "perplexity": the original's
     failures: list[str] = field(default_factory=list)  # amounts whose cut or rebuild failed
     skipped: list[str] = field(default_factory=list)  # amounts not built, and why
+    retimed: bool = False  # the contenders were timed side by side (verify.confirm_latencies)
     # The evaluation splits (compression.splits): ``validation``, ``reference_val``, ``budget``,
     # ``metric_before`` and ``reference_perplexity`` above are the selection split's.
     selection: splits.Evaluation | None = None

@@ -59,8 +59,9 @@ def confirm_latencies(
         for b in ranked[:contenders]
         if b.candidate.latency_ms <= 1.5 * ranked[0].candidate.latency_ms
     ]
-    if len(close) < 2 or all(b.retimed for b in close):
-        return  # one contender, or these were timed side by side already (a refusal's re-choice)
+    if len(close) < 2 or ctx.retimed:
+        return  # one contender, or timed side by side already (a re-choice after a refusal)
+    ctx.retimed = True
     start = time.perf_counter()
     times: dict[int, list[float]] = {id(b): [] for b in close}
     for _ in range(rounds):
@@ -69,7 +70,6 @@ def confirm_latencies(
             times[id(b)].append(ms)
     for b in close:
         b.candidate.latency_ms = round(statistics.median(times[id(b)]), 4)
-        b.retimed = True
     ctx.tick("verify", start)
 
 
