@@ -34,6 +34,9 @@ device: cpu
 dtype: float32
 quantization: none
 ratios: [0.9]
+# Torch only: the runtime step would also offer ONNX Runtime of the original, a faithful
+# and faster variant; this profile must give a bad one.
+runtimes: [torch]
 allocation: uniform
 max_drop: 1.0
 latency_repeats: 3

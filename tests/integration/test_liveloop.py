@@ -30,6 +30,9 @@ def _variant_dir(bundle, tmp_path, ratio: float, max_drop: float):
             "allocation": "uniform",
             "max_drop": max_drop,
             "quantization": "none",
+            # Torch only: the runtime step would also offer ONNX Runtime of the original (a
+            # faithful, faster variant); the bad variant must be the 90 % cut itself.
+            "runtimes": ["torch"],
             "latency_repeats": 3,
         }
     )

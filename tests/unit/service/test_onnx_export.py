@@ -21,7 +21,9 @@ onnx = pytest.importorskip("onnx")
 
 @pytest.fixture(scope="module")
 def mlp(tmp_path_factory) -> Path:
-    return make_variant("digits-mlp", tmp_path_factory.mktemp("mlp") / "v")
+    # A float variant (what has an ONNX form): the cpu profile's int8 step is off, or the search
+    # may serve torch int8 (refused by export_onnx, tested on its own below).
+    return make_variant("digits-mlp", tmp_path_factory.mktemp("mlp") / "v", quantization="none")
 
 
 def _images(n: int) -> np.ndarray:
