@@ -184,9 +184,11 @@ def verify(ctx: SearchContext, candidates: list[Built], base: Built) -> Verdict:
 def confirm(ctx: SearchContext, built: Built) -> dict | None:
     """The candidate on the confirmation split, and what it claims there; None without one.
 
-    ``metric``, ``fidelity`` and ``recall`` are the claims (:func:`compression.splits.shifted`:
-    the measured figure lowered by the loss it added over the selection split); ``measured``
-    holds the figures as measured. Acceptance (``ok``) is decided on the claims.
+    ``metric`` (for cosine and perplexity; a labelled metric stands as measured, see
+    :data:`compression.splits.SHIFTED_METRICS`), ``fidelity`` and ``recall`` are the claims
+    (:func:`compression.splits.shifted`: the measured figure lowered by the loss it added over
+    the selection split); ``measured`` holds the figures as measured. Acceptance (``ok``) is
+    decided on the claims.
     """
     ev, sel = ctx.confirmation, ctx.selection
     if ev is None:
@@ -198,7 +200,9 @@ def confirm(ctx: SearchContext, built: Built) -> dict | None:
     value, fidelity, recall = splits.measure(built.module, ev, ctx.metric, floor)
     ctx.tick("verify", start)
     c = built.candidate
-    claim_value = splits.shifted(sel.metric_before, c.metric, ev.metric_before, value)
+    claim_value = value
+    if ctx.metric in splits.SHIFTED_METRICS:
+        claim_value = splits.shifted(sel.metric_before, c.metric, ev.metric_before, value)
     claim_fidelity = splits.shifted(1.0, c.fidelity, 1.0, fidelity)
     claim_recall = recall
     if recall is not None and c.recall is not None:
