@@ -15,6 +15,7 @@ with the failed requests (target: none). Writes benchmarks/results/shadow.json a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import tempfile
 import threading
@@ -46,8 +47,6 @@ latency_repeats: 3
 def _digits_traffic(server: SlimServer):
     """One held-out digit per request, cycling through scikit-learn's test digits: live traffic
     that varies as real users' does (one repeated image says nothing about a variant)."""
-    import dataclasses
-
     from service.models.digits import digits_split
 
     target = targets(server, 1)["digits-cnn"]

@@ -175,24 +175,30 @@ def buckets(batch: Batch, n: int = 4) -> list[Batch]:
     return [part for _, part in indexed_buckets(batch, n)]
 
 
+def _right_padded(mask: torch.Tensor) -> bool:
+    """Whether every sample's tokens come first and its padding after."""
+    lengths = mask.sum(1)
+    return bool((mask == (torch.arange(mask.shape[1]) < lengths[:, None]).to(mask.dtype)).all())
+
+
+def _cut(batch: dict, mask: torch.Tensor, idx: torch.Tensor) -> dict:
+    """The samples ``idx`` of a right-padded token batch, cut to the longest of them (tensors
+    shaped like the mask are cut; others, e.g. pixel values, are kept whole)."""
+    part = index(batch, idx)
+    cut = max(1, int(mask[idx].sum(1).max()))
+    shape = mask[idx].shape
+    return {k: v[:, :cut] if v.dim() == 2 and v.shape == shape else v for k, v in part.items()}
+
+
 def indexed_buckets(batch: Batch, n: int = 4) -> list[tuple[torch.Tensor | None, Batch]]:
     """:func:`buckets` with each part's sample indices in ``batch`` (None: the batch whole)."""
     mask = token_mask(batch)
     if mask is None or not isinstance(batch, dict) or mask.shape[0] < 2 * n:
         return [(None, batch)]
-    lengths = mask.sum(1)
-    width = mask.shape[1]
-    right_padded = bool((mask == (torch.arange(width) < lengths[:, None]).to(mask.dtype)).all())
-    if not right_padded:
+    if not _right_padded(mask):
         return [(None, batch)]
-    out = []
-    for idx in torch.argsort(lengths, stable=True).chunk(n):
-        part = index(batch, idx)
-        cut = max(1, int(lengths[idx].max()))
-        fits = [v.dim() == 2 and v.shape == mask[idx].shape for v in part.values()]
-        cut_part = {k: v[:, :cut] if f else v for (k, v), f in zip(part.items(), fits, strict=True)}
-        out.append((idx, cut_part))
-    return out
+    order = torch.argsort(mask.sum(1), stable=True)
+    return [(idx, _cut(batch, mask, idx)) for idx in order.chunk(n)]
 
 
 def typical(batch: Batch, n: int) -> Batch:
@@ -202,13 +208,8 @@ def typical(batch: Batch, n: int) -> Batch:
     mask = token_mask(batch)
     if mask is None or not isinstance(batch, dict) or batch_size(batch) <= 1:
         return index(batch, slice(0, n))
-    lengths = mask.sum(1)
-    median = lengths.float().median()
-    idx = torch.argsort((lengths.float() - median).abs(), stable=True)[:n].sort().values
-    part = index(batch, idx)
-    if not bool((mask == (torch.arange(mask.shape[1]) < lengths[:, None]).to(mask.dtype)).all()):
-        return part  # not right-padded: keep the width
-    cut = max(1, int(lengths[idx].max()))
-    return {
-        k: v[:, :cut] if v.dim() == 2 and v.shape == mask[idx].shape else v for k, v in part.items()
-    }
+    lengths = mask.sum(1).float()
+    idx = torch.argsort((lengths - lengths.median()).abs(), stable=True)[:n].sort().values
+    if not _right_padded(mask):
+        return index(batch, idx)  # keep the width
+    return _cut(batch, mask, idx)

@@ -5,8 +5,9 @@ min ||X_pruned W - Y_original||^2 + lambda ||W||^2, where X are the pruned model
 to the layer (so error left upstream is compensated too) and Y the original layer's outputs.
 One forward pass does all layers: each is refit in a hook just before it runs, so the next layer
 already sees refit inputs. Token batches run as length buckets (each cut to its longest
-sample), one thread per bucket meeting at every consumer, so padding costs nothing. Layers of every kind in :mod:`compression.layers` are refit the same
-way (a conv's rows are its unfolded kernel windows); grouped convs are left alone.
+sample), one thread per bucket meeting at every consumer, so padding costs nothing. Layers of
+every kind in :mod:`compression.layers` are refit the same way (a conv's rows are its unfolded
+kernel windows); grouped convs are left alone.
 """
 
 from __future__ import annotations

@@ -149,7 +149,7 @@ class OrtModule(nn.Module):
         return torch.from_numpy(out)
 
     def __deepcopy__(self, memo) -> OrtModule:  # sessions do not copy; a new one does
-        return OrtModule(self.onnx_bytes, self.input_names)
+        return OrtModule(self.onnx_bytes, self.input_names, self.threads)
 
 
 def faithful(module: nn.Module, ort_module: OrtModule, batches: list[Batch]) -> float:
@@ -255,6 +255,7 @@ def search_step(ctx, built: list, base) -> tuple[list, list[str]]:
         return [], ["onnxruntime not in the profile's runtimes"]
     if profile.device != "cpu":
         return [], [f"onnxruntime is measured on cpu profiles only (this one: {profile.device})"]
+    from compression.splits import REFUSED_NOTE
     from compression.verify import confirm
 
     # The most pruned float structure within budget that also holds on the confirmation split
@@ -270,6 +271,7 @@ def search_step(ctx, built: list, base) -> tuple[list, list[str]]:
         if held is None or held["ok"]:
             pick = b
             break
+        b.candidate.note = REFUSED_NOTE  # verification would refuse it too: not chosen
     out, notes = [], []
     for source in [pick, base] if pick is not base else [base]:
         if time.monotonic() > ctx.deadline:

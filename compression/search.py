@@ -171,11 +171,12 @@ def predicted_miss(ctx: SearchContext, built: list[Built], ratio: float) -> str 
 
     A continuous metric (cosine fidelity, perplexity ratio; accuracy moves in steps of one
     sample and is not extrapolated) falls at least linearly with the amount pruned: each
-    further channel removed matters more than the last (concave in every model measured here).
+    further channel removed matters more than the last (MiniLM, global: 0.979, 0.963, 0.938 at
+    20, 30, 40 %; the MLP in tests/unit/compression/test_search.py likewise).
     So when the line through the last two amounts already ends under the budget at ``ratio``,
     building it (a prune, a rebuild and a measurement) would only confirm the miss.
     """
-    if ctx.metric not in ("cosine", "perplexity") or len(built) < 2:
+    if ctx.metric not in splits.CONTINUOUS_METRICS or len(built) < 2:
         return None
     last = sorted(built, key=lambda x: x.candidate.ratio)[-2:]
     (r1, a), (r2, b) = ((x.candidate.ratio, x.candidate) for x in last)

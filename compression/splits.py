@@ -38,8 +38,11 @@ import torch
 from compression import metrics
 from compression.inputs import Batch, batch_size, concat, index, split
 
-# Metrics whose confirmation figure is lowered by the shift (:func:`shifted`); see above.
-SHIFTED_METRICS = ("cosine", "perplexity")
+# Continuous metrics (no labels): their confirmation figure is lowered by the shift
+# (:func:`shifted`, see above), and the search extrapolates them (search.predicted_miss).
+CONTINUOUS_METRICS = ("cosine", "perplexity")
+# What choose() skips once the confirmation split has refused a candidate.
+REFUSED_NOTE = "over budget on the confirmation split"
 # Without validation data, this share of the calibration samples is held out of the fits.
 HOLDOUT_FRACTION = 0.25
 HOLDOUT_MIN_SAMPLES = 8  # fewer calibration samples than 2x this: nothing is held out

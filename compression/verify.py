@@ -4,9 +4,10 @@ Every candidate was measured once by the search (metric, fidelity, MACs, params,
 Here the ones within budget compete: for a size budget the most accurate one that fits, else
 the fastest, after re-timing the close contenders side by side (:func:`confirm_latencies`).
 The winner is then measured on the confirmation split, which no choice has seen
-(:mod:`compression.splits`): it is accepted only when what it claims there (the measured figure
-lowered by the loss it added over selection) holds its budget, else the next one is tried. The winner and the original are timed back to back, so the reported speed-up
-compares like with like, and the variant is accepted only when it is faster or smaller.
+(:mod:`compression.splits`): it is accepted only when what it claims there holds its budget
+(for continuous metrics the measured figure lowered by the loss it added over selection), else
+the next one is tried. The winner and the original are timed back to back, so the reported
+speed-up compares like with like, and the variant is accepted only when it is faster or smaller.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def verify(ctx: SearchContext, candidates: list[Built], base: Built) -> Verdict:
             f"(claims {confirmed['metric']:.4f})"
             + (f" (recall {confirmed['recall']:.4f})" if confirmed["recall"] is not None else "")
         )
-        c.note = "over budget on the confirmation split"  # choose() skips it from now on
+        c.note = splits.REFUSED_NOTE  # choose() skips it from now on
         if len(refused) >= MAX_CONFIRMATIONS:
             winner = None
             break
@@ -185,7 +186,7 @@ def confirm(ctx: SearchContext, built: Built) -> dict | None:
     """The candidate on the confirmation split, and what it claims there; None without one.
 
     ``metric`` (for cosine and perplexity; a labelled metric stands as measured, see
-    :data:`compression.splits.SHIFTED_METRICS`), ``fidelity`` and ``recall`` are the claims
+    :data:`compression.splits.CONTINUOUS_METRICS`), ``fidelity`` and ``recall`` are the claims
     (:func:`compression.splits.shifted`: the measured figure lowered by the loss it added over
     the selection split); ``measured`` holds the figures as measured. Acceptance (``ok``) is
     decided on the claims.
@@ -201,7 +202,7 @@ def confirm(ctx: SearchContext, built: Built) -> dict | None:
     ctx.tick("verify", start)
     c = built.candidate
     claim_value = value
-    if ctx.metric in splits.SHIFTED_METRICS:
+    if ctx.metric in splits.CONTINUOUS_METRICS:
         claim_value = splits.shifted(sel.metric_before, c.metric, ev.metric_before, value)
     claim_fidelity = splits.shifted(1.0, c.fidelity, 1.0, fidelity)
     claim_recall = recall

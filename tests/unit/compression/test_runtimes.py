@@ -79,13 +79,19 @@ def test_compress_measures_onnxruntime_and_a_saved_variant_reloads_it(tmp_path):
     x = torch.randn(256, 16)
     profile = PROFILES["cpu"].model_copy(
         update={"ratios": [0.3], "allocation": "uniform", "latency_repeats": 3,
-                "runtimes": ["onnxruntime"], "quantization": "none"}
+                "runtimes": ["onnxruntime"], "quantization": "none", "min_fidelity": 0.8,
+                "min_neighbour_recall": None}
     )  # fmt: skip
     variant = compress(_mlp(), profile, example_inputs=x[:8], calibration=[x[:128]],
                        validation=[(x[128:], None)])  # fmt: skip
     r = variant.report
     tried = {c.precision for c in r.candidates}
     assert {"onnxruntime-fp32", "onnxruntime-int8"} <= tried, (tried, r.runtimes)
+    # Both the pruned structure and the original are exported (int8 error compounds with
+    # pruning error, so int8 of the original can be the better variant).
+    exported = {c.ratio for c in r.candidates if c.precision.startswith("onnxruntime")}
+    assert exported == {0.0, 0.3}, (exported, r.runtimes)
+    assert [n.split(":")[0] for n in r.runtimes] == ["30% uniform", "0% none"], r.runtimes
     assert r.precision.startswith("onnxruntime"), (r.precision, r.runtimes)
     assert isinstance(variant.module, runtimes.OrtModule)
     out = tmp_path / "v"

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from compression import PROFILES, compress
-from compression.splits import holdout, interleave, shifted
+from compression.splits import REFUSED_NOTE, holdout, interleave, shifted
 
 
 def test_interleave_gives_disjoint_halves_with_their_labels():
@@ -80,7 +80,7 @@ def test_a_winner_that_does_not_hold_on_confirmation_is_refused():
     assert sel["metric"] >= 0.99 > conf["metric"], r.splits
     assert not r.accepted and "confirmation split" in r.reason, r.reason
     assert r.fidelity == conf["fidelity"] < 0.99
-    refused = [c for c in r.candidates if c.note == "over budget on the confirmation split"]
+    refused = [c for c in r.candidates if c.note == REFUSED_NOTE]
     assert len(refused) >= 1, r.candidates
 
 

@@ -8,6 +8,7 @@ load where onnxruntime cannot be imported, and export to TorchScript for Triton 
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import sys
@@ -125,3 +126,4 @@ def test_onnx_runtime_threads_follow_the_callers_budget(ort_variant):
     one = load_variant(directory, model=bundle.factory(), threads=1).module
     default = load_variant(directory, model=bundle.factory()).module
     assert one.threads == 1 and default.threads == PROFILES["cpu"].threads, (one, default)
+    assert copy.deepcopy(one).threads == 1  # a new session, the same budget
