@@ -119,16 +119,15 @@ def compress(
         )
         base = search.baseline(ctx)
         candidates = search.run(ctx, base)
-        served_by, runtime_notes = runtimes.search_step(ctx, candidates, base)
-        if served_by and "torch" not in profile.runtimes:  # pinned: ONNX Runtime serves
-            candidates = served_by
-        else:
-            candidates += served_by
+        candidates += runtimes.search_step(ctx, candidates, base)
+        if "torch" not in profile.runtimes:  # pinned: ONNX Runtime serves, where it can
+            ort = [c for c in candidates if isinstance(c.module, runtimes.OrtModule)]
+            candidates = ort or candidates
         verdict = verify.verify(ctx, candidates, base)
         report = build_report(
             ctx, verdict, candidates, model=source or type(model).__name__, started=started
         )
-    report.runtimes = runtime_notes
+    report.runtimes = ctx.runtime_notes
     chosen = verdict.chosen
     plan = variant_plan(model, chosen.float_module, chosen.candidate, profile, source)
     if isinstance(chosen.module, runtimes.OrtModule):

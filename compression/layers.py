@@ -24,6 +24,7 @@ from torch import nn
 from compression.inputs import flat_tokens
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def is_transposed_linear(module: nn.Module) -> bool:

@@ -34,8 +34,23 @@ def torch_threads(n: int | None):
         torch.set_num_threads(before)
 
 
+def _enough(times: list[float], repeats: int, elapsed: float, lo: float, hi: float | None) -> bool:
+    """Whether timing can stop: ``repeats`` samples (fewer, but at least 3, once ``hi`` seconds
+    have passed) and ``lo`` seconds, or 1000 samples."""
+    if len(times) >= 1000:
+        return True
+    if hi is not None and elapsed >= hi and len(times) >= 3:
+        return True
+    return len(times) >= repeats and elapsed >= lo
+
+
 def _cuda_latency_ms(
-    model: nn.Module, batch: Batch, repeats: int, warmup: int, min_seconds: float
+    model: nn.Module,
+    batch: Batch,
+    repeats: int,
+    warmup: int,
+    min_seconds: float,
+    max_seconds: float | None,
 ) -> float:
     """:func:`latency_ms` on CUDA: events time each forward on the device's own clock."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -45,9 +60,7 @@ def _cuda_latency_ms(
             call(model, batch)
         torch.cuda.synchronize()
         started = time.perf_counter()
-        while len(times) < repeats or (
-            time.perf_counter() - started < min_seconds and len(times) < 1000
-        ):
+        while not _enough(times, repeats, time.perf_counter() - started, min_seconds, max_seconds):
             torch.cuda.synchronize()  # nothing queued before the start event
             start.record()
             call(model, batch)
@@ -64,28 +77,43 @@ def latency_ms(
     repeats: int = 15,
     warmup: int = 3,
     min_seconds: float = 0.3,
+    max_seconds: float | None = None,
 ) -> float:
     """Median wall time of one forward on ``batch`` in milliseconds.
 
     At least ``repeats`` timed runs, and more (up to 1000) until ``min_seconds`` have passed:
     a 1 ms model gets hundreds of samples, so one scheduler hiccup cannot move the median.
+    ``max_seconds`` caps a slow forward's timing (at least 3 runs): a screening measurement,
+    whose close contenders are re-timed side by side before any choice
+    (:func:`compression.verify.confirm_latencies`).
     ``device`` ``cuda`` (or ``cuda:N``) times with CUDA events (see the module docstring).
     """
     if device.startswith("cuda"):
         with torch.cuda.device(torch.device(device)):
-            return _cuda_latency_ms(model, batch, repeats, warmup, min_seconds)
+            return _cuda_latency_ms(model, batch, repeats, warmup, min_seconds, max_seconds)
     times: list[float] = []
     with torch.inference_mode():
         for _ in range(warmup):
             call(model, batch)
         started = time.perf_counter()
-        while len(times) < repeats or (
-            time.perf_counter() - started < min_seconds and len(times) < 1000
-        ):
+        while not _enough(times, repeats, time.perf_counter() - started, min_seconds, max_seconds):
             start = time.perf_counter()
             call(model, batch)
             times.append(time.perf_counter() - start)
     return statistics.median(times) * 1000.0
+
+
+def side_by_side_ms(
+    models: list[nn.Module], batch: Batch, device: str = "cpu", rounds: int = 3
+) -> list[float]:
+    """Each model's median latency over ``rounds`` interleaved rounds (a few timed runs of
+    each in turn, round after round): every model meets the same load, so a busy moment on a
+    shared machine cannot make one look faster than another."""
+    times: list[list[float]] = [[] for _ in models]
+    for _ in range(rounds):
+        for model, got in zip(models, times, strict=True):
+            got.append(latency_ms(model, batch, device, 3, 1, min_seconds=0.1))
+    return [statistics.median(t) for t in times]
 
 
 def macs_params(model: nn.Module, example_inputs: Batch) -> tuple[int, int]:

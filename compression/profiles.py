@@ -92,7 +92,9 @@ class DeviceProfile(BaseModel):
         description="Candidate pruning amounts (fraction of channels removed), tried in order.",
     )
     allocation: Literal["uniform", "global", "search"] = Field(
-        "search", description="How the amount is split across layers; search tries both."
+        "search",
+        description="How the amount is split across layers; search cuts both at the first "
+        "amount and goes on with the one whose cut loses less.",
     )
     rebuild: list[str] = Field(
         default_factory=lambda: ["bn", "bias", "refit"],

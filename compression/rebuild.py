@@ -33,8 +33,6 @@ from compression.inputs import Batch, buckets, call, flat_tokens, main_output, s
 from compression.refit import kept_rows, refit_consumers
 from compression.registry import Registry
 
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-
 
 @dataclass
 class StepRecord:
@@ -81,7 +79,7 @@ def calibration_error(model: nn.Module, batch: Batch, reference: torch.Tensor) -
 
 def recalibrate_bn(model: nn.Module, batch: Batch, chunk: int = 256) -> int:
     """Re-estimate every BatchNorm's running mean/var on ``batch``; returns how many."""
-    bns = [m for m in model.modules() if isinstance(m, _BN)]
+    bns = [m for m in model.modules() if isinstance(m, layers.BATCHNORMS)]
     if not bns:
         return 0
     saved = [(m, m.momentum) for m in bns]
@@ -153,7 +151,7 @@ def distill(
     opt = torch.optim.Adam([p for p in pruned.parameters() if p.requires_grad], lr=1e-4)
     pruned.train()
     for m in pruned.modules():  # BN statistics and dropout behave as in serving
-        if isinstance(m, (*_BN, nn.Dropout)):
+        if isinstance(m, (*layers.BATCHNORMS, nn.Dropout)):
             m.eval()
     steps, deadline = 0, time.monotonic() + seconds
     try:

@@ -21,7 +21,6 @@ from compression import families, layers
 from compression.graph import PruneUnit
 from compression.inputs import Batch, buckets, call, flat_tokens, index, token_mask
 
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 BARRIER_TIMEOUT_S = 600.0  # a bucket's forward that never reaches a layer fails the refit
 
 
@@ -232,7 +231,9 @@ def _batchnorm_after(model: nn.Module, layer_names: list[str], batch: Batch) -> 
 
     handles = [model.get_submodule(n).register_forward_hook(mark(n)) for n in layer_names]
     handles += [
-        m.register_forward_pre_hook(find(n)) for n, m in model.named_modules() if isinstance(m, _BN)
+        m.register_forward_pre_hook(find(n))
+        for n, m in model.named_modules()
+        if isinstance(m, layers.BATCHNORMS)
     ]
     try:
         with torch.inference_mode():

@@ -12,12 +12,11 @@ speed-up compares like with like, and the variant is accepted only when it is fa
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass, field
 
 from compression import splits
-from compression.measure import latency_ms, macs_params
+from compression.measure import latency_ms, macs_params, side_by_side_ms
 from compression.report import Candidate
 from compression.search import Built, SearchContext
 
@@ -64,19 +63,23 @@ def confirm_latencies(
         return  # one contender, or timed side by side already (a re-choice after a refusal)
     ctx.retimed = True
     start = time.perf_counter()
-    times: dict[int, list[float]] = {id(b): [] for b in close}
-    for _ in range(rounds):
-        for b in close:
-            ms = latency_ms(b.module, ctx.latency_batch, ctx.profile.device, 3, min_seconds=0.1)
-            times[id(b)].append(ms)
-    for b in close:
-        b.candidate.latency_ms = round(statistics.median(times[id(b)]), 4)
+    times = side_by_side_ms(
+        [b.module for b in close], ctx.latency_batch, ctx.profile.device, rounds
+    )
+    for b, ms in zip(close, times, strict=True):
+        b.candidate.latency_ms = round(ms, 4)
     ctx.tick("verify", start)
 
 
 def choose(ctx: SearchContext, built: list[Built], original: Candidate) -> tuple[Built | None, str]:
     """The winner and why; None with the reason when nothing is within budget."""
     fits = [b for b in built if b.candidate.within_budget and not b.candidate.note]
+    refused = [refusal(ctx, b) for b in built if b.candidate.note == splits.REFUSED_NOTE]
+    if not fits and refused:
+        return None, (
+            f"no candidate held its budget on the confirmation split ({len(refused)} refused; "
+            f"first: {refused[0]})"
+        )
     if not fits:
         best = max(built, key=lambda b: b.candidate.metric, default=None)
         got = f"{best.candidate.metric:.4f}" if best else "nothing (time limit)"
@@ -115,22 +118,19 @@ def verify(ctx: SearchContext, candidates: list[Built], base: Built) -> Verdict:
     (True, 2.4)
     """
     winner, reason = choose(ctx, candidates, base.candidate)
-    refused: list[str] = []
     confirmed = confirm(ctx, winner) if winner is not None else None
+    tries = 0
     while winner is not None and confirmed is not None and not confirmed["ok"]:
-        c = winner.candidate
-        refused.append(
-            f"{c.ratio:.0%} {c.allocation} {c.precision}: {ctx.metric} {c.metric:.4f} on "
-            f"selection, {confirmed['measured']['metric']:.4f} on confirmation "
-            f"(claims {confirmed['metric']:.4f})"
-            + (f" (recall {confirmed['recall']:.4f})" if confirmed["recall"] is not None else "")
-        )
-        c.note = splits.REFUSED_NOTE  # choose() skips it from now on
-        if len(refused) >= MAX_CONFIRMATIONS:
+        winner.candidate.note = splits.REFUSED_NOTE  # choose() skips it from now on
+        tries += 1
+        if tries >= MAX_CONFIRMATIONS:
             winner = None
             break
         winner, reason = choose(ctx, candidates, base.candidate)
         confirmed = confirm(ctx, winner) if winner is not None else None
+    # Every candidate refused on confirmation, here or by the search (which confirms a
+    # structure before trying lower precisions or runtimes on it).
+    refused = [refusal(ctx, b) for b in candidates if b.candidate.note == splits.REFUSED_NOTE]
     if winner is None and refused:
         reason = (
             f"no candidate held its budget on the confirmation split ({len(refused)} refused; "
@@ -179,6 +179,19 @@ def verify(ctx: SearchContext, candidates: list[Built], base: Built) -> Verdict:
         params_before=params_before,
         confirmed=confirmed,
         refused=refused,
+    )
+
+
+def refusal(ctx: SearchContext, built: Built) -> str:
+    """What a candidate refused on the confirmation split measured there, in one line."""
+    c, held = built.candidate, built.confirmed or {}
+    if not held:
+        return f"{c.ratio:.0%} {c.allocation} {c.precision}"
+    return (
+        f"{c.ratio:.0%} {c.allocation} {c.precision}: {ctx.metric} {c.metric:.4f} on "
+        f"selection, {held['measured']['metric']:.4f} on confirmation "
+        f"(claims {held['metric']:.4f})"
+        + (f" (recall {held['recall']:.4f})" if held["recall"] is not None else "")
     )
 
 

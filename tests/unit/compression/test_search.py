@@ -56,3 +56,44 @@ def test_the_report_lists_the_amount_it_skipped():
     assert sorted(built) == [0.1, 0.2, 0.3, 0.4] and built[0.4].within_budget, built
     (why,) = [s["detail"] for s in r.steps if s["detail"].startswith("skipped")]
     assert why.startswith("skipped uniform 50%: not built: cosine extrapolates to"), why
+
+
+def _profile(**update):
+    base = {"quantization": "none", "runtimes": ["torch"], "min_neighbour_recall": None,
+            "latency_repeats": 3, "min_fidelity": 0.5}  # fmt: skip
+    return PROFILES["cpu"].model_copy(update={**base, **update})
+
+
+def test_the_split_whose_cut_loses_less_is_the_only_one_rebuilt():
+    torch.manual_seed(0)
+    # Two hidden layers of unequal importance (the second's outputs are scaled down 20x), so a
+    # global split cuts mostly there and a uniform one cuts both alike.
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                          nn.Linear(64, 8)).eval()  # fmt: skip
+    with torch.no_grad():
+        model[2].weight.mul_(0.05)
+    x = torch.randn(512, 16)
+    kw = {"example_inputs": x[:4], "calibration": [x]}
+    r = compress(model, _profile(allocation="search", ratios=[0.4]), **kw).report
+    floats = [c for c in r.candidates if c.precision == "float32" and c.ratio > 0]
+    assert len(floats) == 1, floats  # one rebuild at the first amount, not two
+    (why,) = [s["detail"] for s in r.steps if s["detail"].startswith("skipped")]
+    other = "uniform" if floats[0].allocation == "global" else "global"
+    assert why.startswith(f"skipped {other} 40%: not built: its cut's calibration error"), why
+    lost = float(why.split("calibration error ")[1].split(" ")[0])
+    kept = float(why.split(f"> {floats[0].allocation}'s ")[1].split(" ")[0])
+    assert lost > kept, why
+    # What the cut predicted holds after the full rebuild: the split left out, built alone,
+    # keeps no more fidelity than the one chosen.
+    alone = compress(model, _profile(allocation=other, ratios=[0.4]), **kw).report
+    (theirs,) = [c for c in alone.candidates if c.precision == "float32" and c.ratio > 0]
+    assert theirs.fidelity <= floats[0].fidelity + 1e-4, (theirs.fidelity, floats[0].fidelity)
+
+
+def test_a_model_with_batchnorm_has_both_splits_rebuilt(digits_cnn_bundle):
+    # Its cut's error does not predict the rebuilt fidelity (see search.split_by_cut).
+    b = digits_cnn_bundle
+    r = b.compress(_profile(ratios=[0.2], min_fidelity=0.0)).report
+    firsts = {c.allocation for c in r.candidates if c.precision == "float32" and c.ratio == 0.2}
+    assert firsts == {"uniform", "global"}, r.candidates
+    assert not [s for s in r.steps if s["detail"].startswith("skipped")], r.steps
