@@ -119,7 +119,8 @@ def compress(
         )
         base = search.baseline(ctx)
         candidates = search.run(ctx, base)
-        candidates += runtimes.search_step(ctx, candidates, base)
+        served_by, runtime_notes = runtimes.search_step(ctx, candidates, base)
+        candidates += served_by
         if "torch" not in profile.runtimes:  # pinned: ONNX Runtime serves, where it can
             ort = [c for c in candidates if isinstance(c.module, runtimes.OrtModule)]
             candidates = ort or candidates
@@ -127,7 +128,7 @@ def compress(
         report = build_report(
             ctx, verdict, candidates, model=source or type(model).__name__, started=started
         )
-    report.runtimes = ctx.runtime_notes
+    report.runtimes = runtime_notes
     chosen = verdict.chosen
     plan = variant_plan(model, chosen.float_module, chosen.candidate, profile, source)
     if isinstance(chosen.module, runtimes.OrtModule):

@@ -248,36 +248,22 @@ def load_onnx(directory: Path, plan: dict, threads: int | None = None) -> OrtMod
 # ---- the search step ----------------------------------------------------------------------------
 
 
-def structure_step(ctx, source) -> list:
+def structure_step(ctx, source) -> tuple[list, list[str]]:
     """ONNX Runtime fp32 and int8 candidates of one float structure (``search.Built``),
-    measured like every other candidate; notes go to ``ctx.runtime_notes``. Each structure is
-    exported once (``ctx.exported``)."""
+    measured like every other candidate; and notes for the report."""
     from compression.search import Built, measure
 
-    profile = ctx.profile
-    if id(source) in ctx.exported:
-        return []
-    ctx.exported.add(id(source))
-    if "onnxruntime" not in profile.runtimes:
-        _note(ctx, "onnxruntime not in the profile's runtimes")
-        return []
-    if profile.device != "cpu":
-        _note(ctx, f"onnxruntime is measured on cpu profiles only (this one: {profile.device})")
-        return []
     label = f"{source.candidate.ratio:.0%} {source.candidate.allocation}"
     if time.monotonic() > ctx.deadline:
-        _note(ctx, f"{label}: not exported (time limit)")
-        return []
+        return [], [f"{label}: not exported (time limit)"]
     start = time.perf_counter()
     ctx.progress(0.9, "onnxruntime")
     found, said = candidates(
         source.float_module,
         ctx.example_inputs,
         check_batches(ctx.validation, ctx.example_inputs),
-        profile.threads,
+        ctx.profile.threads,
     )
-    for n in said:
-        _note(ctx, f"{label}: {n}")
     out = []
     for precision, module in found:
         cand = measure(
@@ -291,25 +277,23 @@ def structure_step(ctx, source) -> list:
         step = {"step": "runtime", "kept": cand.within_budget, "detail": precision}
         out.append(Built(module, source.float_module, cand, [*source.steps, step]))
     ctx.tick("runtimes", start)
-    return out
+    return out, [f"{label}: {n}" for n in said]
 
 
-def _note(ctx, note: str) -> None:
-    if note not in ctx.runtime_notes:
-        ctx.runtime_notes.append(note)
-
-
-def search_step(ctx, built: list, base) -> list:
-    """ONNX Runtime candidates of the most pruned candidate within budget and of the original
-    (those not exported during the search already, see :func:`structure_step`).
+def search_step(ctx, built: list, base) -> tuple[list, list[str]]:
+    """ONNX Runtime candidates of the most pruned candidate within budget and of the original,
+    measured like every other candidate; and notes for the report.
 
     Both, because int8 error compounds with pruning error: on MiniLM, int8 of the original kept
     cosine 0.992 at 1.8x, int8 of the 20 %-pruned structure 0.972 (over budget once claimed).
     """
     from compression.search import holds
 
-    if "onnxruntime" not in ctx.profile.runtimes or ctx.profile.device != "cpu":
-        return structure_step(ctx, base)  # says why not
+    profile = ctx.profile
+    if "onnxruntime" not in profile.runtimes:
+        return [], ["onnxruntime not in the profile's runtimes"]
+    if profile.device != "cpu":
+        return [], [f"onnxruntime is measured on cpu profiles only (this one: {profile.device})"]
     # The most pruned float structure within budget that also holds on the confirmation split
     # (an export of one that verification would refuse is wasted); the original when none does.
     within = [
@@ -318,8 +302,9 @@ def search_step(ctx, built: list, base) -> list:
         if b.candidate.within_budget and b.candidate.ratio > 0 and b.module is b.float_module
     ]
     pick = next((b for b in sorted(within, key=lambda b: b.candidate.macs) if holds(ctx, b)), base)
-    return [
-        c
-        for source in ([pick, base] if pick is not base else [base])
-        for c in structure_step(ctx, source)
-    ]
+    out, notes = [], []
+    for source in [pick, base] if pick is not base else [base]:
+        found, said = structure_step(ctx, source)
+        out += found
+        notes += said
+    return out, notes

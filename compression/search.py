@@ -83,8 +83,6 @@ class SearchContext:
     confirmation: splits.Evaluation | None = None  # None: too little data to hold any out
     in_sample: bool = False  # no validation and too little calibration to hold any out
     refit_cache: dict = field(default_factory=dict)  # the original's layer outputs (refit)
-    exported: set[int] = field(default_factory=set)  # structures exported to ONNX (runtimes)
-    runtime_notes: list[str] = field(default_factory=list)  # report.runtimes
 
     def tick(self, key: str, start: float) -> None:
         self.timings[key] = round(self.timings.get(key, 0.0) + time.perf_counter() - start, 3)
@@ -321,9 +319,7 @@ def run(ctx: SearchContext, original_built: Built) -> list[Built]:
     for ratio in ratios:
         if not last_ok or time.monotonic() > ctx.deadline:
             break  # larger amounts only lose more
-        # This split's float structures (not their lower precisions or other runtimes).
-        same = [b for b in built if b.candidate.allocation == mode and b.module is b.float_module]
-        miss = predicted_miss(ctx, same, ratio)
+        miss = predicted_miss(ctx, [b for b in built if b.candidate.allocation == mode], ratio)
         if miss:
             ctx.skipped.append(f"{mode} {ratio:.0%}: {miss}")
             break
@@ -333,8 +329,7 @@ def run(ctx: SearchContext, original_built: Built) -> list[Built]:
     # budget), and the unpruned model.
     ctx.progress(0.85, "precision")
     fits = sorted(
-        (b for b in built if b.candidate.within_budget and b.module is b.float_module),
-        key=lambda b: b.candidate.latency_ms,
+        (b for b in built if b.candidate.within_budget), key=lambda b: b.candidate.latency_ms
     )
     tries = fits[:3]
     if fits:

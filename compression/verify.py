@@ -74,11 +74,11 @@ def confirm_latencies(
 def choose(ctx: SearchContext, built: list[Built], original: Candidate) -> tuple[Built | None, str]:
     """The winner and why; None with the reason when nothing is within budget."""
     fits = [b for b in built if b.candidate.within_budget and not b.candidate.note]
-    refused = [refusal(ctx, b) for b in built if b.candidate.note == splits.REFUSED_NOTE]
+    refused = [b for b in built if b.candidate.note == splits.REFUSED_NOTE]
     if not fits and refused:
         return None, (
             f"no candidate held its budget on the confirmation split ({len(refused)} refused; "
-            f"first: {refused[0]})"
+            f"first: {refusal(ctx, refused[0])})"
         )
     if not fits:
         best = max(built, key=lambda b: b.candidate.metric, default=None)
