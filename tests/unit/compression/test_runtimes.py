@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from compression import PROFILES, compress, load_variant
+from compression import PROFILES, compress, load_variant, splits
 from compression.errors import VariantError
 
 pytestmark = pytest.mark.unit
@@ -92,6 +92,15 @@ def test_compress_measures_onnxruntime_and_a_saved_variant_reloads_it(tmp_path):
     exported = {c.ratio for c in r.candidates if c.precision.startswith("onnxruntime")}
     assert exported == {0.0, 0.3}, (exported, r.runtimes)
     assert [n.split(":")[0] for n in r.runtimes] == ["30% uniform", "0% none"], r.runtimes
+    # An fp32 graph takes its torch structure's figures on the selection split (the export
+    # check bounds their difference); measured on the graph they agree.
+    by = {(c.ratio, c.precision): c for c in r.candidates}
+    sel, _ = splits.interleave([(x[128:], None)])
+    ev = splits.evaluation(_mlp().eval(), sel, "cosine", 0.01, 0.8, 0.05)
+    (graph,) = [m for p, m in runtimes.candidates(_mlp().eval(), x[:8], [x[:3]], 2)[0]
+                if p == "onnxruntime-fp32"]  # fmt: skip
+    measured = splits.measure(graph, ev, "cosine", None)[0]
+    assert abs(measured - by[(0.0, "onnxruntime-fp32")].metric) < 1e-5, measured
     assert r.precision.startswith("onnxruntime"), (r.precision, r.runtimes)
     assert isinstance(variant.module, runtimes.OrtModule)
     out = tmp_path / "v"

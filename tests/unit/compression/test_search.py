@@ -9,7 +9,8 @@ from torch import nn
 
 from compression import PROFILES, compress
 from compression.report import Candidate
-from compression.search import Built, predicted_miss
+from compression.search import Built, backoff, predicted_miss, predicted_refusal
+from compression.splits import REFUSED_NOTE
 
 
 def _built(ratio: float, metric: float, recall: float | None = None) -> Built:
@@ -97,3 +98,79 @@ def test_a_model_with_batchnorm_has_both_splits_rebuilt(digits_cnn_bundle):
     firsts = {c.allocation for c in r.candidates if c.precision == "float32" and c.ratio == 0.2}
     assert firsts == {"uniform", "global"}, r.candidates
     assert not [s for s in r.steps if s["detail"].startswith("skipped")], r.steps
+
+
+def _claimed(ratio: float, metric: float, claim: float, recall: float | None = None) -> Built:
+    b = _built(ratio, metric)
+    b.confirmed = {"metric": claim, "fidelity": claim, "recall": recall}
+    return b
+
+
+def _ctx_with_confirmation(budget=0.95, floor=None, metric="cosine"):
+    ctx = _ctx(metric=metric, budget=budget, floor=floor)
+    ctx.confirmation = SimpleNamespace(metric_before=1.0, budget=budget)
+    return ctx
+
+
+def test_an_amount_whose_claim_extrapolates_under_budget_is_not_built():
+    # MiniLM's figures: 20 % is within 0.95 on selection (0.979) and claims 0.9565 on the
+    # confirmation split; the line from 1.0 at 0 % ends at 0.9348 at 30 % (its claim: 0.925).
+    built = [_claimed(0.2, 0.979, 0.9565)]
+    why = predicted_refusal(_ctx_with_confirmation(), built, 0.3)
+    assert why is not None and "extrapolates to 0.9348 < budget 0.9500" in why, why
+    assert "from 1.0000 at 0% and 0.9565 at 20%" in why, why
+    # Within the noise allowance under the budget (0.9348 >= 0.938 - 0.005): built.
+    assert predicted_refusal(_ctx_with_confirmation(budget=0.938), built, 0.3) is None
+    # Two claimed amounts: the line through them; recall from two amounts only.
+    built = [_claimed(0.2, 0.99, 0.98, 0.86), _claimed(0.3, 0.985, 0.975, 0.82)]
+    why = predicted_refusal(_ctx_with_confirmation(budget=0.9, floor=0.8), built, 0.4)
+    assert (
+        why is not None and "recall claim on the confirmation split extrapolates to 0.7800" in why
+    )
+    assert predicted_refusal(_ctx_with_confirmation(floor=0.8), built[:1], 0.3) is None
+    # Unconfirmed amounts, accuracy, or no confirmation split: nothing is extrapolated.
+    assert predicted_refusal(_ctx_with_confirmation(), [_built(0.2, 0.979)], 0.3) is None
+    acc = _ctx_with_confirmation(metric="accuracy", budget=0.98)
+    assert predicted_refusal(acc, [_claimed(0.2, 0.99, 0.9)], 0.3) is None
+    no_split = _ctx()
+    no_split.confirmation = None
+    assert predicted_refusal(no_split, [_claimed(0.2, 0.979, 0.9)], 0.3) is None
+
+
+def test_the_search_backs_off_to_where_the_line_from_the_original_crosses_the_budget():
+    ctx = _ctx_with_confirmation(budget=0.95)
+    ctx.profile.ratios = [0.2, 0.3]
+    ctx.selection = SimpleNamespace(metric_before=1.0)
+    # 20 % lost 0.06 on selection; the line from 1.0 reaches 0.95 at 16.7 %: 16 % is tried.
+    amount, why = backoff(ctx, [_built(0.2, 0.94)])
+    assert amount == 0.16 and "crosses the budget at 16%" in why, why
+    # Within on selection, refused on its claim (0.90): the claim's line, 10 %.
+    assert backoff(ctx, [_claimed(0.2, 0.97, 0.90)])[0] == 0.1
+    # Accuracy moves in steps: half the amount.
+    acc = _ctx_with_confirmation(metric="accuracy", budget=0.95)
+    acc.profile.ratios = [0.2, 0.3]
+    assert backoff(acc, [_built(0.2, 0.5)]) == (0.1, "half of 20%")
+
+
+def test_a_skipped_amount_is_refused_when_built_alone():
+    # The confirmation split (odd samples) is another source than the calibration and the
+    # selection split, so the claims run out before the selection figures do.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 8)).eval()
+    x = torch.randn(512, 16)
+    v = torch.randn(256, 16)
+    v[1::2] = v[1::2] * 1.5 + 0.5
+    kw = {"example_inputs": x[:4], "calibration": [x],
+          "validation": [(v[i : i + 64], None) for i in range(0, 256, 64)]}  # fmt: skip
+    profile = _profile(allocation="uniform", min_fidelity=0.985)
+    r = compress(model, profile.model_copy(update={"ratios": [0.2, 0.4]}), **kw).report
+    assert r.accepted and r.ratio == 0.2, (r.ratio, r.reason)
+    (why,) = [s["detail"] for s in r.steps if s["detail"].startswith("skipped")]
+    assert why.startswith("skipped uniform 40%: not built: its cosine claim"), why
+    predicted = float(why.split("extrapolates to ")[1].split(" ")[0])
+    assert predicted < 0.985 - 0.005, why
+    alone = compress(model, profile.model_copy(update={"ratios": [0.4]}), **kw).report
+    (built,) = [c for c in alone.candidates if c.ratio == 0.4 and c.precision == "float32"]
+    # Built alone it misses the budget (on selection or on its claim), as predicted.
+    assert not built.within_budget or built.note == REFUSED_NOTE, built
+    assert alone.ratio < 0.4, (alone.ratio, alone.reason)
