@@ -113,11 +113,16 @@ def perplexity(model: nn.Module, validation: list) -> float:
     return float(np.exp(total / count))
 
 
-def cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    """Mean cosine similarity between matching rows of two lists of embeddings."""
+def cosine_rows(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    """Cosine similarity between matching rows of two lists of embeddings, one per row."""
     x = torch.cat(a)
     y = torch.cat(b).to(x.device)
-    return float(nn.functional.cosine_similarity(x, y, dim=1).mean())
+    return nn.functional.cosine_similarity(x, y, dim=1)
+
+
+def cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """Mean cosine similarity between matching rows of two lists of embeddings."""
+    return float(cosine_rows(a, b).mean())
 
 
 def neighbour_recall(
@@ -129,6 +134,15 @@ def neighbour_recall(
     Cosine fidelity can stay high while the embedding space folds: retrieval cares whether the
     same sentences stay closest, and this measures exactly that.
     """
+    hits = neighbour_hits(model_out, reference_out, k)
+    return None if hits is None else float(hits.mean())
+
+
+def neighbour_hits(
+    model_out: list[torch.Tensor], reference_out: list[torch.Tensor], k: int = 10
+) -> torch.Tensor | None:
+    """Per sample, the share of its ``k`` nearest neighbours that the model keeps (see
+    :func:`neighbour_recall`, their mean); None with <= ``k`` samples."""
 
     def neighbours(embeddings: list[torch.Tensor]) -> torch.Tensor:
         e = nn.functional.normalize(torch.cat(embeddings).float(), dim=1)
@@ -139,8 +153,8 @@ def neighbour_recall(
     if sum(len(e) for e in reference_out) <= k:
         return None
     a, b = neighbours(model_out).tolist(), neighbours(reference_out).tolist()
-    hits = [len(set(x) & set(y)) for x, y in zip(a, b, strict=True)]
-    return sum(hits) / (k * len(hits))
+    hits = [len(set(x) & set(y)) / k for x, y in zip(a, b, strict=True)]
+    return torch.tensor(hits, dtype=torch.float64)
 
 
 def score(

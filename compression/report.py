@@ -247,8 +247,9 @@ def split_figures(ctx: SearchContext, c: Candidate, verdict: Verdict) -> dict:
             "samples": ctx.confirmation.samples,
             **{k: verdict.confirmed[k] for k in ("metric", "fidelity", "recall")},
             "measured": verdict.confirmed["measured"],
+            "standard_error": verdict.confirmed["standard_error"],
             "used_for": "acceptance (figures: the claim, lowered by the loss added over "
-            "selection; measured: as measured)",
+            "selection and by 1.645 standard errors; measured: as measured)",
         }
     return figures
 

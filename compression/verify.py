@@ -200,9 +200,10 @@ def confirm(ctx: SearchContext, built: Built) -> dict | None:
 
     ``metric`` (for cosine and perplexity; a labelled metric stands as measured, see
     :data:`compression.splits.CONTINUOUS_METRICS`), ``fidelity`` and ``recall`` are the claims
-    (:func:`compression.splits.shifted`: the measured figure lowered by the loss it added over
-    the selection split); ``measured`` holds the figures as measured. Acceptance (``ok``) is
-    decided on the claims.
+    (:func:`compression.splits.claim`: the measured figure lowered by the loss it added over
+    the selection split, then by 1.645 standard errors of its mean); ``measured`` holds the
+    figures as measured, ``standard_error`` their errors. Acceptance (``ok``) is decided on the
+    claims.
     """
     ev, sel = ctx.confirmation, ctx.selection
     if ev is None:
@@ -211,16 +212,19 @@ def confirm(ctx: SearchContext, built: Built) -> dict | None:
         return built.confirmed
     start = time.perf_counter()
     floor = ctx.profile.min_neighbour_recall
-    value, fidelity, recall = splits.measure(built.module, ev, ctx.metric, floor)
+    measured, errors = splits.measure_with_errors(built.module, ev, ctx.metric, floor)
+    value, fidelity, recall = measured
     ctx.tick("verify", start)
     c = built.candidate
     claim_value = value
     if ctx.metric in splits.CONTINUOUS_METRICS:
-        claim_value = splits.shifted(sel.metric_before, c.metric, ev.metric_before, value)
-    claim_fidelity = splits.shifted(1.0, c.fidelity, 1.0, fidelity)
+        claim_value = splits.claim(
+            sel.metric_before, c.metric, ev.metric_before, (value, errors[0])
+        )
+    claim_fidelity = splits.claim(1.0, c.fidelity, 1.0, (fidelity, errors[1]))
     claim_recall = recall
     if recall is not None and c.recall is not None:
-        claim_recall = splits.shifted(1.0, c.recall, 1.0, recall)
+        claim_recall = splits.claim(1.0, c.recall, 1.0, (recall, errors[2]))
     built.confirmed = {
         "metric": round(claim_value, 6),
         "fidelity": round(claim_fidelity, 6),
@@ -229,6 +233,11 @@ def confirm(ctx: SearchContext, built: Built) -> dict | None:
             "metric": round(value, 6),
             "fidelity": round(fidelity, 6),
             "recall": None if recall is None else round(recall, 4),
+        },
+        "standard_error": {
+            "metric": round(errors[0], 6),
+            "fidelity": round(errors[1], 6),
+            "recall": None if errors[2] is None else round(errors[2], 4),
         },
         "ok": splits.within(ev, claim_value, claim_recall, floor),
     }

@@ -8,7 +8,15 @@ import torch
 from torch import nn
 
 from compression import PROFILES, compress
-from compression.splits import REFUSED_NOTE, holdout, interleave, shifted
+from compression.splits import (
+    REFUSED_NOTE,
+    claim,
+    evaluation,
+    holdout,
+    interleave,
+    measure_with_errors,
+    shifted,
+)
 
 
 def test_interleave_gives_disjoint_halves_with_their_labels():
@@ -29,8 +37,33 @@ def test_the_claim_is_lowered_by_the_loss_added_over_selection():
     assert shifted(1.0, 0.972, 1.0, 0.961) == pytest.approx(0.950)
     # Accuracy: the original scores 0.98 / 0.99; the variant loses 1 point, then 2 points.
     assert shifted(0.98, 0.97, 0.99, 0.97) == pytest.approx(0.96)
-    # Lost no more on confirmation than on selection: the measured figure stands.
-    assert shifted(1.0, 0.95, 1.0, 0.97) == 0.97
+    # Lost less on confirmation than on selection: the selection loss is claimed, not the
+    # better figure (the confirmation figure is not raised either way).
+    assert shifted(1.0, 0.95, 1.0, 0.97) == pytest.approx(0.95)
+    assert shifted(0.98, 0.97, 0.99, 0.985) == pytest.approx(0.98)
+
+
+def test_a_claim_is_a_lower_bound_by_its_standard_error():
+    assert claim(1.0, 0.972, 1.0, (0.961, 0.0)) == pytest.approx(0.950)
+    assert claim(1.0, 0.972, 1.0, (0.961, 0.002)) == pytest.approx(0.950 - 1.645 * 0.002)
+    # The errors measure_with_errors gives are those of the per-sample figures' means.
+    torch.manual_seed(0)
+    model = nn.Linear(8, 8).eval()
+    x = torch.randn(64, 8)
+    ev = evaluation(model, [(x, None)], "cosine", 0.01, 0.5, 0.05)
+    noisy = nn.Sequential(model, nn.Dropout(0.0))
+    with torch.no_grad():
+        noisy[0] = nn.Linear(8, 8)
+        noisy[0].weight.copy_(model.weight + 0.3 * torch.randn(8, 8))
+        noisy[0].bias.copy_(model.bias)
+    (value, fidelity, recall), (e_value, e_fid, e_recall) = measure_with_errors(
+        noisy.eval(), ev, "cosine", 0.5
+    )
+    with torch.no_grad():
+        rows = nn.functional.cosine_similarity(noisy(x), model(x), dim=1).double()
+    assert value == fidelity == pytest.approx(float(rows.mean()), abs=1e-6)
+    assert e_value == e_fid == pytest.approx(float(rows.std() / 8), rel=1e-4) and e_fid > 0
+    assert recall is not None and 0 < e_recall < 0.1, (recall, e_recall)
 
 
 def test_holdout_keeps_a_quarter_of_the_calibration_out_of_the_fits():
@@ -100,9 +133,11 @@ def test_report_figures_come_from_the_confirmation_split(validation):
     # 64 evaluation samples either way: the 64 given, or the quarter of 256 held out.
     assert s["selection"]["samples"] == s["confirmation"]["samples"] == 32, s
     assert r.metric_after == s["confirmation"]["metric"] and r.budget == 0.9
-    # The report claims the shifted figure: never above what was measured on confirmation.
+    # The report claims the shifted figure less 1.645 standard errors: never above what was
+    # measured on confirmation.
     conf, measured = s["confirmation"], s["confirmation"]["measured"]
-    expected = shifted(1.0, s["selection"]["fidelity"], 1.0, measured["fidelity"])
+    error = s["confirmation"]["standard_error"]["fidelity"]
+    expected = shifted(1.0, s["selection"]["fidelity"], 1.0, measured["fidelity"]) - 1.645 * error
     assert (
         conf["fidelity"] == pytest.approx(expected, abs=1e-5) and expected <= measured["fidelity"]
     )
