@@ -54,6 +54,7 @@ format: install
 # without .venv-triton (deploy/triton/install-venv.sh).
 bench: install
 	$(BIN)/python -m benchmarks.compression_quality $(filter --readme,$(BENCH))
+	$(BIN)/python -m benchmarks.claims $(filter --readme,$(BENCH))
 	$(BIN)/python -m benchmarks.vs_torch_pruning $(BENCH)
 	$(BIN)/python -m benchmarks.load_test $(BENCH)
 	$(BIN)/python -m benchmarks.vs_triton $(BENCH)
