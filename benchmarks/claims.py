@@ -121,17 +121,17 @@ def markdown(result: dict) -> str:
                 [
                     row["variant"],
                     key,
-                    f["selection"],
-                    f["confirmation"],
-                    f"{f['shift_only']}" + ("" if holds(f, "shift_only") else " ✗"),
-                    f"{f['claim']}" + ("" if holds(f, "claim") else " ✗"),
-                    f["heldout"],
+                    f"{f['selection']:.4f}",
+                    f"{f['confirmation']:.4f}",
+                    f"{f['shift_only']:.4f}" + ("" if holds(f, "shift_only") else " ✗"),
+                    f"{f['claim']:.4f}" + ("" if holds(f, "claim") else " ✗"),
+                    f"{f['heldout']:.4f}",
                 ]
             )
     lines += common.table(header, table)
     for rule in ("shift_only", "claim"):
         n = sum(holds(r[k], rule) for r in result["rows"] for k in ("cosine", "recall"))
-        lines.append(f"\n{rule.replace('_', ' ')}: {n} of {2 * len(result['rows'])} claims hold.")
+        lines.append(f"\n*{rule.replace('_', ' ')}*: {n} of {2 * len(result['rows'])} claims hold.")
     return "\n".join(lines) + "\n"
 
 
