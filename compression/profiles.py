@@ -64,9 +64,10 @@ class DeviceProfile(BaseModel):
     )
     min_fidelity: float = Field(
         0.95,
-        ge=0.0,
+        ge=-1.0,
         le=1.0,
-        description="Smallest allowed cosine fidelity when there are no labels.",
+        description="Smallest allowed cosine fidelity when there are no labels (the claim, a "
+        "lower bound, can be under 0 on a few samples; -1 accepts any).",
     )
     max_perplexity_increase: float = Field(
         0.05,
