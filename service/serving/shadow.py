@@ -4,7 +4,10 @@ After a served batch, the runtime offers it here. A sampled fraction (at most ``
 batches a second) is queued, bounded: when the queue is full the sample is skipped, never
 waited for. One low-priority thread (``nice`` 19) runs the *other* model of the pair on the
 same rows — the original while a variant serves, or the canary while the original serves — and
-measures per-sample agreement:
+measures per-sample agreement. A canary that arrives while another variant serves is measured
+too: every other sample runs both the canary and the original on the served rows (two forwards
+instead of one), so it is judged against the original as always, and the serving variant's own
+window keeps filling with the rest:
 
 - embeddings: cosine between the two outputs (``metric="cosine"``);
 - classifiers: top-1 agreement (``"top1"``), and the total-variation distance between the two
@@ -87,6 +90,9 @@ class _Job:
     other: Active
     rows: list[np.ndarray]
     outputs: np.ndarray
+    # Set when ``other`` (a canary) is measured against this model (the original) on ``rows``
+    # rather than against ``outputs`` (a variant serves): the canary's window.
+    reference: Active | None = None
 
 
 class ShadowEvaluator:
@@ -125,9 +131,12 @@ class ShadowEvaluator:
         self, served: Served, active: Active, rows: list[np.ndarray], out: np.ndarray
     ) -> None:
         """Called after a served batch; queues a sample for the shadow thread, or skips it."""
-        other = self._pair(served.name, active)
+        other, reference = self._pair(served.name, active), None
         if other is None or self.fraction <= 0 or self._rng.random() >= self.fraction:
             return
+        canary = self.canaries.get(served.name)
+        if active.variant != "original" and canary is not None and self._rng.random() < 0.5:
+            other, reference = canary, other  # the canary against the original, same rows
         now = time.monotonic()
         self._tokens = min(
             self.max_per_second, self._tokens + (now - self._last) * self.max_per_second
@@ -140,7 +149,7 @@ class ShadowEvaluator:
             self.skipped += 1
             return
         try:
-            self._queue.put_nowait(_Job(served, active, other, rows, out))
+            self._queue.put_nowait(_Job(served, active, other, rows, out, reference))
             self._tokens -= 1.0
         except queue.Full:
             self.skipped += 1
@@ -178,12 +187,17 @@ class ShadowEvaluator:
 
     def _evaluate(self, job: _Job) -> None:
         adapter = job.served.adapter
-        other = self.place(job.other) if self.place is not None else job.other
-        other_out = Runtime._forward(adapter, other, job.rows)
+        place = self.place or (lambda model: model)
+        other_out = Runtime._forward(adapter, place(job.other), job.rows)
+        outputs = job.outputs
+        if job.reference is not None:  # a canary while a variant serves: against the original
+            outputs = Runtime._forward(adapter, place(job.reference), job.rows)
         embedding = getattr(adapter, "output_name", "") == "EMBEDDING"
-        metric, values, extra = agreement(job.outputs, other_out, embedding)
+        metric, values, extra = agreement(outputs, other_out, embedding)
         # The window belongs to the compressed variant of the pair.
         variant = job.served_variant if job.served_variant.variant != "original" else job.other
+        if job.reference is not None:
+            variant = job.other
         key = (job.served.name, variant.variant)
         with self._lock:
             win = self.windows.get(key)

@@ -172,3 +172,23 @@ def test_shadow_work_is_skipped_when_its_queue_is_full(core, variants):
     for _ in range(shadow._queue.maxsize + 5):
         shadow.offer(served, variant, rows, out)
     assert shadow._queue.full() and shadow.skipped >= 5
+
+
+def test_a_canary_is_judged_against_the_original_while_another_variant_serves(
+    core, variants, digits_cnn_bundle
+):
+    # A job finishing while an earlier variant serves (e.g. the one a rollback queued): its
+    # canary must still meet live traffic, measured against the original, not the server.
+    serving = core.registry.add_variant(NAME, variants["good"], "cpu")
+    core.variants.activate(NAME, serving)
+    canary = core.registry.add_variant(NAME, variants["good"], "cpu")
+    assert canary != serving
+    core.live.accepted(NAME, canary)
+    assert core.shadow.canaries[NAME].variant == canary
+    _traffic(core, digits_cnn_bundle, lambda: core.plane.served(NAME).active.variant == canary)
+    assert core.plane.served(NAME).active.variant == canary, core.shadow.view(NAME)
+    view = core.shadow.view(NAME)
+    # Both windows filled from the same traffic: the canary's against the original, and the
+    # serving variant's own (its rollback check went on meanwhile).
+    assert view[canary]["samples"] >= 48 and view[canary]["value"] >= 0.95, view
+    assert view[serving]["samples"] > 0, view
