@@ -44,7 +44,7 @@ from compression import metrics
 from compression.inputs import Batch, batch_size, concat, index, split
 
 # Continuous metrics (no labels): their confirmation figure is lowered by the shift
-# (:func:`shifted`, see above), and the search extrapolates them (search.predicted_miss).
+# (:func:`shifted`, see above), and the search extrapolates them (ladder.predicted_miss).
 CONTINUOUS_METRICS = ("cosine", "perplexity")
 # What choose() skips once the confirmation split has refused a candidate.
 REFUSED_NOTE = "over budget on the confirmation split"

@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from compression import PROFILES, compress
+from compression.ladder import backoff, predicted_miss, predicted_refusal
 from compression.report import Candidate
-from compression.search import Built, backoff, predicted_miss, predicted_refusal
+from compression.search import Built
 from compression.splits import REFUSED_NOTE
 
 
