@@ -92,6 +92,12 @@ def _profile() -> DeviceProfile:
         "max_drop": 0.015,
         "latency_repeats": 5,
         "time_limit_s": 240,
+        # Without distillation the depthwise net sits on the budget's edge: of six training
+        # seeds here, two backed off to 20 % (1.43x MACs), and a CPU with other float kernels
+        # (CI's) failed seed 0. With 3 s of distillation per build all six seeds and conv1d's
+        # seeds 0 and 4 kept 1.5 points at 2.3-3.8x fewer MACs (conv1d: 2.5-8.9x).
+        "rebuild": ["bn", "bias", "refit", "distill"],
+        "distill_seconds": 3.0,
     }
     if "runtimes" in settings:
         settings["runtimes"] = ["torch"]
@@ -118,8 +124,9 @@ def test_trained_conv_net_halves_macs_within_one_and_a_half_points(build, shape)
     r = variant.report
     assert r.metric_before >= 0.9, f"training reached only {r.metric_before:.4f}"
     assert r.accepted, r.reason
-    # >= 2x was measured when one validation set both chose and accepted; chosen on even and
-    # accepted on odd samples, the depthwise net keeps 1.5 points at 1.88x (conv1d: >= 2x).
+    # Chosen on even and accepted on odd validation samples, the depthwise net kept 1.5 points
+    # at 1.88x without distillation and 2.3x or more with it (six seeds); the floor leaves room
+    # for the global 40 % cut (1.9x) when the uniform one misses.
     assert r.macs_reduction >= 1.8, f"MACs only {r.macs_reduction:.2f}x fewer"
     drop = r.metric_before - r.metric_after
     assert drop <= 0.015, f"accuracy {r.metric_before:.4f} -> {r.metric_after:.4f}"
