@@ -14,8 +14,11 @@
    (model content, profile, hardware, torch version); a replica that starts on the same key
    serves it at once, with no job.
 
-The live budget: a variant verified by cosine keeps its verified cosine budget; classifiers use
-``SLIMSERVE_LIVE_MIN_AGREEMENT`` (top-1 agreement with the original).
+The live budget: a variant verified by cosine keeps its verified cosine budget, and one whose
+report claims a neighbour recall keeps the profile's recall floor on the window's served
+sentences too (``service.serving.shadow``: a claim measured on the engine's own sentences does
+not bound recall on another register); classifiers use ``SLIMSERVE_LIVE_MIN_AGREEMENT``
+(top-1 agreement with the original).
 """
 
 from __future__ import annotations
@@ -65,23 +68,33 @@ class LiveLoop:
         """The shadow thread has a full-enough window for ``vid``: promote, keep or roll back."""
         budget = self.budget(name, vid, window.metric)
         value = window.mean
+        floor = self.recall_floor(name, vid, window.metric)
+        recall = window.recall if floor is not None else None
         metrics.series().live_budget.labels(name, vid, window.metric).set(budget)
+        if floor is not None:
+            metrics.series().live_budget.labels(name, vid, "neighbour_recall").set(floor)
+        slack = self.settings.live_hysteresis
+        # Recall needs more than 2 k distinct sentences in the window (shadow.recall_of); until
+        # then (or for traffic that repeats a few sentences) cosine decides alone.
+        holds = value >= budget and (recall is None or recall >= floor)
+        breaks = value < budget - slack or (recall is not None and recall < floor - slack)
         canary = self.shadow.canaries.get(name)
         with self._lock:
             if canary is not None and canary.variant == vid:
-                if value >= budget:
+                if holds:
                     del self.shadow.canaries[name]
-                    log.info("model %s: canary %s promoted (%s %.4f >= %.4f over %d samples)",
-                             name, vid, window.metric, value, budget, len(window.values))  # fmt: skip
+                    log.info("model %s: canary %s promoted (%s %.4f >= %.4f over %d samples%s)",
+                             name, vid, window.metric, value, budget, len(window.values),
+                             "" if recall is None else f"; neighbour recall {recall:.4f}")  # fmt: skip
                     self.manager.activate(name, vid, reason="canary")
                     self._publish(name, vid)
-                elif value < budget - self.settings.live_hysteresis:
+                elif breaks:
                     del self.shadow.canaries[name]
-                    self._mark(name, vid, window, budget, "canary")
+                    self._mark(name, vid, window, budget, "canary", floor)
                 return
             served = self.manager.plane.runtime.models[name].active
-            if served.variant == vid and value < budget - self.settings.live_hysteresis:
-                self._mark(name, vid, window, budget, "rollback")
+            if served.variant == vid and breaks:
+                self._mark(name, vid, window, budget, "rollback", floor)
                 self.manager.activate(name, ORIGINAL, reason="live_fidelity")
                 self._unpublish(name, vid)
                 self.shadow.reset(name, vid)
@@ -92,6 +105,20 @@ class LiveLoop:
         if metric == "cosine" and report.get("metric") == "cosine":
             return float(report.get("budget", self.settings.live_min_agreement))
         return self.settings.live_min_agreement
+
+    def recall_floor(self, name: str, vid: str, metric: str) -> float | None:
+        """The profile's neighbour-recall floor, for a cosine variant whose report claims a
+        recall (verification measured it); None otherwise."""
+        from compression.profiles import get_profile
+
+        report = self.manager.load(name, vid).report or {}
+        if metric != "cosine" or report.get("neighbour_recall") is None:
+            return None
+        try:
+            profile = get_profile(self.manager.profile_path or self.manager.profile)
+        except (OSError, ValueError, KeyError):
+            return None
+        return profile.min_neighbour_recall
 
     # ---- marks and recompression -----------------------------------------------------------
 
@@ -105,7 +132,15 @@ class LiveLoop:
         except (OSError, json.JSONDecodeError):
             return []
 
-    def _mark(self, name: str, vid: str, window: Window, budget: float, when: str) -> None:
+    def _mark(
+        self,
+        name: str,
+        vid: str,
+        window: Window,
+        budget: float,
+        when: str,
+        floor: float | None = None,
+    ) -> None:
         report = self.manager.load(name, vid).report or {}
         mark = {
             "variant": vid,
@@ -116,10 +151,15 @@ class LiveLoop:
             "budget": round(budget, 6),
             "live": window.summary(),
         }
+        figures = f"{window.metric} {window.mean:.4f}, budget {budget:.4f}"
+        if floor is not None:
+            mark["recall_floor"] = floor
+            recall = "n/a" if window.recall is None else f"{window.recall:.4f}"
+            figures += f"; neighbour recall {recall}, floor {floor:.4f}"
         log.warning(
-            "model %s: variant %s under its live budget (%s %.4f < %.4f over %d samples); "
+            "model %s: variant %s under its live budget (%s, over %d samples); "
             "%s, marked so the next job does not repeat it",
-            name, vid, window.metric, window.mean, budget, len(window.values),
+            name, vid, figures, len(window.values),
             "dropped as a canary" if when == "canary" else "rolled back to the original",
         )  # fmt: skip
         path = self._marks_path(name)
