@@ -89,8 +89,9 @@ class LiveLoop:
                     self.manager.activate(name, vid, reason="canary")
                     self._publish(name, vid)
                 elif breaks:
-                    del self.shadow.canaries[name]
+                    # Mark first: whoever sees the canary gone may read the marks at once.
                     self._mark(name, vid, window, budget, "canary", floor)
+                    del self.shadow.canaries[name]
                 return
             served = self.manager.plane.runtime.models[name].active
             if served.variant == vid and breaks:
