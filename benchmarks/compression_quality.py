@@ -89,7 +89,8 @@ def claim(report) -> dict:
         "confirmation": (conf.get("measured") or {}).get("metric"),
         "claim": conf.get("metric", report.metric_after),
         "recall": report.neighbour_recall,
-        "chosen": f"{report.ratio:.0%} {report.allocation}, {report.precision}",
+        "chosen": f"{report.ratio:.0%} {report.allocation}, {report.precision}"
+        + (", packed tokens" if report.packed else ""),
         "timings": report.timings,
     }
 

@@ -7,6 +7,7 @@ measure every candidate) -> verify (choose, re-time against the original) -> rep
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -15,7 +16,17 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from compression import graph, importance, metrics, rebuild, runtimes, search, splits, verify
+from compression import (
+    graph,
+    importance,
+    metrics,
+    packing,
+    rebuild,
+    runtimes,
+    search,
+    splits,
+    verify,
+)
 from compression.errors import CompressionError, DataError, UntraceableModelError
 from compression.inputs import (
     Batch,
@@ -24,9 +35,9 @@ from compression.inputs import (
     concat,
     index,
     materialize,
+    served_like,
     to_device,
     token_mask,
-    typical,
 )
 from compression.measure import torch_threads
 from compression.plan import variant_plan
@@ -118,9 +129,18 @@ def compress(
             deadline=time.monotonic() + profile.time_limit_s,
         )
         base = search.baseline(ctx)
+        if "torch" in profile.runtimes:
+            ctx.packed, packed_ms, packing_note = packing.decide(ctx, base)
+        else:
+            packed_ms, packing_note = None, "packed tokens: torch not in the profile's runtimes"
         candidates = search.run(ctx, base)
-        served_by, runtime_notes = runtimes.search_step(ctx, candidates, base)
+        served_by, runtime_notes = runtimes.search_step(ctx, candidates, base, packed_ms)
         candidates += served_by
+        runtime_notes.insert(0, packing_note)
+        if ctx.packed:  # the original on packed tokens is a candidate too; all are served so
+            candidates.insert(0, packed_original(ctx, base, packed_ms))
+            for b in candidates:
+                b.module = search.served(ctx, b.module)
         if "torch" not in profile.runtimes:  # pinned: ONNX Runtime serves, where it can
             ort = [c for c in candidates if isinstance(c.module, runtimes.OrtModule)]
             candidates = ort or candidates
@@ -133,10 +153,20 @@ def compress(
     plan = variant_plan(model, chosen.float_module, chosen.candidate, profile, source)
     if isinstance(chosen.module, runtimes.OrtModule):
         plan["runtime"] = "onnxruntime"
+    if chosen.candidate.packed:
+        plan["packed"] = True
     progress(1.0, "done")
     return CompressedModel(
         module=chosen.module, report=report, float_module=chosen.float_module, plan=plan
     )
+
+
+def packed_original(ctx: search.SearchContext, base: search.Built, ms: float) -> search.Built:
+    """The original on packed tokens as a candidate: its figures are the original's (the same
+    outputs on real tokens, :func:`compression.packing.check`), its latency the packed one."""
+    cand = dataclasses.replace(base.candidate, latency_ms=round(ms, 4), packed=True)
+    step = {"step": "runtime", "kept": True, "detail": "packed tokens, unpruned"}
+    return search.Built(packing.served(ctx.original), ctx.original, cand, [step], base.confirmed)
 
 
 def prepare(
@@ -207,7 +237,7 @@ def prepare(
     conf = splits.evaluation(original, confirmation, metric, *limits) if confirmation else None
     lat_source = val_list[0][0]
     if batch_size(lat_source) < profile.latency_batch or token_mask(lat_source) is not None:
-        # GPU batches span several; token batches: typical lengths are drawn from all of them
+        # GPU batches span several; token batches: a batch as served is drawn from all of them
         lat_source = concat([x for x, _ in val_list])
     return search.SearchContext(
         original=original,
@@ -222,7 +252,7 @@ def prepare(
         reference=rebuild.reference_outputs(original, probe),
         probe=probe,
         reference_val=sel.reference,
-        latency_batch=typical(lat_source, profile.latency_batch),
+        latency_batch=served_like(lat_source, profile.latency_batch),
         budget=sel.budget,
         deadline=deadline,
         progress=progress,

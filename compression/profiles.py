@@ -120,6 +120,13 @@ class DeviceProfile(BaseModel):
         "(compression.runtimes); ONNX Runtime only on CPU, skipped where it is not installed.",
     )
 
+    packed_tokens: bool = Field(
+        True,
+        description="Offer packed-token twins of BERT-family encoder candidates (the real tokens "
+        "of a padded batch only; lossless in float32, compression.packing), measured like any "
+        "candidate; CPU profiles only.",
+    )
+
     @field_validator("dtype")
     @classmethod
     def _known_dtype(cls, value: str) -> str:

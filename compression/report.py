@@ -35,6 +35,7 @@ class Candidate:
     note: str = ""
     recall: float | None = None  # neighbour recall@10 (cosine metric), see metrics
     sparsity: str = "none"  # "2:4" or "unstructured" (then params counts nonzero weights)
+    packed: bool = False  # served on packed tokens (compression.packing), not padded batches
 
 
 @dataclass
@@ -64,6 +65,7 @@ class CompressionReport:
     importance: str = ""
     precision: str = "float32"
     sparsity: str = "none"  # weight sparsity of the chosen variant (compression.sparsity)
+    packed: bool = False  # served on packed tokens (compression.packing)
     target_met: bool = False
     neighbour_recall: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -218,6 +220,7 @@ def build_report(
         importance=ctx.profile.importance,
         precision=c.precision,
         sparsity=c.sparsity,
+        packed=c.packed,
         target_met=verdict.target_met,
         neighbour_recall=conf["recall"],
         timings=ctx.timings,

@@ -22,7 +22,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from compression import allocation, graph, layers, metrics, precision, rebuild, sparsity, splits
+from compression import (
+    allocation,
+    graph,
+    layers,
+    metrics,
+    packing,
+    precision,
+    rebuild,
+    sparsity,
+    splits,
+)
 from compression.errors import Cancelled, CompressionError
 from compression.graph import PruneUnit
 from compression.inputs import Batch
@@ -36,6 +46,8 @@ Progress = Callable[[float, str], None]
 # (MiniLM: ~5 runs instead of 10), since the close contenders are timed again side by side
 # before the choice (verify.confirm_latencies) and the winner against the original after it.
 SCREEN_SECONDS = 0.5
+# The note of a lower precision that is not >= 5 % faster than its float32 form.
+NO_SPEEDUP = "no speed-up over float32"
 
 
 @dataclass
@@ -82,6 +94,7 @@ class SearchContext:
     selection: splits.Evaluation | None = None
     confirmation: splits.Evaluation | None = None  # None: too little data to hold any out
     in_sample: bool = False  # no validation and too little calibration to hold any out
+    packed: bool = False  # torch candidates run on packed tokens (compression.packing.decide)
     refit_cache: dict = field(default_factory=dict)  # the original's layer outputs (refit)
 
     def tick(self, key: str, start: float) -> None:
@@ -98,6 +111,7 @@ def measure(
     """Metric, fidelity, MACs, params and latency of one candidate (``figures``: its metric,
     fidelity and recall on the selection split where they are known without a forward)."""
     start = time.perf_counter()
+    module = served(ctx, module)
     floor = ctx.profile.min_neighbour_recall
     value, fidelity, recall = figures or splits.measure(module, ctx.selection, ctx.metric, floor)
     macs, params = macs_params(float_module, ctx.example_inputs)
@@ -119,8 +133,15 @@ def measure(
         within_budget=within,
         recall=None if recall is None else round(recall, 4),
         note=note,
+        packed=isinstance(module, packing.PackedEncoder),
         **info,
     )
+
+
+def served(ctx: SearchContext, module: nn.Module) -> nn.Module:
+    """``module`` as the search measures and serves it: packed when the search packs tokens
+    (:mod:`compression.packing`), else as it is."""
+    return packing.served(module) if ctx.packed else module
 
 
 def baseline(ctx: SearchContext) -> Built:
@@ -220,14 +241,14 @@ def with_precision(ctx: SearchContext, built: Built) -> list[Built]:
     for label in precision.options(p.dtype, p.quantization, p.device):
         start = time.perf_counter()
         dtype, quantization = precision.split_label(label)
-        module = precision.apply(built.float_module, dtype, quantization).eval()
+        module = served(ctx, precision.apply(built.float_module, dtype, quantization).eval())
         ctx.tick("precision", start)
         c = built.candidate
         cand = measure(
             ctx, module, built.float_module, ratio=c.ratio, allocation=c.allocation, precision=label
         )
         if cand.latency_ms > 0.95 * c.latency_ms:  # must earn its place: >= 5% faster than float
-            cand.note = "no speed-up over float32"
+            cand.note = NO_SPEEDUP
         out.append(Built(module, built.float_module, cand, built.steps))
     return out
 

@@ -124,7 +124,10 @@ def load_variant(
     ``precision.apply``; for an ONNX Runtime variant that is float32, since ONNX Runtime's int8
     lives in its graph, not in the plan), never importing onnxruntime, so a TorchScript export
     works where ONNX Runtime is not installed. ``"onnxruntime"`` insists on the ONNX graph and
-    refuses a variant that torch serves. ``threads``: ONNX Runtime's intra-op threads (a
+    refuses a variant that torch serves. A variant served on packed tokens
+    (:mod:`compression.packing`) comes as a ``PackedEncoder`` with ``None`` and as the padded
+    module it wraps with ``"torch"`` (the same outputs on real tokens; what TorchScript traces).
+    ``threads``: ONNX Runtime's intra-op threads (a
     server passes its per-model torch budget); default the profile's.
 
     >>> variant = load_variant("out/", model=build_original())  # doctest: +SKIP
@@ -180,4 +183,8 @@ def load_variant(
     else:
         module = precision.apply(float_module, plan["dtype"], plan["quantization"], sparsity)
         module = module.eval()
+        if plan.get("packed") and runtime is None:  # served on the real tokens only
+            from compression.packing import PackedEncoder
+
+            module = PackedEncoder(module).eval()
     return CompressedModel(module=module, report=report, float_module=float_module, plan=plan)
