@@ -69,13 +69,17 @@ class PackedEncoder(nn.Module):
     """``model`` (a BERT-family encoder) run on the real tokens of a padded batch.
 
     Called like the model (``input_ids``, ``attention_mask``, optional ``token_type_ids``);
-    returns the last hidden state ``[batch, length, width]``, zeros at padded positions.
+    answers as the model does, a ``BaseModelOutput`` whose ``last_hidden_state`` is
+    ``[batch, length, width]`` (zeros at padded positions).
     ``.model`` is the wrapped module (what a TorchScript or ONNX export takes).
     """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
+        from transformers.modeling_outputs import BaseModelOutput  # the wrapped model's answer
+
         self.model = model
+        self._answer = BaseModelOutput
 
     @property
     def config(self):
@@ -114,7 +118,8 @@ class PackedEncoder(nn.Module):
         out[where] = h
         out = out.view(b, n, -1)
         full = attention_mask.shape[1]
-        return F.pad(out, (0, 0, 0, full - n)) if full > n else out
+        out = F.pad(out, (0, 0, 0, full - n)) if full > n else out
+        return self._answer(last_hidden_state=out)
 
     @staticmethod
     def _layer(layer, h, where, keys, b: int, n: int) -> torch.Tensor:
@@ -146,7 +151,7 @@ def difference(model: nn.Module, packed: nn.Module, batches: list[Batch]) -> flo
         for b in batches:
             mask = token_mask(b).bool()
             a = main_output(model(**b)).float()[mask]
-            c = packed(**b).float()[mask]
+            c = main_output(packed(**b)).float()[mask]
             if a.shape != c.shape:
                 return float("inf")
             worst = max(worst, float((a - c).abs().max()) if a.numel() else 0.0)

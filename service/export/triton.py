@@ -302,6 +302,10 @@ def export_meta(prep: Prepared, platform: str, inputs, outputs, **extra) -> dict
             else "the variant's output (class scores for classifiers)"
         ),
         "report": {k: report.get(k) for k in ("accepted", "speedup", "metric", "metric_after")},
+        # SlimServe serves a packed variant on its real tokens only (compression.packing); Triton
+        # gets the padded module it wraps: the same outputs in float32, while int8's activation
+        # scales also see the padding, so an int8 export differs within quantization error.
+        "packed_tokens_in_slimserve": bool(plan.get("packed", False)),
         **extra,
     }
 
