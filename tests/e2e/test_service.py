@@ -141,9 +141,14 @@ def test_swap_under_load_rollback_restart_and_metrics(server, server_home):
         jobs = server.admin("GET", "/jobs").json()["jobs"]
         assert jobs[0]["id"] == job_id and jobs[0]["model"] == "digits-cnn"
         job = _wait_job(server, job_id)
-        time.sleep(1.0)  # a little traffic on the new variant
+        new = job["variant"]
+        # A little traffic on the new variant. Every worker serves it once it has followed the
+        # active pointer and loaded it (an ONNX Runtime session under this load: seconds).
+        deadline = time.monotonic() + 60
+        time.sleep(1.0)
+        while load.variants[-1:] != [new] and time.monotonic() < deadline:
+            time.sleep(0.5)
     assert job["state"] == "succeeded", job
-    new = job["variant"]
     assert load.codes and all(c == 200 for c in load.codes), sorted(set(load.codes))
     assert load.variants[0] == "original" and load.variants[-1] == new
     assert job["report"]["accepted"] and job["report"]["macs_after"] < job["report"]["macs_before"]
