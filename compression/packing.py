@@ -92,7 +92,7 @@ class PackedEncoder(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         **_,
-    ) -> torch.Tensor:
+    ):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         keep = attention_mask.bool()

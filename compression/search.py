@@ -46,8 +46,6 @@ Progress = Callable[[float, str], None]
 # (MiniLM: ~5 runs instead of 10), since the close contenders are timed again side by side
 # before the choice (verify.confirm_latencies) and the winner against the original after it.
 SCREEN_SECONDS = 0.5
-# The note of a lower precision that is not >= 5 % faster than its float32 form.
-NO_SPEEDUP = "no speed-up over float32"
 
 
 @dataclass
@@ -248,7 +246,7 @@ def with_precision(ctx: SearchContext, built: Built) -> list[Built]:
             ctx, module, built.float_module, ratio=c.ratio, allocation=c.allocation, precision=label
         )
         if cand.latency_ms > 0.95 * c.latency_ms:  # must earn its place: >= 5% faster than float
-            cand.note = NO_SPEEDUP
+            cand.note = "no speed-up over float32"
         out.append(Built(module, built.float_module, cand, built.steps))
     return out
 
