@@ -87,6 +87,10 @@ class SearchContext:
     failures: list[str] = field(default_factory=list)  # amounts whose cut or rebuild failed
     skipped: list[str] = field(default_factory=list)  # amounts not built, and why
     retimed: bool = False  # the contenders were timed side by side (verify.confirm_latencies)
+    # ... and the original with them, in the same rounds: its latency there, and the contenders'
+    # modules (by id), so the winner's speed-up needs no second timing.
+    original_ms: float | None = None
+    retimed_ids: set[int] = field(default_factory=set)
     # The evaluation splits (compression.splits): ``validation``, ``reference_val``, ``budget``,
     # ``metric_before`` and ``reference_perplexity`` above are the selection split's.
     selection: splits.Evaluation | None = None

@@ -6,8 +6,9 @@ the fastest, after re-timing the close contenders side by side (:func:`confirm_l
 The winner is then measured on the confirmation split, which no choice has seen
 (:mod:`compression.splits`): it is accepted only when what it claims there holds its budget
 (for continuous metrics the measured figure lowered by the loss it added over selection), else
-the next one is tried. The winner and the original are timed back to back, so the reported
-speed-up compares like with like, and the variant is accepted only when it is faster or smaller.
+the next one is tried. The winner and the original are timed in the same interleaved rounds
+(or, where no contenders were re-timed, back to back), so the reported speed-up compares like
+with like, and the variant is accepted only when it is faster or smaller.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def confirm_latencies(
 
     Candidates were first timed minutes apart; a busy moment on a shared machine can make a
     lightly pruned one look fastest. Timing the contenders in turn, round after round, exposes
-    them all to the same load, so the comparison holds.
+    them all to the same load, so the comparison holds. The original runs in the same rounds:
+    its median there is what the winner's speed-up is measured against (:func:`verify`).
     """
     ranked = sorted(fits, key=lambda b: b.candidate.latency_ms)
     close = [
@@ -64,9 +66,10 @@ def confirm_latencies(
     ctx.retimed = True
     start = time.perf_counter()
     times = side_by_side_ms(
-        [b.module for b in close], ctx.latency_batch, ctx.profile.device, rounds
+        [ctx.original] + [b.module for b in close], ctx.latency_batch, ctx.profile.device, rounds
     )
-    for b, ms in zip(close, times, strict=True):
+    ctx.original_ms, ctx.retimed_ids = times[0], {id(b.module) for b in close}
+    for b, ms in zip(close, times[1:], strict=True):
         b.candidate.latency_ms = round(ms, 4)
     ctx.tick("verify", start)
 
@@ -143,15 +146,19 @@ def verify(ctx: SearchContext, candidates: list[Built], base: Built) -> Verdict:
     if winner is None and ctx.confirmation is not None:
         confirmed = confirm(ctx, chosen)  # the report's figures come from one split
     profile = ctx.profile
-    # Re-measure both back to back: the reported speed-up compares like with like.
-    start = time.perf_counter()
-    lat_before = latency_ms(
-        ctx.original, ctx.latency_batch, profile.device, profile.latency_repeats
-    )
-    lat_after = latency_ms(
-        chosen.module, ctx.latency_batch, profile.device, profile.latency_repeats
-    )
-    ctx.tick("verify", start)
+    # The reported speed-up compares like with like: the winner and the original timed in the
+    # same interleaved rounds (confirm_latencies), else now, back to back.
+    if ctx.original_ms is not None and id(chosen.module) in ctx.retimed_ids:
+        lat_before, lat_after = ctx.original_ms, chosen.candidate.latency_ms
+    else:
+        start = time.perf_counter()
+        lat_before = latency_ms(
+            ctx.original, ctx.latency_batch, profile.device, profile.latency_repeats
+        )
+        lat_after = latency_ms(
+            chosen.module, ctx.latency_batch, profile.device, profile.latency_repeats
+        )
+        ctx.tick("verify", start)
     macs_before, params_before = macs_params(ctx.original, ctx.example_inputs)
     speedup = lat_before / max(lat_after, 1e-9)
     c = chosen.candidate
@@ -224,7 +231,8 @@ def confirm(ctx: SearchContext, built: Built) -> dict | None:
     claim_fidelity = splits.claim(1.0, c.fidelity, 1.0, (fidelity, errors[1]))
     claim_recall = recall
     if recall is not None and c.recall is not None:
-        claim_recall = splits.claim(1.0, c.recall, 1.0, (recall, errors[2]))
+        own = splits.claim(1.0, c.recall, 1.0, (recall, errors[2]))
+        claim_recall = splits.recall_claim(own, recall, fidelity, claim_fidelity)
     built.confirmed = {
         "metric": round(claim_value, 6),
         "fidelity": round(claim_fidelity, 6),

@@ -17,9 +17,14 @@ share a sentence.
 from __future__ import annotations
 
 import ast
+import functools
+import hashlib
 import html.parser
+import json
+import os
 import random
 import re
+import sys
 import sysconfig
 from functools import lru_cache
 from pathlib import Path
@@ -43,6 +48,43 @@ DOCSTRING_MODULES = (
 )  # fmt: skip
 
 
+def _cache_file(name: str) -> Path:
+    """Where a sentence source is cached: under ``$SLIMSERVE_HOME/text`` (as the trained
+    built-ins, ``service.models.digits.cache_dir``), keyed by this file, the interpreter and
+    its standard library (reading them takes seconds, a cached list milliseconds)."""
+    from service.models.digits import cache_dir
+
+    key = hashlib.sha256(
+        Path(__file__).read_bytes()
+        + f"{sys.version}|{sysconfig.get_paths()['stdlib']}".encode()
+    ).hexdigest()[:12]
+    return cache_dir().parent / "text" / f"{name}-{key}.json"
+
+
+def _disk_cached(build):
+    """Cache what ``build`` returns (a tuple of sentences) in :func:`_cache_file`; a cache
+    that cannot be read or written is rebuilt or skipped, never an error."""
+
+    @functools.wraps(build)
+    def cached() -> tuple[str, ...]:
+        path = _cache_file(build.__name__)
+        try:
+            return tuple(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            pass
+        sentences = build()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # concurrent first uses
+            tmp.write_text(json.dumps(list(sentences)), encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError:
+            pass
+        return sentences
+
+    return cached
+
+
 def prose_sentences(text: str) -> list[str]:
     """Prose sentences of help text: code samples and indented grammar left out."""
     sentences = []
@@ -63,6 +105,7 @@ def _shuffled(sentences: set[str]) -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=1)
+@_disk_cached
 def stdlib_sentences() -> tuple[str, ...]:
     """Distinct prose sentences from Python's help topics, in a fixed shuffled order."""
     import pydoc_data.topics as topics
@@ -71,6 +114,7 @@ def stdlib_sentences() -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=1)
+@_disk_cached
 def docstring_sentences() -> tuple[str, ...]:
     """Distinct prose sentences of the docstrings of :data:`DOCSTRING_MODULES`, shuffled."""
     root = Path(sysconfig.get_paths()["stdlib"])
@@ -115,6 +159,7 @@ class _PageText(html.parser.HTMLParser):
 
 
 @lru_cache(maxsize=1)
+@_disk_cached
 def guide_sentences() -> tuple[str, ...]:
     """Distinct prose sentences of the IDLE user guide, shuffled; empty where it is missing."""
     import importlib.util

@@ -15,6 +15,7 @@ from compression.splits import (
     holdout,
     interleave,
     measure_with_errors,
+    recall_claim,
     shifted,
 )
 
@@ -64,6 +65,39 @@ def test_a_claim_is_a_lower_bound_by_its_standard_error():
     assert value == fidelity == pytest.approx(float(rows.mean()), abs=1e-6)
     assert e_value == e_fid == pytest.approx(float(rows.std() / 8), rel=1e-4) and e_fid > 0
     assert recall is not None and 0 < e_recall < 0.1, (recall, e_recall)
+
+
+def test_the_recall_claim_follows_the_cosine_claim():
+    # Confirmation: cosine 0.97 (loss 0.03), recall 0.82 (loss 0.18): 6 x the cosine loss.
+    # The cosine claims 0.965 (0.035 lost): recall may claim at most 1 - 6 x 0.035 = 0.79.
+    assert recall_claim(0.81, 0.82, 0.97, 0.965) == pytest.approx(0.79)
+    # Its own claim stands where it is lower already.
+    assert recall_claim(0.75, 0.82, 0.97, 0.965) == pytest.approx(0.75)
+    # A cosine claim at its measured figure lowers nothing beyond the own claim.
+    assert recall_claim(0.81, 0.82, 0.97, 0.97) == pytest.approx(0.81)
+    # No cosine loss to scale by (a lossless variant): the own claim.
+    assert recall_claim(0.99, 1.0, 1.0, 0.9995) == 0.99
+
+
+def test_the_reported_recall_claim_is_the_lower_of_both_rules():
+    model, cal, val = _subspace_model()
+    profile = PROFILES["cpu"].model_copy(
+        update={"min_fidelity": 0.0, "min_neighbour_recall": 0.0, "quantization": "none",
+                "runtimes": ["torch"], "ratios": [0.3], "latency_repeats": 3}
+    )  # fmt: skip
+    r = compress(
+        model, profile, example_inputs=cal[:4], calibration=[cal], validation=[(val, None)]
+    ).report
+    s = r.splits
+    conf, measured, errors = (
+        s["confirmation"],
+        s["confirmation"]["measured"],
+        s["confirmation"]["standard_error"],
+    )
+    own = claim(1.0, s["selection"]["recall"], 1.0, (measured["recall"], errors["recall"]))
+    scaled = 1 - (1 - measured["recall"]) / (1 - measured["fidelity"]) * (1 - conf["fidelity"])
+    assert scaled < own and conf["recall"] == pytest.approx(scaled, abs=1e-4), (own, scaled, s)
+    assert r.neighbour_recall == conf["recall"] < measured["recall"]
 
 
 def test_holdout_keeps_a_quarter_of_the_calibration_out_of_the_fits():
@@ -157,3 +191,35 @@ def test_a_winner_whose_claim_breaks_the_budget_is_refused_though_measured_withi
     budget = round((measured + claim) / 2, 6)  # between the claim and the measured figure
     r = compress(model, PROFILES["cpu"].model_copy(update={**base, "min_fidelity": budget}), **kw)
     assert not r.report.accepted and "claims" in r.report.reason, r.report.reason
+
+
+def test_the_speed_up_is_timed_in_the_rounds_that_chose_the_winner(monkeypatch):
+    """The winner's speed-up comes from the interleaved rounds it was re-timed in beside the
+    original, not from a second timing after the choice."""
+    from compression import verify
+
+    model, cal, val = _subspace_model()
+    profile = PROFILES["cpu"].model_copy(
+        update={"min_fidelity": 0.0, "min_neighbour_recall": 0.0, "quantization": "none",
+                "runtimes": ["torch"], "ratios": [0.1, 0.2], "latency_repeats": 3}
+    )  # fmt: skip
+    rounds = []
+    side_by_side = verify.side_by_side_ms
+
+    def recorded(models, *args):
+        rounds.append(len(models))
+        return side_by_side(models, *args)
+
+    def no_second_timing(*args, **kwargs):
+        raise AssertionError("the winner was timed again after the choice")
+
+    monkeypatch.setattr(verify, "side_by_side_ms", recorded)
+    monkeypatch.setattr(verify, "latency_ms", no_second_timing)
+    r = compress(
+        model, profile, example_inputs=cal[:4], calibration=[cal], validation=[(val, None)]
+    ).report
+    assert r.accepted, r.reason
+    assert rounds and rounds[0] >= 3, rounds  # the original and at least two contenders
+    chosen = next(c for c in r.candidates if c.ratio == r.ratio and c.precision == r.precision)
+    assert r.latency_ms_after == chosen.latency_ms
+    assert r.speedup == pytest.approx(r.latency_ms_before / r.latency_ms_after, rel=1e-3)
