@@ -3,11 +3,11 @@
     python -m benchmarks.claims [--ratios 0.1,0.2,0.3] [--readme]
 
 Builds MiniLM variants the way the cpu profile's search does (global split, full rebuild, on
-the built-in calibration sentences): each amount in ``--ratios`` in float32, the 20 % structure
-(or the first amount) in ONNX Runtime int8 and torch int8, and the unpruned model in both
-int8s, and every amount in torch int8 on packed tokens (``compression.packing``, what the
-cpu profile serves for MiniLM). Each is measured on the engine's two evaluation splits (selection: sentences in the
-calibration's register; confirmation: the IDLE user guide) and on held-out text from a third
+the built-in calibration sentences): each amount in ``--ratios`` in float32 and in torch int8
+on packed tokens (``compression.packing``, what the cpu profile serves for MiniLM), the 20 %
+structure (or the first amount) in ONNX Runtime int8 and torch int8, and the unpruned model
+in both int8s. Each is measured on the engine's two evaluation splits (selection: sentences in
+the calibration's register; confirmation: the IDLE user guide) and on held-out text from a third
 source (``benchmarks.heldout``, package READMEs; recall@10 in pools of 192 sentences, the
 confirmation split's size). Per variant, for cosine fidelity and neighbour recall@10:
 

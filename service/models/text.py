@@ -55,8 +55,7 @@ def _cache_file(name: str) -> Path:
     from service.models.digits import cache_dir
 
     key = hashlib.sha256(
-        Path(__file__).read_bytes()
-        + f"{sys.version}|{sysconfig.get_paths()['stdlib']}".encode()
+        Path(__file__).read_bytes() + f"{sys.version}|{sysconfig.get_paths()['stdlib']}".encode()
     ).hexdigest()[:12]
     return cache_dir().parent / "text" / f"{name}-{key}.json"
 
