@@ -217,7 +217,7 @@ def recall_claim(own: float, recall: float, fidelity: float, fidelity_claim: flo
     if loss <= 1e-6:  # no cosine loss to scale by (the original, a lossless runtime)
         return own
     per_loss = (1.0 - recall) / loss
-    return min(own, 1.0 - per_loss * (1.0 - fidelity_claim))
+    return max(0.0, min(own, 1.0 - per_loss * (1.0 - fidelity_claim)))
 
 
 def within(ev: Evaluation, value: float, recall: float | None, recall_floor: float | None) -> bool:

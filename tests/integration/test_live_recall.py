@@ -102,7 +102,10 @@ def test_a_canary_that_breaks_neighbours_on_served_text_is_dropped(core, minilm_
     assert live["neighbour_recall"] < 0.8 - core.settings.live_hysteresis, live
     (mark,) = core.live.marks(NAME)
     assert mark["variant"] == vid and mark["when"] == "canary" and mark["recall_floor"] == 0.8
-    assert mark["live"]["neighbour_recall"] == live["neighbour_recall"]
+    # The mark holds the window at the decision; shadow jobs sampled before it still land in
+    # the view afterwards (a batch or two of 192 sentences), so the two differ by a few hits.
+    assert mark["live"]["neighbour_recall"] == pytest.approx(live["neighbour_recall"], abs=0.01)
+    assert mark["live"]["neighbour_recall"] < 0.8 - core.settings.live_hysteresis, mark
 
 
 def test_a_canary_that_keeps_neighbours_on_served_text_is_promoted(core, minilm_bundle, tmp_path):
