@@ -86,9 +86,9 @@ class SearchContext:
     reference_perplexity: float | None = None  # metric "perplexity": the original's
     failures: list[str] = field(default_factory=list)  # amounts whose cut or rebuild failed
     skipped: list[str] = field(default_factory=list)  # amounts not built, and why
-    retimed: bool = False  # the contenders were timed side by side (verify.confirm_latencies)
-    # ... and the original with them, in the same rounds: its latency there, and the contenders'
-    # modules (by id), so the winner's speed-up needs no second timing.
+    # The contenders were timed side by side with the original (verify.confirm_latencies): the
+    # original's latency in those rounds (None: not yet) and the contenders' modules (by id),
+    # so the winner's speed-up needs no second timing.
     original_ms: float | None = None
     retimed_ids: set[int] = field(default_factory=set)
     # The evaluation splits (compression.splits): ``validation``, ``reference_val``, ``budget``,

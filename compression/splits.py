@@ -207,11 +207,12 @@ def recall_claim(own: float, recall: float, fidelity: float, fidelity_claim: flo
     >>> round(recall_claim(0.8047, 0.8172, 0.9703, 0.9672), 4)  # 6.15 x 0.0031 further down
     0.7981
 
-    Measured before choosing this on seven MiniLM variants (``python -m benchmarks.claims``,
-    0-30 % pruned, float32 and int8): the multiple on confirmation was 3.9-10.7 and on a third
-    source (package READMEs) within 12 % of it; it shrinks as the loss grows, so carrying it
-    from the confirmation's loss to the claim's larger one errs low. The recall's own claim
-    held on the third source for 2 of the 7 variants, this one for all 7.
+    Measured on ten MiniLM variants (``python -m benchmarks.claims``, 0-30 % pruned, float32
+    and int8): the multiple on confirmation was 3.3-10.8 and on a third source (package
+    READMEs) within 19 % of it; it shrinks as the loss grows, so carrying it from the
+    confirmation's loss to the claim's larger one errs low. On the third source the recall's
+    own claim held for 2 of the 10 variants, this one for 8 (the two it misses are int8 on
+    packed tokens, whose cosine claim misses there too).
     """
     loss = 1.0 - fidelity
     if loss <= 1e-6:  # no cosine loss to scale by (the original, a lossless runtime)

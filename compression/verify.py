@@ -61,9 +61,8 @@ def confirm_latencies(
         for b in ranked[:contenders]
         if b.candidate.latency_ms <= 1.5 * ranked[0].candidate.latency_ms
     ]
-    if len(close) < 2 or ctx.retimed:
+    if len(close) < 2 or ctx.original_ms is not None:
         return  # one contender, or timed side by side already (a re-choice after a refusal)
-    ctx.retimed = True
     start = time.perf_counter()
     times = side_by_side_ms(
         [ctx.original] + [b.module for b in close], ctx.latency_batch, ctx.profile.device, rounds
