@@ -261,6 +261,7 @@ def structure_step(ctx, source, to_beat: float | None = None) -> tuple[list, lis
     tokens, :mod:`compression.packing`). When ONNX Runtime fp32 is slower than it, the int8
     graph is not made: int8 speeds both runtimes' Linear layers alike, so it would not win
     (MiniLM, 2 cores: ORT fp32 390 ms, packed torch fp32 207 ms; ORT int8 370, packed int8 171).
+    A profile with ``quantization: none`` gets no int8 graph either: it asked for float.
     """
     from compression.search import Built, measure
 
@@ -295,6 +296,9 @@ def structure_step(ctx, source, to_beat: float | None = None) -> tuple[list, lis
         step = {"step": "runtime", "kept": cand.within_budget, "detail": precision}
         out.append(Built(module, source.float_module, cand, [*source.steps, step]))
         if precision != "onnxruntime-fp32":
+            continue
+        if ctx.profile.quantization == "none":
+            said.append("int8 not tried: the profile's quantization is none")
             continue
         if to_beat is not None and cand.latency_ms > to_beat:
             said.append(

@@ -61,8 +61,8 @@ def confirm_latencies(
         for b in ranked[:contenders]
         if b.candidate.latency_ms <= 1.5 * ranked[0].candidate.latency_ms
     ]
-    if len(close) < 2 or ctx.original_ms is not None:
-        return  # one contender, or timed side by side already (a re-choice after a refusal)
+    if not close or ctx.original_ms is not None:
+        return  # nothing to time, or timed side by side already (a re-choice after a refusal)
     start = time.perf_counter()
     times = side_by_side_ms(
         [ctx.original] + [b.module for b in close], ctx.latency_batch, ctx.profile.device, rounds
@@ -104,10 +104,14 @@ def choose(ctx: SearchContext, built: list[Built], original: Candidate) -> tuple
             fits, key=lambda b: b.candidate.params
         ), "size target not reached; smallest within budget"
     confirm_latencies(ctx, fits)
+    # The re-timed contenders compete among themselves: their latencies come from the same
+    # rounds, where the others' came from the search, minutes apart (mixing the two let a
+    # busy moment decide). The rest compete only once every contender was refused.
+    pool = [b for b in fits if id(b.module) in ctx.retimed_ids] or fits
     # Latencies within 5% of the fastest are a tie on a noisy machine: take the one with the
     # fewest MACs among them (its speed-up also holds on other batch sizes and hardware).
-    fastest = min(b.candidate.latency_ms for b in fits)
-    ties = [b for b in fits if b.candidate.latency_ms <= 1.05 * fastest]
+    fastest = min(b.candidate.latency_ms for b in pool)
+    ties = [b for b in pool if b.candidate.latency_ms <= 1.05 * fastest]
     best = min(ties, key=lambda b: (b.candidate.macs, b.candidate.latency_ms))
     return best, "fastest candidate within budget (ties within 5%: fewest MACs)"
 

@@ -79,7 +79,7 @@ def test_compress_measures_onnxruntime_and_a_saved_variant_reloads_it(tmp_path):
     x = torch.randn(256, 16)
     profile = PROFILES["cpu"].model_copy(
         update={"ratios": [0.3], "allocation": "uniform", "latency_repeats": 3,
-                "runtimes": ["onnxruntime"], "quantization": "none", "min_fidelity": 0.8,
+                "runtimes": ["onnxruntime"], "min_fidelity": 0.8,
                 "min_neighbour_recall": None}
     )  # fmt: skip
     variant = compress(_mlp(), profile, example_inputs=x[:8], calibration=[x[:128]],
@@ -116,3 +116,20 @@ def test_compress_measures_onnxruntime_and_a_saved_variant_reloads_it(tmp_path):
     (out / "model.onnx").write_bytes(bytes(data))
     with pytest.raises(VariantError, match="checksum"):
         load_variant(out, model=_mlp())
+
+
+def test_a_float_profile_gets_no_int8_graph():
+    """``quantization: none`` asks for float: ONNX Runtime fp32 is measured, its int8 is not."""
+    torch.manual_seed(0)
+    x = torch.randn(256, 16)
+    profile = PROFILES["cpu"].model_copy(
+        update={"ratios": [0.3], "allocation": "uniform", "latency_repeats": 3,
+                "quantization": "none", "min_fidelity": 0.8, "min_neighbour_recall": None}
+    )  # fmt: skip
+    r = compress(_mlp(), profile, example_inputs=x[:8], calibration=[x[:128]],
+                 validation=[(x[128:], None)]).report  # fmt: skip
+    tried = {c.precision for c in r.candidates}
+    assert "onnxruntime-fp32" in tried and not tried & {"onnxruntime-int8", "int8-dynamic"}, tried
+    assert any("int8 not tried: the profile's quantization is none" in n for n in r.runtimes), (
+        r.runtimes
+    )
