@@ -157,7 +157,11 @@ def compress(
         plan["packed"] = True
     progress(1.0, "done")
     return CompressedModel(
-        module=chosen.module, report=report, float_module=chosen.float_module, plan=plan
+        module=chosen.module,
+        report=report,
+        float_module=chosen.float_module,
+        plan=plan,
+        smoothing=chosen.smoothing,
     )
 
 

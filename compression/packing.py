@@ -6,8 +6,9 @@ A padded forward spends the other half on positions whose outputs are masked awa
 :class:`PackedEncoder` runs the same modules of the same model on the real tokens alone: the
 embeddings, every Linear layer, the activations and the LayerNorms see a ``[tokens, width]``
 matrix; only attention, which needs a sequence per sample, scatters queries, keys and values
-back to ``[batch, heads, length, head_dim]`` for ``scaled_dot_product_attention`` with a mask
-of the padded keys. Nothing is approximated: the real tokens' outputs equal the padded
+back to ``[samples, heads, length, head_dim]`` for ``scaled_dot_product_attention`` with a mask
+of the padded keys, in length buckets (:func:`length_buckets`: samples of similar length
+together, each bucket padded to its own longest). Nothing is approximated: the real tokens' outputs equal the padded
 forward's (the padding positions' outputs are zeros, which mean pooling over the mask ignores).
 
 It is a runtime, not a pruning step: it wraps any torch form of the model (pruned, int8 or
@@ -27,6 +28,8 @@ and served as it is.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -36,6 +39,10 @@ from compression.inputs import Batch, main_output, token_mask
 # Largest difference on a real token between the packed and the padded forward: above it the
 # model computes something this module does not (another attention or embedding scheme).
 PACKED_ATOL = 1e-4
+# Attention runs in length buckets (:func:`length_buckets`): at most this many, and one per this
+# many samples (a bucket's fixed cost outweighs the padding it saves on smaller batches).
+MAX_BUCKETS = 4
+SAMPLES_PER_BUCKET = 8
 
 
 def why_not(model: nn.Module, example: Batch) -> str | None:
@@ -111,9 +118,9 @@ class PackedEncoder(nn.Module):
             )
             h = h + emb.token_type_embeddings(types)
         h = emb.LayerNorm(h)
-        keys = keep[:, None, None, :]  # [b, 1, 1, n]: which keys each query may see
+        groups = length_buckets(keep)
         for layer in self.model.encoder.layer:
-            h = self._layer(layer, h, where, keys, b, n)
+            h = self._layer(layer, h, groups)
         out = h.new_zeros(b * n, h.shape[-1])
         out[where] = h
         out = out.view(b, n, -1)
@@ -122,26 +129,111 @@ class PackedEncoder(nn.Module):
         return self._answer(last_hidden_state=out)
 
     @staticmethod
-    def _layer(layer, h, where, keys, b: int, n: int) -> torch.Tensor:
+    def _layer(layer, h, groups: list[Bucket]) -> torch.Tensor:
         att = layer.attention.self
         d = att.attention_head_size
         heads = att.query.out_features // d if d else 0
         if heads:
+            q, k, v = att.query(h), att.key(h), att.value(h)
+            ctx = h.new_empty(h.shape[0], heads * d)
+            for g in groups:  # attention per length bucket, each padded to its own longest
 
-            def padded(x: torch.Tensor) -> torch.Tensor:
-                full = x.new_zeros(b * n, x.shape[-1])
-                full[where] = x
-                return full.view(b, n, heads, d).transpose(1, 2)
+                def padded(x: torch.Tensor, g: Bucket = g) -> torch.Tensor:
+                    full = x.new_zeros(g.samples * g.width, x.shape[-1])
+                    full[g.slots] = x[g.rows]
+                    return full.view(g.samples, g.width, heads, d).transpose(1, 2)
 
-            q, k, v = padded(att.query(h)), padded(att.key(h)), padded(att.value(h))
-            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=keys)
-            ctx = ctx.transpose(1, 2).reshape(b * n, heads * d)[where]
+                out = F.scaled_dot_product_attention(
+                    padded(q), padded(k), padded(v), attn_mask=g.keys
+                )
+                ctx[g.rows] = out.transpose(1, 2).reshape(-1, heads * d)[g.slots]
         else:  # every head pruned: the attention output is its dense layer's bias
             ctx = h.new_zeros(h.shape[0], 0)
         out = layer.attention.output
         h = out.LayerNorm(out.dense(ctx) + h)
         inner = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(h))
         return layer.output.LayerNorm(layer.output.dense(inner) + h)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Samples of similar length whose attention runs together, padded to the longest of them.
+
+    ``rows``: their real tokens' rows in the packed ``[tokens, width]`` matrix; ``slots``: the
+    same tokens' flat positions in the bucket's ``[samples * width]`` grid; ``keys``: which keys
+    each query may see, ``[samples, 1, 1, width]``.
+    """
+
+    samples: int
+    width: int
+    rows: torch.Tensor
+    slots: torch.Tensor
+    keys: torch.Tensor
+
+
+def bucket_sizes(widths: list[int], most: int) -> list[int]:
+    """How many of the ``widths`` (sorted ascending) go into each of at most ``most`` buckets:
+    the split that minimises the attention work, the sum over buckets of samples x width^2
+    (dynamic programming over the cut points; every bucket is padded to its last width).
+
+    >>> bucket_sizes([10, 11, 12, 50], 2)
+    [3, 1]
+    """
+    n = len(widths)
+    most = max(1, min(most, n))
+    inf = float("inf")
+    # cost[k][i]: least work for the first i widths in k buckets; cut[k][i]: where the last starts
+    cost = [[inf] * (n + 1) for _ in range(most + 1)]
+    cut = [[0] * (n + 1) for _ in range(most + 1)]
+    cost[0][0] = 0.0
+    for k in range(1, most + 1):
+        for i in range(1, n + 1):
+            for j in range(k - 1, i):
+                c = cost[k - 1][j] + (i - j) * widths[i - 1] ** 2
+                if c < cost[k][i]:
+                    cost[k][i], cut[k][i] = c, j
+    k = min(range(1, most + 1), key=lambda k: cost[k][n])
+    sizes, i = [], n
+    while k > 0:
+        j = cut[k][i]
+        sizes.append(i - j)
+        i, k = j, k - 1
+    return sizes[::-1]
+
+
+def length_buckets(keep: torch.Tensor) -> list[Bucket]:
+    """The batch's samples grouped by length for attention (``keep``: ``[batch, length]``, which
+    positions are real tokens).
+
+    Attention is the one step that needs a sequence per sample, and padded to the batch's
+    longest it spends batch x longest^2 on a batch whose lengths spread (served micro-batches:
+    on 32 held-out English sentences, 13 to 54 tokens). Samples sorted by length and split in
+    up to :data:`MAX_BUCKETS` buckets (one per :data:`SAMPLES_PER_BUCKET` samples), each padded
+    to its own longest, give the same outputs for less: MiniLM's attention on that batch, 2
+    cores, 4.3 ms per layer in one bucket, 2.5-3.0 ms in four.
+    """
+    b, n = keep.shape
+    rows = torch.full((b, n), -1, dtype=torch.long, device=keep.device)
+    rows[keep] = torch.arange(int(keep.sum()), device=keep.device)  # packed row of each token
+    last = torch.where(keep, torch.arange(1, n + 1, device=keep.device), 0).amax(1)
+    widths, order = torch.sort(last.clamp(min=1))
+    most = min(MAX_BUCKETS, max(1, b // SAMPLES_PER_BUCKET))
+    out, start = [], 0
+    for size in bucket_sizes(widths.tolist(), most):
+        members = order[start : start + size]
+        start += size
+        width = int(widths[start - 1])
+        sub = keep[members, :width]
+        out.append(
+            Bucket(
+                samples=size,
+                width=width,
+                rows=rows[members, :width][sub],
+                slots=sub.reshape(-1).nonzero().squeeze(1),
+                keys=sub[:, None, None, :],
+            )
+        )
+    return out
 
 
 def difference(model: nn.Module, packed: nn.Module, batches: list[Batch]) -> float:
@@ -186,12 +278,27 @@ def check(model: nn.Module, checks: list[Batch]) -> tuple[bool, str]:
 
 def served(module: nn.Module) -> nn.Module:
     """``module`` in its packed form (a :class:`PackedEncoder`; an ONNX Runtime graph and a
-    module already packed as they are)."""
+    module already packed as they are). A half-precision module is packed inside its casts, so
+    it still answers in float32."""
+    from compression.precision import HalfPrecision
     from compression.runtimes import OrtModule
 
     if isinstance(module, PackedEncoder | OrtModule):
         return module
+    if isinstance(module, HalfPrecision):
+        if isinstance(module.module, PackedEncoder):
+            return module
+        return HalfPrecision(
+            PackedEncoder(module.module), module.half_dtype, module.sparsity
+        ).eval()
     return PackedEncoder(module).eval()
+
+
+def is_packed(module: nn.Module) -> bool:
+    """Whether ``module`` runs on packed tokens (a :class:`PackedEncoder`, maybe inside casts)."""
+    return isinstance(module, PackedEncoder) or isinstance(
+        getattr(module, "module", None), PackedEncoder
+    )
 
 
 def decide(ctx, base) -> tuple[bool, float | None, str]:

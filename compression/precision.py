@@ -8,9 +8,15 @@
   (:func:`options`): same memory, different range and rounding, and which one is faster and
   within budget on a given GPU is measured, not assumed.
 - ``int8-dynamic`` quantizes Linear weights to int8 per output channel and activations on the
-  fly (``torch.ao.quantization.quantize_dynamic``). It is deterministic, so a saved variant
-  stores its float weights and re-applies it on load with identical results. Its kernels exist
-  on the CPU only: :func:`place` leaves such a module there.
+  fly (``torch.ao.quantization.quantize_dynamic``), on inputs smoothed where that lowers the
+  calibration error (:mod:`compression.smoothing`). It is deterministic, so a saved variant
+  stores its float weights (and smoothing scales) and re-applies it on load with identical
+  results. Its kernels exist on the CPU only: :func:`place` leaves such a module there.
+- On a CPU with native bfloat16 (AVX512-BF16 or AMX) a quantizing profile also tries
+  ``bfloat16``: on this project's 2-core AMD EPYC (Zen 4) MiniLM in bfloat16 on packed tokens
+  ran 3.4x faster than the float32 original at cosine 1.0000 / neighbour recall@10 0.993 on
+  held-out sentences (int8: 4.0x at 0.975 / 0.825); without native support it is emulated
+  and is not tried.
 
 The search keeps a precision change only when it measurably speeds the variant up and the
 metric stays within budget. :func:`place` puts a variant on its serving device, converting
@@ -83,41 +89,64 @@ class HalfPrecision(nn.Module):
             return getattr(inner, name)
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose Linear layers run int8 dynamic quantization (per channel)."""
+def quantize_int8(model: nn.Module, smoothing: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """A copy of ``model`` whose Linear layers run int8 dynamic quantization (per channel).
+
+    ``smoothing``: per-input-channel scales of some Linear layers, by name
+    (:mod:`compression.smoothing`); those run as int8 on a smoothed input.
+    """
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
+    from compression import smoothing as smooth
+
+    model = copy.deepcopy(model)
+    if smoothing:
+        smooth.apply(model, smoothing)
     with warnings.catch_warnings():  # torch deprecates torch.ao in favour of torchao
         warnings.simplefilter("ignore")
-        return quantize_dynamic(
-            copy.deepcopy(model), {nn.Linear: per_channel_dynamic_qconfig}, inplace=False
-        )
+        return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
 
 
-# Precision modes by label: each takes the float module and the sparsity mark and returns the
-# module in that precision (a copy when anything changes). A profile's ``dtype`` is a label that
+def native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), read from the Linux
+    kernel's CPU flags; False elsewhere (bfloat16 is then emulated by oneDNN, and slower)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+# Precision modes by label: each takes the float module, the sparsity mark and the int8 smoothing
+# scales (None, or by layer name; only int8 uses them) and returns the module in that precision
+# (a copy when anything changes). A profile's ``dtype`` is a label that
 # names a torch dtype (:data:`DTYPES`), its ``quantization`` ``none`` or any other label.
-MODES: Registry[Callable[[nn.Module, str], nn.Module]] = Registry("precision")
+Scales = dict[str, torch.Tensor] | None
+MODES: Registry[Callable[[nn.Module, str, Scales], nn.Module]] = Registry("precision")
 
 
 @MODES.register("float32")
-def _float32(model: nn.Module, sparsity: str) -> nn.Module:
+def _float32(model: nn.Module, sparsity: str, smoothing: Scales) -> nn.Module:
     return model
 
 
 @MODES.register("float16")
-def _float16(model: nn.Module, sparsity: str) -> nn.Module:
+def _float16(model: nn.Module, sparsity: str, smoothing: Scales) -> nn.Module:
     return HalfPrecision(copy.deepcopy(model), "float16", sparsity)
 
 
 @MODES.register("bfloat16")
-def _bfloat16(model: nn.Module, sparsity: str) -> nn.Module:
+def _bfloat16(model: nn.Module, sparsity: str, smoothing: Scales) -> nn.Module:
     return HalfPrecision(copy.deepcopy(model), "bfloat16", sparsity)
 
 
 @MODES.register("int8-dynamic")
-def _int8_dynamic(model: nn.Module, sparsity: str) -> nn.Module:
-    return quantize_int8(model)
+def _int8_dynamic(model: nn.Module, sparsity: str, smoothing: Scales) -> nn.Module:
+    return quantize_int8(model, smoothing)
 
 
 def quantizations() -> tuple[str, ...]:
@@ -125,23 +154,33 @@ def quantizations() -> tuple[str, ...]:
     return tuple(m for m in MODES if m not in DTYPES)
 
 
-def apply(model: nn.Module, dtype: str, quantization: str, sparsity: str = "none") -> nn.Module:
+def apply(
+    model: nn.Module,
+    dtype: str,
+    quantization: str,
+    sparsity: str = "none",
+    smoothing: Scales = None,
+) -> nn.Module:
     """Return ``model`` in the given dtype and quantization (a copy when anything changes).
 
     ``sparsity`` ``"2:4"`` marks a half-precision module for conversion by :func:`place`;
-    unstructured sparsity needs nothing here (its zeros are ordinary weights).
+    unstructured sparsity needs nothing here (its zeros are ordinary weights). ``smoothing``:
+    int8 activation-smoothing scales by Linear layer name (:mod:`compression.smoothing`).
     """
-    return MODES.get(quantization if quantization != "none" else dtype)(model, sparsity)
+    mode = MODES.get(quantization if quantization != "none" else dtype)
+    return mode(model, sparsity, smoothing)
 
 
-def options(dtype: str, quantization: str, device: str) -> list[str]:
+def options(dtype: str, quantization: str, device: str, cpu_bfloat16: bool = False) -> list[str]:
     """Precision labels the search tries for a profile, preferred first.
 
-    ``int8-dynamic`` for a quantizing profile, the profile's dtype otherwise, and on CUDA the
-    other half dtype beside it (bfloat16 where the GPU supports it).
+    ``int8-dynamic`` for a quantizing profile, and beside it ``bfloat16`` on a CPU that computes
+    it natively when the profile asks (``cpu_bfloat16``); the profile's dtype otherwise, and on
+    CUDA the other half dtype beside it (bfloat16 where the GPU supports it).
     """
     if quantization == "int8-dynamic":
-        return ["int8-dynamic"]
+        bf16 = cpu_bfloat16 and device == "cpu" and native_bfloat16()
+        return ["int8-dynamic", *(["bfloat16"] if bf16 else [])]
     if dtype == "float32":
         return []
     if not device.startswith("cuda"):

@@ -120,6 +120,18 @@ class DeviceProfile(BaseModel):
         "(compression.runtimes); ONNX Runtime only on CPU, skipped where it is not installed.",
     )
 
+    cpu_bfloat16: bool = Field(
+        True,
+        description="A quantizing CPU profile also tries bfloat16 (every layer, float32 in and "
+        "out) where the CPU computes it natively (AVX512-BF16 or AMX), kept only when measured "
+        "faster and within budget; false to try int8 alone.",
+    )
+    smoothing: bool = Field(
+        True,
+        description="int8: smooth each Linear layer's input channels into its weights where "
+        "that lowers the calibration error (compression.smoothing); false for plain int8.",
+    )
+
     packed_tokens: bool = Field(
         True,
         description="Offer packed-token twins of BERT-family encoder candidates (the real tokens "

@@ -171,7 +171,8 @@ def build_report(
         steps.insert(
             0, {"step": "prune", "kept": False, "detail": f"not applicable: {ctx.unprunable}"}
         )
-    steps.append({"step": "precision", "kept": c.precision != "float32", "detail": c.precision})
+    if not any(s["step"] == "precision" for s in steps):  # the precision step says what it did
+        steps.append({"step": "precision", "kept": c.precision != "float32", "detail": c.precision})
     if ctx.profile.sparsity != "none" and c.sparsity == "none":
         steps.append({"step": "sparsity", "kept": False, "detail": "no sparse candidate won"})
     steps.append(

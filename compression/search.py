@@ -30,6 +30,7 @@ from compression import (
     packing,
     precision,
     rebuild,
+    smoothing,
     sparsity,
     splits,
 )
@@ -57,6 +58,7 @@ class Built:
     candidate: Candidate
     steps: list[dict] = field(default_factory=list)
     confirmed: dict | None = None  # its figures on the confirmation split, once measured
+    smoothing: dict[str, torch.Tensor] | None = None  # int8 smoothing scales (a variant saves)
 
 
 @dataclass
@@ -98,6 +100,9 @@ class SearchContext:
     in_sample: bool = False  # no validation and too little calibration to hold any out
     packed: bool = False  # torch candidates run on packed tokens (compression.packing.decide)
     refit_cache: dict = field(default_factory=dict)  # the original's layer outputs (refit)
+    # int8 smoothing strength, chosen on the first structure quantized (compression.smoothing);
+    # "unset" until then, None for plain int8.
+    smoothing_alpha: float | None | str = "unset"
 
     def tick(self, key: str, start: float) -> None:
         self.timings[key] = round(self.timings.get(key, 0.0) + time.perf_counter() - start, 3)
@@ -135,7 +140,7 @@ def measure(
         within_budget=within,
         recall=None if recall is None else round(recall, 4),
         note=note,
-        packed=isinstance(module, packing.PackedEncoder),
+        packed=packing.is_packed(module),
         **info,
     )
 
@@ -237,13 +242,18 @@ def split_by_cut(ctx: SearchContext, ratio: float):
 
 def with_precision(ctx: SearchContext, built: Built) -> list[Built]:
     """The profile's dtype/quantization applied to a float candidate, one per precision the
-    profile tries (on CUDA float16 and bfloat16, see ``precision.options``)."""
+    profile tries (``precision.options``: int8, and bfloat16 on a CPU that computes it
+    natively; on CUDA float16 and bfloat16)."""
     p = ctx.profile
     out = []
-    for label in precision.options(p.dtype, p.quantization, p.device):
+    for label in precision.options(p.dtype, p.quantization, p.device, p.cpu_bfloat16):
         start = time.perf_counter()
         dtype, quantization = precision.split_label(label)
-        module = served(ctx, precision.apply(built.float_module, dtype, quantization).eval())
+        scales, detail = None, label
+        if quantization == "int8-dynamic" and p.smoothing:
+            scales, detail = int8_smoothing(ctx, built.float_module)
+        module = precision.apply(built.float_module, dtype, quantization, smoothing=scales)
+        module = served(ctx, module.eval())
         ctx.tick("precision", start)
         c = built.candidate
         cand = measure(
@@ -251,8 +261,35 @@ def with_precision(ctx: SearchContext, built: Built) -> list[Built]:
         )
         if cand.latency_ms > 0.95 * c.latency_ms:  # must earn its place: >= 5% faster than float
             cand.note = "no speed-up over float32"
-        out.append(Built(module, built.float_module, cand, built.steps))
+        step = {"step": "precision", "kept": cand.within_budget, "detail": detail}
+        out.append(Built(module, built.float_module, cand, [*built.steps, step], None, scales))
     return out
+
+
+def int8_smoothing(ctx: SearchContext, float_module: nn.Module) -> tuple[dict | None, str]:
+    """The int8 smoothing scales of one float structure (None: plain int8) and a line for its
+    steps. The strength is chosen once, on the first structure quantized, by the calibration
+    error each leaves on the probe (:func:`compression.smoothing.choose_alpha`); every later
+    structure takes it with scales from its own activations."""
+    ranges = smoothing.input_ranges(served(ctx, float_module), [ctx.probe])
+
+    def scales_for(alpha: float | None) -> dict | None:
+        return None if alpha is None else smoothing.scales(float_module, ranges, alpha)
+
+    if ctx.smoothing_alpha == "unset":
+
+        def error(alpha: float | None) -> float:
+            q = precision.quantize_int8(float_module, scales_for(alpha)).eval()
+            return rebuild.calibration_error(served(ctx, q), ctx.probe, ctx.reference)
+
+        ctx.smoothing_alpha, errors = smoothing.choose_alpha(error)
+        tried = ", ".join(f"{'none' if a is None else a}: {e:.4f}" for a, e in errors.items())
+        how = f"chosen by calibration error ({tried})"
+    else:
+        how = "as chosen on the first structure"
+    alpha = ctx.smoothing_alpha
+    label = "int8-dynamic, no smoothing" if alpha is None else f"int8-dynamic, smoothing {alpha}"
+    return scales_for(alpha), f"{label} ({how})"
 
 
 def holds(ctx: SearchContext, built: Built) -> bool:

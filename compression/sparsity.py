@@ -295,7 +295,7 @@ def _semi_structured_candidates(ctx, built: list, measure: Callable, make: Calla
         elif cand.latency_ms > SEMI_MIN_GAIN * c.latency_ms:
             cand.note = f"no speed-up over dense {c.precision}"
         step = {"step": "sparsity", "kept": not cand.note, "detail": detail}
-        out.append(make(module, sparse_float, cand, [*base.steps, step]))
+        out.append(make(module, sparse_float, cand, [*base.steps, step], None, base.smoothing))
     return out
 
 
@@ -318,7 +318,9 @@ def _unstructured_candidates(ctx, built: list, measure: Callable, make: Callable
         c = base.candidate
         sparse_float = sparsify(base.float_module, density, ctx.probe, ctx.profile.ridge)
         dtype, quantization = precision.split_label(c.precision)
-        module = precision.apply(sparse_float, dtype, quantization).eval()
+        # The same int8 smoothing scales as the dense base (the layers keep names and shapes).
+        module = precision.apply(sparse_float, dtype, quantization, smoothing=base.smoothing)
+        module = module.eval()
         ctx.tick("sparsity", start)
         info = dict(
             ratio=c.ratio, allocation=c.allocation, precision=c.precision, sparsity="unstructured"
@@ -331,5 +333,5 @@ def _unstructured_candidates(ctx, built: list, measure: Callable, make: Callable
             f"({size / target * ctx.profile.target_size_ratio:.3f} of the original's)"
         )
         step = {"step": "sparsity", "kept": True, "detail": detail}
-        out.append(make(module, sparse_float, cand, [*base.steps, step]))
+        out.append(make(module, sparse_float, cand, [*base.steps, step], None, base.smoothing))
     return out

@@ -5,6 +5,8 @@ A variant directory holds::
     weights.safetensors   float weights of the pruned model (before int8 quantization); mostly
                           zero tensors (unstructured sparsity) as values + bitmask, exactly
                           (compression.compact)
+    smoothing.safetensors int8 variants with smoothed inputs: each smoothed Linear layer's
+                          scales (compression.smoothing), checksummed in the plan
     plan.json             source, structure diff, precision, and the weights' sha256
     report.json           the CompressionReport (a contract other tools read: keep its keys)
     report.png            metric vs latency of every candidate the search tried
@@ -24,6 +26,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from compression import compact, precision
@@ -35,6 +39,7 @@ from compression.report import CompressionReport
 # and the model config's changed fields (<config>). Version 1 plans replay unchanged.
 PLAN_VERSION = 2
 READABLE_VERSIONS = (1, 2)
+SMOOTHING_FILE = "smoothing.safetensors"
 
 
 def sha256_file(path: Path) -> str:
@@ -57,6 +62,7 @@ class CompressedModel:
     report: CompressionReport
     float_module: nn.Module
     plan: dict = field(default_factory=dict)
+    smoothing: dict[str, torch.Tensor] | None = None  # int8 input scales by Linear layer name
 
     def save(self, directory: str | Path) -> Path:
         """Write weights, plan, report.json and report.png into ``directory``."""
@@ -70,6 +76,10 @@ class CompressedModel:
         plan = dict(self.plan, weights_sha256=sha256_file(weights), version=PLAN_VERSION)
         if tied:
             plan["tied"] = tied
+        if self.smoothing:
+            path = directory / SMOOTHING_FILE
+            save_file({k: v.contiguous() for k, v in self.smoothing.items()}, str(path))
+            plan["smoothing_sha256"] = sha256_file(path)
         if plan.get("runtime") == "onnxruntime":  # the served graph beside the float weights
             from compression.runtimes import save_onnx
 
@@ -181,10 +191,27 @@ def load_variant(
         threads = threads or (plan.get("profile") or {}).get("threads")
         module = load_onnx(directory, plan, threads=threads)
     else:
-        module = precision.apply(float_module, plan["dtype"], plan["quantization"], sparsity)
-        module = module.eval()
+        smoothing = load_smoothing(directory, plan)
+        module = precision.apply(
+            float_module, plan["dtype"], plan["quantization"], sparsity, smoothing
+        ).eval()
         if plan.get("packed") and runtime is None:  # served on the real tokens only
-            from compression.packing import PackedEncoder
+            from compression.packing import served
 
-            module = PackedEncoder(module).eval()
+            module = served(module)
     return CompressedModel(module=module, report=report, float_module=float_module, plan=plan)
+
+
+def load_smoothing(directory: Path, plan: dict) -> dict[str, torch.Tensor] | None:
+    """The int8 smoothing scales a plan names, after their checksum passes; None without."""
+    expected = plan.get("smoothing_sha256")
+    if expected is None:
+        return None
+    path = directory / SMOOTHING_FILE
+    if not path.is_file():
+        raise VariantError(f"{directory}: the plan smooths int8 inputs and {path.name} is missing")
+    if sha256_file(path) != expected:
+        raise VariantError(
+            f"{path}: checksum does not match the plan's; the file was changed or truncated"
+        )
+    return load_file(str(path))

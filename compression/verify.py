@@ -108,12 +108,16 @@ def choose(ctx: SearchContext, built: list[Built], original: Candidate) -> tuple
     # rounds, where the others' came from the search, minutes apart (mixing the two let a
     # busy moment decide). The rest compete only once every contender was refused.
     pool = [b for b in fits if id(b.module) in ctx.retimed_ids] or fits
-    # Latencies within 5% of the fastest are a tie on a noisy machine: take the one with the
-    # fewest MACs among them (its speed-up also holds on other batch sizes and hardware).
+    # Latencies within 5% of the fastest are a tie on a noisy machine: take the most faithful
+    # among them (the same speed for less error), then the one with the fewest MACs. MiniLM cpu,
+    # 2 cores: 10 % pruned int8 64.7 ms at selection cosine 0.988, the unpruned int8 66.6 ms at
+    # 0.996; held out, 0.976 against 0.994 for a speed-up that did not exist.
     fastest = min(b.candidate.latency_ms for b in pool)
     ties = [b for b in pool if b.candidate.latency_ms <= 1.05 * fastest]
-    best = min(ties, key=lambda b: (b.candidate.macs, b.candidate.latency_ms))
-    return best, "fastest candidate within budget (ties within 5%: fewest MACs)"
+    best = min(
+        ties, key=lambda b: (-b.candidate.fidelity, b.candidate.macs, b.candidate.latency_ms)
+    )
+    return best, "fastest candidate within budget (ties within 5%: the most faithful)"
 
 
 def verify(ctx: SearchContext, candidates: list[Built], base: Built) -> Verdict:

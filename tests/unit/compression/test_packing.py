@@ -88,6 +88,38 @@ def test_int8_packs_within_quantization_error():
     assert cos > 0.95, float(cos)
 
 
+def test_bfloat16_packs_inside_its_casts_and_answers_float32():
+    from compression.precision import HalfPrecision, apply
+
+    model = tiny_bert()
+    batch = _ragged(8, 25, 4)
+    reference = _real(model, batch)
+    packed = packing.served(apply(model, "bfloat16", "none"))
+    assert isinstance(packed, HalfPrecision) and isinstance(packed.module, packing.PackedEncoder)
+    assert packing.is_packed(packed) and packing.served(packed) is packed
+    with torch.inference_mode():
+        out = packed(**batch).last_hidden_state
+    assert out.dtype == torch.float32
+    cos = torch.nn.functional.cosine_similarity(out[batch["attention_mask"].bool()], reference)
+    assert float(cos.min()) > 0.999, float(cos.min())
+
+
+def test_attention_runs_in_length_buckets_with_the_same_outputs():
+    assert packing.bucket_sizes([10, 11, 12, 50], 2) == [3, 1]
+    assert sum(packing.bucket_sizes([5] * 8, 4)) == 8
+    batch = _ragged(32, 30, 7)  # 32 samples: four buckets
+    keep = batch["attention_mask"].bool()
+    groups = packing.length_buckets(keep)
+    assert len(groups) == 4 and sum(g.samples for g in groups) == 32
+    assert sorted(torch.cat([g.rows for g in groups]).tolist()) == list(range(int(keep.sum())))
+    # less attention work than one bucket padded to the longest
+    work = sum(g.samples * g.width**2 for g in groups)
+    assert work < 0.6 * 32 * keep.shape[1] ** 2, work
+    model = tiny_bert()
+    diff = float((_real(model, batch) - _real(packing.PackedEncoder(model), batch)).abs().max())
+    assert diff < 1e-5, diff
+
+
 def test_layouts_it_does_not_compute_are_refused_with_the_reason():
     from transformers import DistilBertConfig, DistilBertModel, RobertaConfig, RobertaModel
 

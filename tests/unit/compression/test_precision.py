@@ -71,3 +71,12 @@ def test_place_keeps_int8_on_the_cpu_and_is_a_no_op_where_the_module_is():
     assert precision.place(q, "cpu") is q
     assert precision.place(model, "cpu") is model
     assert precision.device_of(model).type == "cpu"
+
+
+def test_a_quantizing_cpu_profile_tries_bfloat16_only_where_the_cpu_computes_it(monkeypatch):
+    monkeypatch.setattr(precision, "native_bfloat16", lambda: True)
+    assert precision.options("float32", "int8-dynamic", "cpu", True) == ["int8-dynamic", "bfloat16"]
+    assert precision.options("float32", "int8-dynamic", "cpu", False) == ["int8-dynamic"]
+    assert precision.options("float32", "none", "cpu", True) == []  # a float profile stays float
+    monkeypatch.setattr(precision, "native_bfloat16", lambda: False)
+    assert precision.options("float32", "int8-dynamic", "cpu", True) == ["int8-dynamic"]

@@ -19,6 +19,7 @@ def test_nothing_to_prune_still_tries_precision_and_reports_why():
         "latency_repeats": 3,
         "min_neighbour_recall": None,
         "min_fidelity": 0.9,
+        "cpu_bfloat16": False,  # the int8 step alone, whatever this CPU computes natively
     }
     if "runtimes" in DeviceProfile.model_fields:
         settings["runtimes"] = ["torch"]
