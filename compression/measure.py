@@ -34,10 +34,19 @@ def torch_threads(n: int | None):
         torch.set_num_threads(before)
 
 
-def _enough(times: list[float], repeats: int, elapsed: float, lo: float, hi: float | None) -> bool:
+def _enough(
+    times: list[float],
+    repeats: int,
+    elapsed: float,
+    lo: float,
+    hi: float | None,
+    slower_than: float | None = None,
+) -> bool:
     """Whether timing can stop: ``repeats`` samples (fewer, but at least 3, once ``hi`` seconds
-    have passed) and ``lo`` seconds, or 1000 samples."""
+    have passed) and ``lo`` seconds, or 1000 samples; or a first sample over ``slower_than``."""
     if len(times) >= 1000:
+        return True
+    if slower_than is not None and len(times) == 1 and times[0] > slower_than:
         return True
     if hi is not None and elapsed >= hi and len(times) >= 3:
         return True
@@ -51,6 +60,7 @@ def _cuda_latency_ms(
     warmup: int,
     min_seconds: float,
     max_seconds: float | None,
+    slower_than_ms: float | None,
 ) -> float:
     """:func:`latency_ms` on CUDA: events time each forward on the device's own clock."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -60,7 +70,9 @@ def _cuda_latency_ms(
             call(model, batch)
         torch.cuda.synchronize()
         started = time.perf_counter()
-        while not _enough(times, repeats, time.perf_counter() - started, min_seconds, max_seconds):
+        while not _enough(
+            times, repeats, time.perf_counter() - started, min_seconds, max_seconds, slower_than_ms
+        ):
             torch.cuda.synchronize()  # nothing queued before the start event
             start.record()
             call(model, batch)
@@ -78,6 +90,7 @@ def latency_ms(
     warmup: int = 3,
     min_seconds: float = 0.3,
     max_seconds: float | None = None,
+    slower_than_ms: float | None = None,
 ) -> float:
     """Median wall time of one forward on ``batch`` in milliseconds.
 
@@ -86,17 +99,23 @@ def latency_ms(
     ``max_seconds`` caps a slow forward's timing (at least 3 runs): a screening measurement,
     whose close contenders are re-timed side by side before any choice
     (:func:`compression.verify.confirm_latencies`).
+    ``slower_than_ms``: a screening stops at its first timed run when that run is slower (the
+    candidate cannot be a contender; its one figure stands).
     ``device`` ``cuda`` (or ``cuda:N``) times with CUDA events (see the module docstring).
     """
     if device.startswith("cuda"):
         with torch.cuda.device(torch.device(device)):
-            return _cuda_latency_ms(model, batch, repeats, warmup, min_seconds, max_seconds)
+            return _cuda_latency_ms(
+                model, batch, repeats, warmup, min_seconds, max_seconds, slower_than_ms
+            )
     times: list[float] = []
     with torch.inference_mode():
         for _ in range(warmup):
             call(model, batch)
         started = time.perf_counter()
-        while not _enough(times, repeats, time.perf_counter() - started, min_seconds, max_seconds):
+        while not _enough(
+            times, repeats, time.perf_counter() - started, min_seconds, max_seconds, slower_than_ms
+        ):
             start = time.perf_counter()
             call(model, batch)
             times.append(time.perf_counter() - start)
@@ -108,11 +127,13 @@ def side_by_side_ms(
 ) -> list[float]:
     """Each model's median latency over ``rounds`` interleaved rounds (a few timed runs of
     each in turn, round after round): every model meets the same load, so a busy moment on a
-    shared machine cannot make one look faster than another."""
+    shared machine cannot make one look faster than another. A slow forward (MiniLM's padded
+    original: 320 ms) runs twice a round, a fast one for 0.1 s; one warm-up run each, in the
+    first round (they stay warm)."""
     times: list[list[float]] = [[] for _ in models]
-    for _ in range(rounds):
+    for i in range(rounds):
         for model, got in zip(models, times, strict=True):
-            got.append(latency_ms(model, batch, device, 3, 1, min_seconds=0.1))
+            got.append(latency_ms(model, batch, device, 2, int(i == 0), min_seconds=0.1))
     return [statistics.median(t) for t in times]
 
 

@@ -324,7 +324,7 @@ def decide(ctx, base) -> tuple[bool, float | None, str]:
         ctx.latency_batch,
         profile.device,
         profile.latency_repeats,
-        2,
+        1,
         max_seconds=SCREEN_SECONDS,
     )
     padded = base.candidate.latency_ms
