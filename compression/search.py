@@ -262,25 +262,31 @@ def with_precision(ctx: SearchContext, built: Built) -> list[Built]:
     natively; on CUDA float16 and bfloat16)."""
     p = ctx.profile
     out = []
+    c = built.candidate
     for label in precision.options(p.dtype, p.quantization, p.device, p.cpu_bfloat16):
         start = time.perf_counter()
         dtype, quantization = precision.split_label(label)
-        scales, detail, figures = None, label, None
-        if quantization == "int8-dynamic" and p.smoothing:
-            scales, detail, figures = int8_smoothing(ctx, built.float_module)
-        module = precision.apply(built.float_module, dtype, quantization, smoothing=scales)
-        module = served(ctx, module.eval())
-        ctx.tick("precision", start)
-        c = built.candidate
-        cand = measure(
-            ctx,
-            module,
-            built.float_module,
-            figures,
-            ratio=c.ratio,
-            allocation=c.allocation,
-            precision=label,
-        )
+        try:
+            scales, detail, figures = None, label, None
+            if quantization == "int8-dynamic" and p.smoothing:
+                scales, detail, figures = int8_smoothing(ctx, built.float_module)
+            module = precision.apply(built.float_module, dtype, quantization, smoothing=scales)
+            module = served(ctx, module.eval())
+            ctx.tick("precision", start)
+            cand = measure(
+                ctx,
+                module,
+                built.float_module,
+                figures,
+                ratio=c.ratio,
+                allocation=c.allocation,
+                precision=label,
+            )
+        except (RuntimeError, ValueError, TypeError) as err:
+            # A precision the model does not run in (a layer that mixes dtypes) is one fewer
+            # candidate, recorded in the report; the search goes on with the others.
+            ctx.failures.append(f"{label} of {c.ratio:.0%} {c.allocation}: {err}"[:300])
+            continue
         if cand.latency_ms > 0.95 * c.latency_ms:  # must earn its place: >= 5% faster than float
             cand.note = "no speed-up over float32"
         step = {"step": "precision", "kept": cand.within_budget, "detail": detail}

@@ -96,7 +96,9 @@ class TaskModel(nn.Module):
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
         batch: Batch = kwargs if kwargs else (args[0] if len(args) == 1 else args)
-        return self.head(pool(self.encoder(*args, **kwargs), batch))
+        features = pool(self.encoder(*args, **kwargs), batch)  # pooled in float32
+        weight = next((p for p in self.head.parameters() if p.is_floating_point()), None)
+        return self.head(features if weight is None else features.to(weight.dtype))
 
 
 def make_head(kind: str, features: int, classes: int) -> nn.Module:

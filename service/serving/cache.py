@@ -83,13 +83,25 @@ class VariantCache:
             return None
         return path
 
-    def put(self, key: str, variant_dir: Path) -> Path:
-        """Publish a variant directory (atomic: copied to a temporary name, then renamed)."""
+    def put(self, key: str, variant_dir: Path, replace: bool = False) -> Path:
+        """Publish a variant directory (atomic: copied to a temporary name, then renamed).
+
+        ``replace``: an entry holding another variant gives way (a replica that promoted a
+        newer variant after live verification: peers that start later serve what it serves);
+        otherwise the first entry stays.
+        """
         final = self.directory / key
-        if final.exists():
+        if final.exists() and (not replace or _same_variant(final, Path(variant_dir))):
             return final
         tmp = self.directory / f".{key}.{uuid.uuid4().hex[:8]}.tmp"
         shutil.copytree(variant_dir, tmp)
+        if final.exists():  # replace: the old entry leaves first (a reader meanwhile finds none)
+            old = self.directory / f".{key}.{uuid.uuid4().hex[:8]}.removed"
+            try:
+                os.rename(final, old)
+                shutil.rmtree(old, ignore_errors=True)
+            except OSError:  # another replica replaced or removed it first
+                pass
         try:
             os.rename(tmp, final)
         except OSError:  # another replica published the same key first
@@ -99,14 +111,20 @@ class VariantCache:
     def remove(self, key: str, variant_dir: Path) -> bool:
         """Drop the entry ``key`` if it holds the variant in ``variant_dir`` (same weights)."""
         entry = self.directory / key
-        try:
-            ours = json.loads((Path(variant_dir) / "plan.json").read_text())["weights_sha256"]
-            theirs = json.loads((entry / "plan.json").read_text())["weights_sha256"]
-        except (OSError, KeyError, json.JSONDecodeError):
-            return False
-        if ours != theirs:
+        if not _same_variant(entry, Path(variant_dir)):
             return False
         tmp = self.directory / f".{key}.{uuid.uuid4().hex[:8]}.removed"
         os.rename(entry, tmp)  # atomic for readers; then the files go
         shutil.rmtree(tmp, ignore_errors=True)
         return True
+
+
+def _same_variant(a: Path, b: Path) -> bool:
+    """Whether two variant directories hold the same variant: the same plan (weights' checksum,
+    structure, precision, runtime and its graph's checksum)."""
+    try:
+        return json.loads((a / "plan.json").read_text()) == json.loads(
+            (b / "plan.json").read_text()
+        )
+    except (OSError, json.JSONDecodeError):
+        return False

@@ -217,7 +217,7 @@ class LiveLoop:
             return
         try:
             key, path = self._variant_key(name, vid)
-            published = self.cache.put(key, path)
+            published = self.cache.put(key, path, replace=True)  # what serves here now
             log.info("model %s: variant %s published to the shared cache %s", name, vid, published)
         except Exception as err:  # a full or read-only cache never fails serving
             log.warning("model %s: cannot publish variant %s to the cache: %s", name, vid, err)

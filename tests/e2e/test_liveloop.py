@@ -84,6 +84,11 @@ def _active(server) -> str:
     return next(m["active_variant"] for m in models if m["name"] == "digits-cnn")
 
 
+def _jobs_done(server) -> bool:
+    jobs = server.admin("GET", "/jobs").json()["jobs"]
+    return all(j["state"] not in ("queued", "running") for j in jobs)
+
+
 def _variants(server) -> dict:
     return {
         v["id"]: v for v in server.admin("GET", "/models/digits-cnn/variants").json()["variants"]
@@ -127,6 +132,18 @@ def test_live_traffic_drops_a_bad_variant_promotes_a_good_one_and_replicas_share
             assert server.admin("POST", "/models/digits-cnn/activate", json={"variant": bad_id})
             _until(lambda: _active(server) == "original", what="no live-fidelity rollback")
             served_bad = load.variants.count(bad_id)
+            # The rollback queued a recompression on live traffic: let it finish and its
+            # variant, if accepted, leave the canary stage (promoted or dropped) before the
+            # good job, so the good one is the last promoted (what the replica below finds).
+            _until(lambda: _jobs_done(server), timeout=900.0, what="live recompression")
+            _until(
+                lambda: (
+                    not any((v["live"] or {}).get("canary") for v in _variants(server).values())
+                ),
+                timeout=240.0,
+                what="the live recompression's canary was not settled",
+                state=lambda: {k: v.get("live") for k, v in _variants(server).items()},
+            )
 
             # 3. A good variant: promoted once live traffic agrees.
             job = server.admin("POST", "/models/digits-cnn/compress", json={"profile": "cpu"})

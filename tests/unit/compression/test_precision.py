@@ -80,3 +80,30 @@ def test_a_quantizing_cpu_profile_tries_bfloat16_only_where_the_cpu_computes_it(
     assert precision.options("float32", "none", "cpu", True) == []  # a float profile stays float
     monkeypatch.setattr(precision, "native_bfloat16", lambda: False)
     assert precision.options("float32", "int8-dynamic", "cpu", True) == ["int8-dynamic"]
+
+
+def test_a_precision_the_model_cannot_run_in_is_reported_and_the_search_goes_on(monkeypatch):
+    from compression import compress
+    from compression.profiles import profile_from_dict
+
+    class Mixed(torch.nn.Module):  # computes in float32 in the middle: no bfloat16 run
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(8, 32), torch.nn.Linear(32, 4)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)).float())
+
+    monkeypatch.setattr(precision, "native_bfloat16", lambda: True)
+    torch.manual_seed(0)
+    x = torch.randn(128, 8)
+    profile = profile_from_dict(
+        {"name": "unit", "ratios": [0.25], "allocation": "uniform", "latency_repeats": 3,
+         "min_fidelity": 0.0, "min_neighbour_recall": None, "runtimes": ["torch"],
+         "quantization": "int8-dynamic"}
+    )  # fmt: skip
+    r = compress(Mixed().eval(), profile, example_inputs=x[:8], calibration=[x[:64]],
+                 validation=[(x[64:], None)]).report  # fmt: skip
+    failed = [s["detail"] for s in r.steps if s["detail"].startswith("failed: bfloat16")]
+    assert failed and "dtype" in failed[0], r.steps
+    assert "int8-dynamic" in {c.precision for c in r.candidates}  # the others were measured

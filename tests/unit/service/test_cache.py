@@ -51,3 +51,19 @@ def test_key_changes_with_profile_and_entries_are_whole(tmp_path):
     assert not cache.remove(cache.key(digest, {"name": "gpu"}), other)  # not the same weights
     assert cache.remove(cache.key(digest, {"name": "gpu"}), variant)
     assert cache.get(cache.key(digest, {"name": "gpu"})) is None
+
+
+def test_a_newer_promotion_replaces_the_entry_and_a_plain_put_keeps_the_first(tmp_path):
+    cache = VariantCache(tmp_path / "cache")
+    key = cache.key(model_digest(_model()), {"name": "cpu"})
+    first, newer = tmp_path / "first", tmp_path / "newer"
+    for d, weights in ((first, "a"), (newer, "b")):
+        d.mkdir()
+        (d / "plan.json").write_text(json.dumps({"weights_sha256": weights}))
+        (d / "report.json").write_text(json.dumps({"accepted": True}))
+    cache.put(key, first)
+    cache.put(key, newer)  # another replica's variant: the first published stays
+    assert json.loads((cache.get(key) / "plan.json").read_text())["weights_sha256"] == "a"
+    cache.put(key, newer, replace=True)  # promoted here after the first: peers start on it
+    assert json.loads((cache.get(key) / "plan.json").read_text())["weights_sha256"] == "b"
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]
