@@ -6,7 +6,9 @@ Builds MiniLM variants the way the cpu profile's search does (global split, full
 the built-in calibration sentences): each amount in ``--ratios`` in float32 and in torch int8
 on packed tokens (``compression.packing``, what the cpu profile serves for MiniLM), the 20 %
 structure (or the first amount) in ONNX Runtime int8 and torch int8, and the unpruned model
-in both int8s. Each is measured on the engine's two evaluation splits (selection: sentences in
+in both int8s; beside them the engine's int8 now, inputs smoothed into the weights
+(``compression.smoothing``) on packed tokens, for the unpruned model and every amount, and the
+unpruned model in bfloat16 on packed tokens. Each is measured on the engine's two evaluation splits (selection: sentences in
 the calibration's register; confirmation: the IDLE user guide) and on held-out text from a third
 source (``benchmarks.heldout``, package READMEs; recall@10 in pools of 192 sentences, the
 confirmation split's size). Per variant, for cosine fidelity and neighbour recall@10:
@@ -53,13 +55,21 @@ def variants(ctx, ratios: list[float]) -> dict:
             out[f"{label} onnxruntime-int8"] = dict(found)["onnxruntime-int8"]
         return out
 
+    def smoothed(module):  # the engine's int8: inputs smoothed (strength chosen on the first)
+        scales, _, _ = search.int8_smoothing(ctx, module)
+        int8 = precision.apply(module, "float32", "int8-dynamic", smoothing=scales)
+        return packing.served(int8.eval())
+
     out = int8s("0%", ctx.original)
+    out["0% torch-int8 smoothed packed"] = smoothed(ctx.original)
+    out["0% bfloat16 packed"] = packing.served(precision.apply(ctx.original, "bfloat16", "none"))
     pick = 0.2 if 0.2 in ratios else ratios[0]
     for r in ratios:
         built = search.build(ctx, r, "global")
         out[f"{r:.0%} global float32"] = built.module
         int8 = precision.apply(built.module, "float32", "int8-dynamic").eval()
         out[f"{r:.0%} global torch-int8 packed"] = packing.served(int8)
+        out[f"{r:.0%} global torch-int8 smoothed packed"] = smoothed(built.module)
         if r == pick:
             out.update(int8s(f"{r:.0%} global", built.module))
     return out
@@ -75,6 +85,7 @@ def run(ratios: list[float]) -> dict:
         bundle.factory(), PROFILES["cpu"], bundle.example_inputs, bundle.calibration,
         bundle.validation, "cosine", lambda *a: None, lambda: False, time.monotonic() + 1e5,
     )  # fmt: skip
+    ctx.packed = True  # the cpu profile serves MiniLM on packed tokens (its smoothing sees them)
     data = heldout(bundle)
     reference = metrics.outputs(ctx.original, data)
     rows = []
