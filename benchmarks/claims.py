@@ -46,7 +46,7 @@ def shift_only(sel: float, conf: float) -> float:
 
 def variants(ctx, ratios: list[float]) -> dict:
     """``{label: module}`` of the variants measured (see the module docstring)."""
-    from compression import packing, precision, runtimes, search
+    from compression import packing, precision, precision_step, runtimes, search
 
     def int8s(label: str, module) -> dict:
         out = {f"{label} torch-int8": precision.apply(module, "float32", "int8-dynamic").eval()}
@@ -56,7 +56,7 @@ def variants(ctx, ratios: list[float]) -> dict:
         return out
 
     def smoothed(module):  # the engine's int8: inputs smoothed (strength chosen on the first)
-        scales, _, _ = search.int8_smoothing(ctx, module)
+        scales, _, _ = precision_step.int8_smoothing(ctx, module)
         int8 = precision.apply(module, "float32", "int8-dynamic", smoothing=scales)
         return packing.served(int8.eval())
 

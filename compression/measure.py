@@ -43,7 +43,8 @@ def _enough(
     slower_than: float | None = None,
 ) -> bool:
     """Whether timing can stop: ``repeats`` samples (fewer, but at least 3, once ``hi`` seconds
-    have passed) and ``lo`` seconds, or 1000 samples; or a first sample over ``slower_than``."""
+    have passed) and ``lo`` seconds, or 1000 samples; or a first sample over ``slower_than``
+    (in the samples' unit)."""
     if len(times) >= 1000:
         return True
     if slower_than is not None and len(times) == 1 and times[0] > slower_than:
@@ -108,13 +109,14 @@ def latency_ms(
             return _cuda_latency_ms(
                 model, batch, repeats, warmup, min_seconds, max_seconds, slower_than_ms
             )
-    times: list[float] = []
+    times: list[float] = []  # seconds
+    bar = None if slower_than_ms is None else slower_than_ms / 1000.0
     with torch.inference_mode():
         for _ in range(warmup):
             call(model, batch)
         started = time.perf_counter()
         while not _enough(
-            times, repeats, time.perf_counter() - started, min_seconds, max_seconds, slower_than_ms
+            times, repeats, time.perf_counter() - started, min_seconds, max_seconds, bar
         ):
             start = time.perf_counter()
             call(model, batch)

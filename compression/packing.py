@@ -8,8 +8,9 @@ embeddings, every Linear layer, the activations and the LayerNorms see a ``[toke
 matrix; only attention, which needs a sequence per sample, scatters queries, keys and values
 back to ``[samples, heads, length, head_dim]`` for ``scaled_dot_product_attention`` with a mask
 of the padded keys, in length buckets (:func:`length_buckets`: samples of similar length
-together, each bucket padded to its own longest). Nothing is approximated: the real tokens' outputs equal the padded
-forward's (the padding positions' outputs are zeros, which mean pooling over the mask ignores).
+together, each bucket padded to its own longest). Nothing is approximated: the real tokens'
+outputs equal the padded forward's (the padding positions' outputs are zeros, which mean
+pooling over the mask ignores).
 
 It is a runtime, not a pruning step: it wraps any torch form of the model (pruned, int8 or
 not) because it calls the model's own modules. The search decides once, on the original

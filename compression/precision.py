@@ -26,6 +26,7 @@ metric stays within budget. :func:`place` puts a variant on its serving device, 
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import warnings
 from collections.abc import Callable
@@ -107,6 +108,7 @@ def quantize_int8(model: nn.Module, smoothing: dict[str, torch.Tensor] | None = 
         return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
 
 
+@functools.lru_cache(maxsize=1)
 def native_bfloat16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), read from the Linux
     kernel's CPU flags; False elsewhere (bfloat16 is then emulated by oneDNN, and slower)."""

@@ -128,8 +128,9 @@ class DeviceProfile(BaseModel):
     )
     smoothing: bool = Field(
         True,
-        description="int8: smooth each Linear layer's input channels into its weights where "
-        "that lowers the calibration error (compression.smoothing); false for plain int8.",
+        description="int8: smooth each Linear layer's input channels into its weights, at the "
+        "strength (none included) that keeps the most fidelity on the selection split "
+        "(compression.smoothing); false for plain int8.",
     )
 
     packed_tokens: bool = Field(

@@ -263,7 +263,7 @@ def structure_step(ctx, source, to_beat: float | None = None) -> tuple[list, lis
     (MiniLM, 2 cores: ORT fp32 390 ms, packed torch fp32 207 ms; ORT int8 370, packed int8 171).
     A profile with ``quantization: none`` gets no int8 graph either: it asked for float.
     """
-    from compression.search import Built, measure
+    from compression.search import Built, remeasure
 
     label = f"{source.candidate.ratio:.0%} {source.candidate.allocation}"
     if time.monotonic() > ctx.deadline:
@@ -284,15 +284,7 @@ def structure_step(ctx, source, to_beat: float | None = None) -> tuple[list, lis
         # selection split are the torch structure's, so no second forward over the split. The
         # confirmation split, which decides acceptance, is still measured on the graph itself.
         figures = (c.metric, c.fidelity, c.recall) if precision == "onnxruntime-fp32" else None
-        cand = measure(
-            ctx,
-            module,
-            source.float_module,
-            figures,
-            ratio=c.ratio,
-            allocation=c.allocation,
-            precision=precision,
-        )
+        cand = remeasure(ctx, module, source, precision, figures)
         step = {"step": "runtime", "kept": cand.within_budget, "detail": precision}
         out.append(Built(module, source.float_module, cand, [*source.steps, step]))
         if precision != "onnxruntime-fp32":

@@ -28,15 +28,13 @@ from compression import (
     layers,
     metrics,
     packing,
-    precision,
     rebuild,
-    smoothing,
     sparsity,
     splits,
 )
 from compression.errors import Cancelled, CompressionError
 from compression.graph import PruneUnit
-from compression.inputs import Batch, buckets, index
+from compression.inputs import Batch
 from compression.ladder import MIN_RATIO, backoff, predicted_miss, predicted_refusal
 from compression.measure import latency_ms, macs_params
 from compression.profiles import DeviceProfile
@@ -47,10 +45,9 @@ Progress = Callable[[float, str], None]
 # (MiniLM: ~5 runs instead of 10), since the close contenders are timed again side by side
 # before the choice (verify.confirm_latencies) and the winner against the original after it.
 SCREEN_SECONDS = 0.5
-# Calibration samples whose activations give the int8 smoothing its input ranges. MiniLM's
-# held-out cosine at strength 0.8 / 0.9, ranges from 128 sentences: 0.992 / 0.987; from 256:
-# 0.994 / 0.992; from 512: 0.994 / 0.994 (each 512 costs a float forward of 1.5 s).
-RANGE_SAMPLES = 256
+# A screening stops at its first timed run only above this (and twice the fastest so far): on
+# MiniLM that spares the ONNX Runtime graph of the padded original (300 ms) five more runs.
+SCREEN_CUT_MS = 50.0
 
 
 @dataclass
@@ -132,8 +129,9 @@ def measure(
     if within or info.get("ratio") == 0.0 and info.get("precision") == "float32":
         p = ctx.profile
         # One warm-up run (the first forward pays for allocation); a candidate whose first timed
-        # run is over twice the fastest so far cannot be a contender (verify times those within
-        # 1.5x of the fastest again), so its one run stands.
+        # run is over twice the fastest so far, and slow (SCREEN_CUT_MS), cannot be a contender
+        # (verify times those within 1.5x of the fastest again), so its one run stands. Fast
+        # forwards are timed in full: one run of a sub-millisecond model is noise.
         lat = latency_ms(
             module,
             ctx.latency_batch,
@@ -141,7 +139,9 @@ def measure(
             p.latency_repeats,
             1,
             max_seconds=SCREEN_SECONDS,
-            slower_than_ms=None if ctx.fastest_ms is None else 2 * ctx.fastest_ms,
+            slower_than_ms=None
+            if ctx.fastest_ms is None
+            else max(2 * ctx.fastest_ms, SCREEN_CUT_MS),
         )
         if within:
             ctx.fastest_ms = lat if ctx.fastest_ms is None else min(ctx.fastest_ms, lat)
@@ -158,6 +158,23 @@ def measure(
         note=note,
         packed=packing.is_packed(module),
         **info,
+    )
+
+
+def remeasure(
+    ctx: SearchContext, module: nn.Module, source: Built, precision: str, figures=None
+) -> Candidate:
+    """:func:`measure` of another form of ``source``'s structure (a precision or a runtime):
+    the same float structure, amount and split, labelled ``precision``."""
+    c = source.candidate
+    return measure(
+        ctx,
+        module,
+        source.float_module,
+        figures,
+        ratio=c.ratio,
+        allocation=c.allocation,
+        precision=precision,
     )
 
 
@@ -256,86 +273,6 @@ def split_by_cut(ctx: SearchContext, ratio: float):
     return mode, made[mode], note
 
 
-def with_precision(ctx: SearchContext, built: Built) -> list[Built]:
-    """The profile's dtype/quantization applied to a float candidate, one per precision the
-    profile tries (``precision.options``: int8, and bfloat16 on a CPU that computes it
-    natively; on CUDA float16 and bfloat16)."""
-    p = ctx.profile
-    out = []
-    c = built.candidate
-    for label in precision.options(p.dtype, p.quantization, p.device, p.cpu_bfloat16):
-        start = time.perf_counter()
-        dtype, quantization = precision.split_label(label)
-        try:
-            scales, detail, figures = None, label, None
-            if quantization == "int8-dynamic" and p.smoothing:
-                scales, detail, figures = int8_smoothing(ctx, built.float_module)
-            module = precision.apply(built.float_module, dtype, quantization, smoothing=scales)
-            module = served(ctx, module.eval())
-            ctx.tick("precision", start)
-            cand = measure(
-                ctx,
-                module,
-                built.float_module,
-                figures,
-                ratio=c.ratio,
-                allocation=c.allocation,
-                precision=label,
-            )
-        except (RuntimeError, ValueError, TypeError) as err:
-            # A precision the model does not run in (a layer that mixes dtypes) is one fewer
-            # candidate, recorded in the report; the search goes on with the others.
-            ctx.failures.append(f"{label} of {c.ratio:.0%} {c.allocation}: {err}"[:300])
-            continue
-        if cand.latency_ms > 0.95 * c.latency_ms:  # must earn its place: >= 5% faster than float
-            cand.note = "no speed-up over float32"
-        step = {"step": "precision", "kept": cand.within_budget, "detail": detail}
-        out.append(Built(module, built.float_module, cand, [*built.steps, step], None, scales))
-    return out
-
-
-def int8_smoothing(ctx: SearchContext, float_module: nn.Module):
-    """The int8 smoothing scales of one float structure (None: plain int8), a line for its
-    steps, and its int8 figures on the selection split where they were measured (else None).
-
-    The strength is chosen once, on the first structure quantized: the one whose int8 model
-    keeps the highest fidelity on the selection split (:func:`compression.smoothing.
-    choose_alpha`), data the scales were not computed from; every later structure takes it
-    with scales from its own activations. Chosen on the calibration error instead, MiniLM took
-    0.9 (calibration error 0.0147 against 0.0163 for 0.8) where 0.8 kept more on held-out text.
-
-    The input ranges come from the whole calibration set, not the probe: a channel's largest
-    value is a tail statistic. MiniLM, unpruned, strength 0.9: ranges from 128 calibration
-    sentences gave held-out cosine 0.987 against 0.996 on the confirmation split, from 512
-    0.994 against 0.997 (:data:`RANGE_SAMPLES`).
-    """
-    calibration = index(ctx.calibration, slice(0, RANGE_SAMPLES))
-    ranges = smoothing.input_ranges(served(ctx, float_module), buckets(calibration, 8))
-
-    def scales_for(alpha: float | None) -> dict | None:
-        return None if alpha is None else smoothing.scales(float_module, ranges, alpha)
-
-    figures = None
-    if ctx.smoothing_alpha == "unset":
-        floor = ctx.profile.min_neighbour_recall
-        seen = {}
-
-        def loss(alpha: float | None) -> float:
-            q = served(ctx, precision.quantize_int8(float_module, scales_for(alpha)).eval())
-            seen[alpha] = splits.measure(q, ctx.selection, ctx.metric, floor)
-            return 1.0 - seen[alpha][1]
-
-        ctx.smoothing_alpha, losses = smoothing.choose_alpha(loss)
-        figures = seen[ctx.smoothing_alpha]
-        tried = ", ".join(f"{'none' if a is None else a}: {1 - e:.4f}" for a, e in losses.items())
-        how = f"chosen by fidelity on the selection split ({tried})"
-    else:
-        how = "as chosen on the first structure"
-    alpha = ctx.smoothing_alpha
-    label = "int8-dynamic, no smoothing" if alpha is None else f"int8-dynamic, smoothing {alpha}"
-    return scales_for(alpha), f"{label} ({how})", figures
-
-
 def holds(ctx: SearchContext, built: Built) -> bool:
     """Whether a candidate holds its budget on the confirmation split (measured once and kept,
     :func:`compression.verify.confirm`); one that does not is marked, so it is never chosen."""
@@ -428,6 +365,8 @@ def run(ctx: SearchContext, original_built: Built) -> list[Built]:
         faithful = max(within, key=lambda b: b.candidate.fidelity)
         tries += [faithful] if faithful not in tries else []
     tries = [b for b in tries if holds(ctx, b)]  # lower precision of a refused one is refused
+    from compression.precision_step import with_precision  # it builds on this module
+
     for b in [*tries, original_built]:
         ctx.check()
         if time.monotonic() > ctx.deadline:
