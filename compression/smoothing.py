@@ -103,18 +103,29 @@ def scales(
 
     ``ranges`` come from :func:`input_ranges` on a module whose Linear layers have the same
     names, possibly under a prefix (a wrapper's ``model.``); layers it has no range for are not
-    smoothed.
+    smoothed. Layers that read the same input (equal ranges: a transformer's query, key and
+    value) share one ``s``, from the largest weight of each input channel over all of them,
+    so that input is smoothed once and the layers run as one int8 product
+    (:func:`compression.precision.fused_int8`).
     """
-    out = {}
+    groups: list[tuple[torch.Tensor, list[tuple[str, nn.Linear]]]] = []
     for name, layer in model.named_modules():
         if not isinstance(layer, nn.Linear) or layer.in_features == 0:
             continue
         top = _lookup(ranges, name)
         if top is None or top.numel() != layer.in_features:
             continue
-        w = layer.weight.detach().abs().amax(0).float().clamp(min=EPS)
-        s = top.clamp(min=EPS) ** alpha / w ** (1.0 - alpha)
-        out[name] = s.clamp(min=EPS, max=1.0 / EPS)
+        same = [g for g in groups if g[0].shape == top.shape and torch.equal(g[0], top)]
+        if same:
+            same[0][1].append((name, layer))
+        else:
+            groups.append((top, [(name, layer)]))
+    out = {}
+    for top, layers in groups:
+        w = torch.stack([layer.weight.detach().abs().amax(0).float() for _, layer in layers])
+        w = w.amax(0).clamp(min=EPS)
+        s = (top.clamp(min=EPS) ** alpha / w ** (1.0 - alpha)).clamp(min=EPS, max=1.0 / EPS)
+        out |= {name: s.clone() for name, _ in layers}  # one tensor each: safetensors saves them
     return out
 
 

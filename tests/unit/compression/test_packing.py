@@ -177,3 +177,32 @@ def test_a_packed_variant_saves_and_loads_packed_with_the_same_outputs(tmp_path)
     padded = load_variant(tmp_path, model=tiny_bert(), runtime="torch").module
     assert not isinstance(padded, packing.PackedEncoder)  # what TorchScript traces
     assert torch.allclose(_real(padded, batch), _real(variant.module, batch), atol=1e-5)
+
+
+def test_attention_as_two_products_equals_the_fused_kernel():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(5, 3, 9, 8) for _ in range(3))
+    keep = torch.arange(9)[None, :] < torch.tensor([9, 4, 1, 7, 2])[:, None]
+    mask = torch.zeros(keep.shape).masked_fill_(~keep, float("-inf"))[:, None, None, :]
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=keep[:, None, None, :]
+    )
+    assert float((packing.attention(q, k, v, mask) - expected).abs().max()) < 1e-5
+
+
+def test_int8_query_key_value_run_as_one_product_with_the_same_outputs():
+    from compression import smoothing
+    from compression.precision import quantize_int8
+
+    model = tiny_bert()
+    batch = _ragged(16, 25, 5)
+    plain = packing.PackedEncoder(model)
+    scales = smoothing.scales(model, smoothing.input_ranges(plain, [batch]), 0.8)
+    for int8 in (quantize_int8(model), quantize_int8(model, scales)):
+        fused = packing.PackedEncoder(int8).eval()
+        assert all(f is not None for f in fused._qkv)  # every layer's q/k/v as one int8 layer
+        apart = packing.PackedEncoder(int8).eval()
+        apart._qkv = [None] * len(apart._qkv)
+        diff = float((_real(fused, batch) - _real(apart, batch)).abs().max())
+        assert diff < 1e-5, diff
+    assert all(f is None for f in plain._qkv)  # float layers stay apart (calibration hooks)

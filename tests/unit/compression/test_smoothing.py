@@ -104,3 +104,32 @@ def test_a_smoothed_int8_variant_saves_and_reloads_bit_for_bit(tmp_path):
     path.unlink()
     with pytest.raises(VariantError, match="smoothing.safetensors is missing"):
         load_variant(tmp_path / "v", model=_outlier_mlp()[0])
+
+
+def test_layers_reading_one_input_share_a_scale_and_fuse_exactly():
+    torch.manual_seed(0)
+
+    class Fan(nn.Module):  # three layers on one input, like attention's query, key and value
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(16, 8), nn.Linear(16, 8), nn.Linear(16, 4)
+
+        def forward(self, x):
+            return torch.cat([self.a(x), self.b(x), self.c(x)], -1)
+
+    model = Fan().eval()
+    x = torch.randn(64, 16)
+    x[:, 2] *= 40
+    scales = smoothing.scales(model, smoothing.input_ranges(model, [x]), 0.8)
+    assert torch.equal(scales["a"], scales["b"]) and torch.equal(scales["a"], scales["c"])
+    assert scales["a"] is not scales["b"]  # separate tensors: safetensors refuses shared ones
+    int8 = precision.quantize_int8(model, scales)
+    fused = precision.fused_int8([int8.a, int8.b, int8.c])
+    assert isinstance(fused, smoothing.SmoothedLinear) and fused.out_features == 20
+    with torch.inference_mode():
+        assert float((fused(x) - int8(x)).abs().max()) < 1e-5
+    # unequal scales, or smoothed beside plain, cannot share one smoothed input
+    other = smoothing.scales(model, smoothing.input_ranges(model, [x * 2]), 0.5)
+    mixed = precision.quantize_int8(model, {"a": scales["a"], "b": other["b"]})
+    assert precision.fused_int8([mixed.a, mixed.b]) is None
+    assert precision.fused_int8([mixed.a, mixed.c]) is None
