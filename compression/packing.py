@@ -130,8 +130,9 @@ class PackedEncoder(nn.Module):
             h = h + emb.token_type_embeddings(types)
         h = emb.LayerNorm(h)
         groups = length_buckets(keep)
+        grid = grid_index(groups, h.shape[0])
         for layer, qkv in zip(self.model.encoder.layer, self._qkv, strict=True):
-            h = self._layer(layer, h, groups, qkv)
+            h = self._layer(layer, h, groups, grid, qkv)
         out = h.new_zeros(b * n, h.shape[-1])
         out[where] = h
         out = out.view(b, n, -1)
@@ -140,28 +141,35 @@ class PackedEncoder(nn.Module):
         return self._answer(last_hidden_state=out)
 
     @staticmethod
-    def _layer(layer, h, groups: list[Bucket], qkv: nn.Module | None = None) -> torch.Tensor:
+    def _layer(
+        layer,
+        h: torch.Tensor,
+        groups: list[Bucket],
+        grid: tuple[torch.Tensor, torch.Tensor] | None,
+        qkv: nn.Module | None = None,
+    ) -> torch.Tensor:
         att = layer.attention.self
         d = att.attention_head_size
         heads = att.query.out_features // d if d else 0
-        if heads:
-            # [tokens, 3 * heads * d]: one product when the three are fused, else three
-            x = (
-                qkv(h)
-                if qkv is not None
-                else torch.cat([att.query(h), att.key(h), att.value(h)], 1)
-            )
-            ctx = h.new_empty(h.shape[0], heads * d)
+        if heads and grid is not None:
+            # queries, keys and values: one [tokens, 3 * heads * d] product when the three are
+            # fused, else three [tokens, heads * d]
+            parts = [qkv(h)] if qkv is not None else [att.query(h), att.key(h), att.value(h)]
+            source, back = grid
+            cells = [x.index_select(0, source) for x in parts]  # every bucket's grid, one gather
+            done, start = [], 0
             for g in groups:  # attention per length bucket, each padded to its own longest
-                full = x.new_zeros(g.samples * g.width, x.shape[-1])
-                full[g.slots] = x[g.rows]
-                q, k, v = (
-                    full.view(g.samples, g.width, 3 * heads, d).transpose(1, 2).split(heads, 1)
-                )
-                out = attention(q, k, v, g.mask)
-                ctx[g.rows] = out.transpose(1, 2).reshape(-1, heads * d)[g.slots]
-        else:  # every head pruned: the attention output is its dense layer's bias
-            ctx = h.new_zeros(h.shape[0], 0)
+                end = start + g.samples * g.width
+                per_head = [
+                    c[start:end].view(g.samples, g.width, -1, d).transpose(1, 2) for c in cells
+                ]
+                q, k, v = per_head[0].split(heads, 1) if len(per_head) == 1 else per_head
+                out = attention(q, k, v, g.mask)  # [samples, heads, width, d]
+                done.append(out.transpose(1, 2).reshape(-1, heads * d))
+                start = end
+            ctx = torch.cat(done).index_select(0, back)  # the real tokens' rows, packed order
+        else:  # every head pruned (or no token): the attention output is its dense layer's bias
+            ctx = h.new_zeros(h.shape[0], heads * d)
         out = layer.attention.output
         h = out.LayerNorm(out.dense(ctx) + h)
         inner = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(h))
@@ -192,7 +200,9 @@ class Bucket:
     ``rows``: their real tokens' rows in the packed ``[tokens, width]`` matrix; ``slots``: the
     same tokens' flat positions in the bucket's ``[samples * width]`` grid; ``mask``: added to
     the attention scores, 0 where a query may see the key and ``-inf`` at the padded keys,
-    ``[samples, 1, 1, width]``.
+    ``[samples, 1, 1, width]``; ``source``: the packed row each grid position reads,
+    ``[samples * width]`` (a padded position reads some real row: its key is masked and its
+    query's output dropped, so what it holds does not matter).
     """
 
     samples: int
@@ -200,6 +210,7 @@ class Bucket:
     rows: torch.Tensor
     slots: torch.Tensor
     mask: torch.Tensor
+    source: torch.Tensor
 
 
 def bucket_sizes(widths: list[int], most: int) -> list[int]:
@@ -262,9 +273,30 @@ def length_buckets(keep: torch.Tensor) -> list[Bucket]:
                 rows=rows[members, :width][sub],
                 slots=sub.reshape(-1).nonzero().squeeze(1),
                 mask=torch.zeros(sub.shape).masked_fill_(~sub, float("-inf"))[:, None, None, :],
+                source=rows[members, :width].reshape(-1).clamp(min=0),
             )
         )
     return out
+
+
+def grid_index(groups: list[Bucket], tokens: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The two gathers between the packed rows and the buckets' grids, laid end to end: which
+    packed row each grid position reads, and which grid position holds each packed row's
+    attention output. None for a batch without a real token (nothing to attend to).
+
+    One gather in and one out per layer, where scattering each bucket on its own took two of
+    each per bucket: MiniLM's attention over the four buckets of a held-out batch of 32
+    sentences, gathers included, 2.6-2.7 ms a layer against 2.9-3.5 ms (2 cores, same process).
+    """
+    if tokens == 0:
+        return None
+    source = torch.cat([g.source for g in groups])
+    back = torch.empty(tokens, dtype=torch.long, device=source.device)
+    start = 0
+    for g in groups:
+        back[g.rows] = start + g.slots
+        start += g.samples * g.width
+    return source, back
 
 
 def difference(model: nn.Module, packed: nn.Module, batches: list[Batch]) -> float:
