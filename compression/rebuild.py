@@ -241,6 +241,7 @@ def rebuild(
     distill_seconds: float = 0.0,
     probe: Batch | None = None,
     cache: dict | None = None,
+    served: Callable[[nn.Module], nn.Module] | None = None,
 ) -> list[StepRecord]:
     """Run the ladder's named ``steps`` (see :data:`STEPS`) on ``pruned`` in place; returns one
     record per step tried.
@@ -249,13 +250,17 @@ def rebuild(
     ``probe`` (a slice of it, with ``reference`` its original outputs) when given, else on
     ``batch`` -- three full calibration forwards per candidate are most of the ladder's time.
     ``cache``: see :func:`compression.refit.refit_consumers` (one dict per original and batch).
+    ``served``: the form of ``pruned`` whose error is measured (packed tokens,
+    :mod:`compression.packing`: the same outputs on real tokens in half the time); default
+    ``pruned`` itself.
     """
     ctx = RebuildContext(
         pruned, original, units, removed, batch, stats, ridge, distill_seconds, cache
     )
     check = batch if probe is None else probe
+    measured = served(pruned) if served is not None else pruned  # wraps, does not copy
     records = []
-    error = calibration_error(pruned, check, reference)
+    error = calibration_error(measured, check, reference)
     records.append(StepRecord("prune", True, error, error, 0.0, "after structural pruning"))
     for step in steps:
         run_step = STEPS.get(step)
@@ -264,7 +269,7 @@ def rebuild(
         biases = {n for n, m in pruned.named_modules() if getattr(m, "bias", 0) is None}
         try:
             n, detail = run_step(ctx)
-            new_error = calibration_error(pruned, check, reference) if n else error
+            new_error = calibration_error(measured, check, reference) if n else error
         except (RuntimeError, ValueError, IndexError, torch.linalg.LinAlgError) as err:
             n, detail, new_error = 0, f"failed: {type(err).__name__}: {err}"[:300], error
         kept = n > 0 and new_error < error

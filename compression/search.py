@@ -226,6 +226,7 @@ def build(ctx: SearchContext, ratio: float, mode: str, made=None) -> Built:
         ctx.profile.distill_seconds,
         probe=ctx.probe,
         cache=ctx.refit_cache,
+        served=lambda m: served(ctx, m),
     )
     pruned.eval()
     ctx.tick("prune_rebuild", start)
@@ -259,7 +260,9 @@ def split_by_cut(ctx: SearchContext, ratio: float):
         except (CompressionError, RuntimeError, ValueError, IndexError) as err:
             ctx.failures.append(f"{mode} {ratio:.0%}: {type(err).__name__}: {err}"[:300])
             continue
-        errors[mode] = rebuild.calibration_error(made[mode][0], ctx.probe, ctx.reference)
+        errors[mode] = rebuild.calibration_error(
+            served(ctx, made[mode][0]), ctx.probe, ctx.reference
+        )
     if not errors:
         return "uniform", None, None
     mode = min(errors, key=errors.get)
