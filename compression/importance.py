@@ -44,8 +44,13 @@ class InputStats:
     sq_mean: torch.Tensor
 
 
-def observe_inputs(model: nn.Module, layer_names: list[str], batch: Batch, record) -> None:
-    """One forward over ``batch`` calling ``record(name, layer, x, mask)`` on each named layer's input."""
+def observe_inputs(
+    model: nn.Module, layer_names: list[str], batch: Batch, record, runner: nn.Module | None = None
+) -> None:
+    """One forward over ``batch`` calling ``record(name, layer, x, mask)`` on each named layer's
+    input. ``runner``: what runs the forward, a module wrapping ``model``'s layers (its packed
+    form, :mod:`compression.packing`, whose layers see the real tokens' rows only); default
+    ``model``."""
     mask = [None]  # the mask of the part being run (token batches run as length buckets)
 
     def hook(name):
@@ -56,7 +61,7 @@ def observe_inputs(model: nn.Module, layer_names: list[str], batch: Batch, recor
         with torch.inference_mode():
             for part in buckets(batch):
                 mask[0] = token_mask(part)
-                call(model, part)
+                call(runner or model, part)
     finally:
         for h in handles:
             h.remove()
@@ -83,15 +88,17 @@ def _gram_recorder(grams: dict[str, list]):
     return record
 
 
-def input_stats(model: nn.Module, layer_names: list[str], batch: Batch) -> dict[str, InputStats]:
+def input_stats(
+    model: nn.Module, layer_names: list[str], batch: Batch, runner: nn.Module | None = None
+) -> dict[str, InputStats]:
     """Mean and mean square of each named layer's input channels over ``batch``."""
     sums: dict[str, list] = {}
-    observe_inputs(model, layer_names, batch, _stats_recorder(sums))
+    observe_inputs(model, layer_names, batch, _stats_recorder(sums), runner)
     return {n: InputStats(s / c, q / c) for n, (s, q, c) in sums.items()}
 
 
 def input_stats_and_grams(
-    model: nn.Module, layer_names: list[str], batch: Batch
+    model: nn.Module, layer_names: list[str], batch: Batch, runner: nn.Module | None = None
 ) -> tuple[dict[str, InputStats], dict[str, torch.Tensor]]:
     """:func:`input_stats` and :func:`input_grams` from one forward (the lsq criterion)."""
     sums: dict[str, list] = {}
@@ -102,7 +109,7 @@ def input_stats_and_grams(
         stats_record(name, layer, x, mask)
         gram_record(name, layer, x, mask)
 
-    observe_inputs(model, layer_names, batch, record)
+    observe_inputs(model, layer_names, batch, record, runner)
     stats = {n: InputStats(s / c, q / c) for n, (s, q, c) in sums.items()}
     return stats, {n: g / c for n, (g, c) in grams.items()}
 
@@ -167,6 +174,7 @@ class ScoringContext:
     units: list[PruneUnit]
     calibration: Batch
     stats: dict[str, InputStats] | None = None
+    runner: nn.Module | None = None  # runs the forwards that observe inputs (observe_inputs)
 
     @property
     def consumers(self) -> list[str]:
@@ -176,7 +184,7 @@ class ScoringContext:
     def input_stats(self) -> dict[str, InputStats]:
         """The consumers' input statistics on the calibration data (computed once)."""
         if self.stats is None:
-            self.stats = input_stats(self.model, self.consumers, self.calibration)
+            self.stats = input_stats(self.model, self.consumers, self.calibration, self.runner)
         return self.stats
 
 
@@ -210,18 +218,24 @@ def activation(ctx: ScoringContext) -> dict[str, torch.Tensor]:
 @CRITERIA.register("lsq")
 def lsq(ctx: ScoringContext) -> dict[str, torch.Tensor]:
     """Refit-aware scores (see :func:`lsq_scores`); statistics and Grams from one forward."""
-    ctx.stats, grams = input_stats_and_grams(ctx.model, ctx.consumers, ctx.calibration)
+    ctx.stats, grams = input_stats_and_grams(ctx.model, ctx.consumers, ctx.calibration, ctx.runner)
     return lsq_scores(ctx.model, ctx.units, grams)
 
 
 def score_units(
-    original: nn.Module, example: Batch, units: list[PruneUnit], criterion: str, calibration: Batch
+    original: nn.Module,
+    example: Batch,
+    units: list[PruneUnit],
+    criterion: str,
+    calibration: Batch,
+    runner: nn.Module | None = None,
 ) -> tuple[dict[str, InputStats], dict[str, torch.Tensor]]:
-    """Input statistics of every consumer and the named criterion's channel scores.
+    """Input statistics of every consumer and the named criterion's channel scores
+    (``runner``: see :func:`observe_inputs`).
 
     >>> stats, scores = score_units(model, x[:2], units, "lsq", x)  # doctest: +SKIP
     """
-    ctx = ScoringContext(original, example, units, calibration)
+    ctx = ScoringContext(original, example, units, calibration, runner=runner)
     scores = CRITERIA.get(criterion)(ctx)
     return ctx.input_stats(), scores
 

@@ -9,6 +9,7 @@ the selection split (:func:`predicted_miss`), on the confirmation split's claims
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from compression import splits
@@ -85,8 +86,11 @@ def predicted_refusal(ctx: SearchContext, built: list[Built], ratio: float) -> s
     )
     if not claimed:
         return None
-    # Neighbour recall has no such origin: any change swaps some near neighbours, so it drops
-    # most at the first amount (MiniLM: 0.857 at 20 %, 0.806 at 30 %); from two amounts only.
+    # Neighbour recall drops most at the first amount (MiniLM: 0.857 at 20 %, 0.806 at 30 %): a
+    # neighbour swaps once the outputs move by more than the gap to the next one, so the loss
+    # grows with the outputs' displacement, the square root of the cosine loss, and at least
+    # with the square root of the amount. From the origin and one amount, that root; from two
+    # amounts, the line through them (it lies above the curve beyond them).
     points = [(0.0, ev.metric_before, None)] + [
         (b.candidate.ratio, b.confirmed["metric"], b.confirmed["recall"]) for b in claimed
     ]
@@ -99,12 +103,15 @@ def predicted_refusal(ctx: SearchContext, built: list[Built], ratio: float) -> s
             f"{r2:.0%})"
         )
     floor = ctx.profile.min_neighbour_recall
-    if floor is not None and c1 is not None and c2 is not None:
-        recall = _line((r1, c1), (r2, c2), ratio)
+    if floor is not None and c2 is not None:
+        if c1 is not None:
+            recall, c1_text = _line((r1, c1), (r2, c2), ratio), f"{c1:.4f}"
+        else:  # MiniLM, global: 10 % claims 0.8453, so 20 % at most 0.7813 (it claims 0.7654)
+            recall, c1_text = 1.0 - (1.0 - c2) * math.sqrt(ratio / r2), "1.0000 (the root)"
         if recall < floor - CLAIM_NOISE:
             return (
                 f"not built: its neighbour recall claim on the confirmation split extrapolates "
-                f"to {recall:.4f} < floor {floor} (from {c1:.4f} at {r1:.0%} and {c2:.4f} at "
+                f"to {recall:.4f} < floor {floor} (from {c1_text} at {r1:.0%} and {c2:.4f} at "
                 f"{r2:.0%})"
             )
     return None

@@ -364,6 +364,17 @@ def is_packed(module: nn.Module) -> bool:
     )
 
 
+def faithful(model: nn.Module, profile, checks: list[Batch]) -> tuple[bool, str]:
+    """Whether ``model`` may run packed under ``profile`` (a CPU profile with packed tokens on)
+    and its packed form reproduces it on ``checks`` (:func:`check`); and a line for the report.
+    """
+    if not profile.packed_tokens:
+        return False, "packed tokens: off in the profile"
+    if profile.device != "cpu":
+        return False, f"packed tokens: cpu profiles only (this one: {profile.device})"
+    return check(model, checks)
+
+
 def decide(ctx, base) -> tuple[bool, float | None, str]:
     """Whether the search measures and serves every torch candidate packed: when the packed
     original reproduces the padded one (:func:`check`) and is >= 5 % faster on the latency
@@ -375,11 +386,7 @@ def decide(ctx, base) -> tuple[bool, float | None, str]:
     from compression.search import SCREEN_SECONDS
 
     profile = ctx.profile
-    if not profile.packed_tokens:
-        return False, None, "packed tokens: off in the profile"
-    if profile.device != "cpu":
-        return False, None, f"packed tokens: cpu profiles only (this one: {profile.device})"
-    ok, note = check(ctx.original, [x for x, _ in ctx.validation[:2]])
+    ok, note = ctx.pack_check or faithful(ctx.original, profile, [x for x, _ in ctx.validation[:2]])
     if not ok:
         return False, None, note
     ms = latency_ms(

@@ -99,6 +99,8 @@ class SearchContext:
     selection: splits.Evaluation | None = None
     confirmation: splits.Evaluation | None = None  # None: too little data to hold any out
     in_sample: bool = False  # no validation and too little calibration to hold any out
+    # packing.faithful on the original, from prepare: (packed reproduces it, the report's line)
+    pack_check: tuple[bool, str] | None = None
     packed: bool = False  # torch candidates run on packed tokens (compression.packing.decide)
     refit_cache: dict = field(default_factory=dict)  # the original's layer outputs (refit)
     # int8 smoothing strength, chosen on the first structure quantized (compression.smoothing);

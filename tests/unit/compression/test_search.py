@@ -138,6 +138,25 @@ def test_an_amount_whose_claim_extrapolates_under_budget_is_not_built():
     assert predicted_refusal(no_split, [_claimed(0.2, 0.979, 0.9)], 0.3) is None
 
 
+def test_a_recall_claim_from_one_amount_extrapolates_by_the_root_of_the_amount():
+    # MiniLM, global: 10 % claims cosine 0.9826 and recall 0.8453 on the confirmation split;
+    # 20 % claimed 0.7654. The root rule: 1 - 0.1547 * sqrt(2) = 0.7812 < 0.8 - 0.005.
+    built = [_claimed(0.1, 0.99, 0.9826, 0.8453)]
+    why = predicted_refusal(_ctx_with_confirmation(floor=0.8), built, 0.2)
+    assert (
+        why is not None and "recall claim on the confirmation split extrapolates to 0.7812" in why
+    )
+    assert "from 1.0000 (the root) at 0%" in why, why
+    # It is an upper bound: the root of a loss 0.143 at 20 % (recall 0.857) puts 30 % at
+    # 0.8249, above the floor, where a line from the origin would say 0.7855 (30 % gave 0.806).
+    assert (
+        predicted_refusal(
+            _ctx_with_confirmation(floor=0.8), [_claimed(0.2, 0.99, 0.98, 0.857)], 0.3
+        )
+        is None
+    )
+
+
 def test_the_search_backs_off_to_where_the_line_from_the_original_crosses_the_budget():
     ctx = _ctx_with_confirmation(budget=0.95)
     ctx.profile.ratios = [0.2, 0.3]
