@@ -106,7 +106,7 @@ def predicted_refusal(ctx: SearchContext, built: list[Built], ratio: float) -> s
     if floor is not None and c2 is not None:
         if c1 is not None:
             recall, c1_text = _line((r1, c1), (r2, c2), ratio), f"{c1:.4f}"
-        else:  # MiniLM, global: 10 % claims 0.8453, so 20 % at most 0.7813 (it claims 0.7654)
+        else:  # MiniLM, global: 10 % claims 0.8453, so 20 % at most 0.7812 (it claims 0.7654)
             recall, c1_text = 1.0 - (1.0 - c2) * math.sqrt(ratio / r2), "1.0000 (the root)"
         if recall < floor - CLAIM_NOISE:
             return (

@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from compression import PROFILES, allocation, compress, graph, load_variant, packing
+from compression import PROFILES, allocation, buckets, compress, graph, load_variant, packing
 from compression.inputs import served_like
 
 from .tiny import tiny_bert
@@ -105,11 +105,11 @@ def test_bfloat16_packs_inside_its_casts_and_answers_float32():
 
 
 def test_attention_runs_in_length_buckets_with_the_same_outputs():
-    assert packing.bucket_sizes([10, 11, 12, 50], 2) == [3, 1]
-    assert sum(packing.bucket_sizes([5] * 8, 4)) == 8
+    assert buckets.bucket_sizes([10, 11, 12, 50], 2) == [3, 1]
+    assert sum(buckets.bucket_sizes([5] * 8, 4)) == 8
     batch = _ragged(32, 30, 7)  # 32 samples: four buckets
     keep = batch["attention_mask"].bool()
-    groups = packing.length_buckets(keep)
+    groups = buckets.length_buckets(keep)
     assert len(groups) == 4 and sum(g.samples for g in groups) == 32
     assert sorted(torch.cat([g.rows for g in groups]).tolist()) == list(range(int(keep.sum())))
     # less attention work than one bucket padded to the longest
@@ -187,7 +187,7 @@ def test_attention_as_two_products_equals_the_fused_kernel():
     expected = torch.nn.functional.scaled_dot_product_attention(
         q, k, v, attn_mask=keep[:, None, None, :]
     )
-    assert float((packing.attention(q, k, v, mask) - expected).abs().max()) < 1e-5
+    assert float((buckets.attention(q, k, v, mask) - expected).abs().max()) < 1e-5
 
 
 def test_int8_query_key_value_run_as_one_product_with_the_same_outputs():

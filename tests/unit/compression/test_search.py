@@ -93,7 +93,7 @@ def test_the_split_whose_cut_loses_less_is_the_only_one_rebuilt():
 
 
 def test_a_model_with_batchnorm_has_both_splits_rebuilt(digits_cnn_bundle):
-    # Its cut's error does not predict the rebuilt fidelity (see search.split_by_cut).
+    # Its cut's error does not predict the rebuilt fidelity (see layer_split.split_by_cut).
     b = digits_cnn_bundle
     r = b.compress(_profile(ratios=[0.2], min_fidelity=0.0)).report
     firsts = {c.allocation for c in r.candidates if c.precision == "float32" and c.ratio == 0.2}
