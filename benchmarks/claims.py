@@ -4,10 +4,10 @@
 
 Builds MiniLM variants the way the cpu profile's search does (global split, full rebuild, on
 the built-in calibration sentences): each amount in ``--ratios`` in float32 and in torch int8
-on packed tokens (``compression.packing``, what the cpu profile serves for MiniLM), the 20 %
+on packed tokens (``compression.forms.packing``, what the cpu profile serves for MiniLM), the 20 %
 structure (or the first amount) in ONNX Runtime int8 and torch int8, and the unpruned model
 in both int8s; beside them the engine's int8 now, inputs smoothed into the weights
-(``compression.smoothing``) on packed tokens, for the unpruned model and every amount, and the
+(``compression.forms.smoothing``) on packed tokens, for the unpruned model and every amount, and the
 unpruned model in bfloat16 on packed tokens. Each is measured on the engine's two evaluation splits (selection: sentences in
 the calibration's register; confirmation: the IDLE user guide) and on held-out text from a third
 source (``benchmarks.heldout``, package READMEs; recall@10 in pools of 192 sentences, the
@@ -15,10 +15,10 @@ confirmation split's size). Per variant, for cosine fidelity and neighbour recal
 
 - *shift only*: the claim rule before this benchmark was written (the confirmation figure less
   the loss it added over selection; a better confirmation figure stood as measured);
-- *own claim*: :func:`compression.splits.claim` (the larger of the two losses, less 1.645
+- *own claim*: :func:`compression.search.splits.claim` (the larger of the two losses, less 1.645
   standard errors of the confirmation figure's mean);
 - *claim*: what the engine claims now: the own claim, and for recall also no higher than its
-  loss per unit of cosine loss leaves at the cosine claim (:func:`compression.splits.recall_claim`);
+  loss per unit of cosine loss leaves at the cosine claim (:func:`compression.search.splits.recall_claim`);
 - *held-out*: the figure on the third source. A claim holds when it is no higher than
   held-out + 0.005.
 
@@ -46,7 +46,9 @@ def shift_only(sel: float, conf: float) -> float:
 
 def variants(ctx, ratios: list[float]) -> dict:
     """``{label: module}`` of the variants measured (see the module docstring)."""
-    from compression import packing, precision, precision_step, runtimes, search
+    from compression.forms import packing, precision, runtimes
+    from compression.search import context as search
+    from compression.search import precision_step
 
     def int8s(label: str, module) -> dict:
         out = {f"{label} torch-int8": precision.apply(module, "float32", "int8-dynamic").eval()}
@@ -76,12 +78,14 @@ def variants(ctx, ratios: list[float]) -> dict:
 
 
 def run(ratios: list[float]) -> dict:
-    from compression import PROFILES, api, metrics, splits
+    from compression import PROFILES, pipeline
+    from compression.evaluation import metrics
+    from compression.search import splits
     from service.models.sources import resolve
 
     bundle = resolve("minilm")
     start = time.perf_counter()
-    ctx = api.prepare(
+    ctx = pipeline.prepare(
         bundle.factory(), PROFILES["cpu"], bundle.example_inputs, bundle.calibration,
         bundle.validation, "cosine", lambda *a: None, lambda: False, time.monotonic() + 1e5,
     )  # fmt: skip

@@ -66,7 +66,7 @@ def heldout(bundle) -> list:
 
 
 def quality(bundle, module, data, reference) -> dict:
-    from compression import metrics
+    from compression.evaluation import metrics
 
     out = metrics.outputs(module, data)
     if not bundle.is_text:
@@ -99,7 +99,7 @@ def torch_pruning_alone(bundle, ratio: float):
     """Torch-Pruning's group magnitude importance, uniform amount, no rebuild."""
     import copy
 
-    from compression import allocation, graph
+    from compression.structure import allocation, graph
 
     original = bundle.factory().eval()
     units = graph.find_units(original, bundle.example_inputs)
@@ -127,8 +127,9 @@ def previous(baseline: Path, model: str, profile: str, out: Path) -> float:
 
 def run(models: list[str], profiles: list[str], baseline: Path | None) -> dict:
     from benchmarks.vs_torch_pruning import speedup
-    from compression import PROFILES, metrics
-    from compression.measure import macs_params
+    from compression import PROFILES
+    from compression.evaluation import metrics
+    from compression.evaluation.measure import macs_params
     from service.models import load
     from service.models.sources import resolve
 

@@ -20,9 +20,10 @@ import time
 import torch
 
 from benchmarks.common import describe_machine, finish, machine, stamp, table
-from compression import metrics, precision
-from compression.inputs import batch_size, concat, index
-from compression.measure import latency_ms
+from compression.core.inputs import batch_size, concat, index
+from compression.evaluation import metrics
+from compression.evaluation.measure import latency_ms
+from compression.forms import precision
 from service.models import resolve
 
 NAME = "gpu_profile"

@@ -35,7 +35,7 @@ from benchmarks.common import (
     table,
     update_readme,
 )
-from compression.measure import latency_ms, macs_params
+from compression.evaluation.measure import latency_ms, macs_params
 from compression.profiles import get_profile
 from compression.task import Task, compress_task, evaluate, fit_head
 from service.models.sources import resolve

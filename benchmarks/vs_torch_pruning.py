@@ -65,9 +65,11 @@ class Setup:
 
 
 def setup(name: str) -> Setup:
-    from compression import PROFILES, graph, importance, rebuild
-    from compression.inputs import concat, index, materialize
-    from compression.metrics import outputs
+    from compression import PROFILES
+    from compression.core.inputs import concat, index, materialize
+    from compression.evaluation.metrics import outputs
+    from compression.recovery import rebuild
+    from compression.structure import graph, importance
     from service.models.sources import resolve
 
     bundle = resolve(name)
@@ -114,7 +116,9 @@ def setup(name: str) -> Setup:
 
 def build(s: Setup, method: str, ratio: float, distill_s: float) -> tuple[nn.Module, float, list]:
     """The pruned (and rebuilt) variant, the seconds it took, and the rebuild records."""
-    from compression import PROFILES, allocation, graph, rebuild
+    from compression import PROFILES
+    from compression.recovery import rebuild
+    from compression.structure import allocation, graph
 
     kind = "magnitude" if method == "torch-pruning" else "lsq"
     start = time.perf_counter()
@@ -133,7 +137,7 @@ def build(s: Setup, method: str, ratio: float, distill_s: float) -> tuple[nn.Mod
 
 
 def quality(s: Setup, model: nn.Module) -> dict:
-    from compression import metrics
+    from compression.evaluation import metrics
 
     out = metrics.outputs(model, s.validation)
     if s.labelled:
@@ -150,7 +154,7 @@ def speedup(original: nn.Module, variant: nn.Module, batch, repeats: int, budget
     The two forwards alternate one by one (after a warm-up), so both meet the same background
     load on a shared machine; at least ``repeats`` pairs, more while ``budget_s`` allows.
     """
-    from compression.inputs import call
+    from compression.core.inputs import call
 
     def timed(model) -> float:
         start = time.perf_counter()
@@ -170,7 +174,7 @@ def speedup(original: nn.Module, variant: nn.Module, batch, repeats: int, budget
 
 def compare(name: str, args) -> dict:
     """Every method at every level for one model."""
-    from compression.measure import macs_params
+    from compression.evaluation.measure import macs_params
 
     torch.manual_seed(0)
     s = setup(name)

@@ -10,7 +10,7 @@ A pure library (no web stack). The public door is :func:`compress`::
 """
 
 from compression.api import compress
+from compression.output.variant import CompressedModel, load_variant
 from compression.profiles import PROFILES, DeviceProfile
-from compression.variant import CompressedModel, load_variant
 
 __all__ = ["compress", "load_variant", "PROFILES", "DeviceProfile", "CompressedModel"]

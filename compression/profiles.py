@@ -2,7 +2,7 @@
 
 A profile is validated once, when it is loaded; unknown keys and bad values are errors that
 name the key. The allowed importance criteria, rebuild steps and precisions are the names
-registered in their modules (:mod:`compression.registry`), so a new one needs no edit here.
+registered in their modules (:mod:`compression.core.registry`), so a new one needs no edit here.
 Built-ins live as YAML beside this module (``profiles/*.yaml``) and load through the same
 validation as a user's file::
 
@@ -19,10 +19,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from compression import precision
-from compression.errors import ProfileError
-from compression.importance import CRITERIA
-from compression.rebuild import STEPS
+from compression.core.errors import ProfileError
+from compression.forms import precision
+from compression.recovery.rebuild import STEPS
+from compression.structure.importance import CRITERIA
 
 _BUILTIN_DIR = Path(__file__).parent / "profiles"
 
@@ -37,11 +37,11 @@ class DeviceProfile(BaseModel):
     dtype: str = Field(
         "float32",
         description="Weight/activation dtype of the served variant: float32, float16 or "
-        "bfloat16 (precision modes registered in compression.precision that name a dtype).",
+        "bfloat16 (precision modes registered in compression.forms.precision that name a dtype).",
     )
     quantization: str = Field(
         "none",
-        description="none, or a quantizing precision mode registered in compression.precision: "
+        description="none, or a quantizing precision mode registered in compression.forms.precision: "
         "int8-dynamic (int8 Linear weights via torch's dynamic quantization), kept only when it "
         "measurably speeds up the variant and stays within budget.",
     )
@@ -84,7 +84,7 @@ class DeviceProfile(BaseModel):
     )
     importance: str = Field(
         "lsq",
-        description="Channel importance, a criterion registered in compression.importance: "
+        description="Channel importance, a criterion registered in compression.structure.importance: "
         "magnitude, taylor (sensitivity), activation (activation-aware), or lsq "
         "(activation-aware cost left after the least-squares refit; measured best).",
     )
@@ -99,7 +99,7 @@ class DeviceProfile(BaseModel):
     )
     rebuild: list[str] = Field(
         default_factory=lambda: ["bn", "bias", "refit"],
-        description="Rebuild ladder steps registered in compression.rebuild (bn, bias, refit, "
+        description="Rebuild ladder steps registered in compression.recovery.rebuild (bn, bias, refit, "
         "distill), cheapest first; each is kept only if it helps.",
     )
     ridge: float = Field(1e-2, ge=0.0, description="Relative ridge strength of the refit.")
@@ -117,7 +117,7 @@ class DeviceProfile(BaseModel):
     runtimes: list[Literal["torch", "onnxruntime"]] = Field(
         default_factory=lambda: ["torch", "onnxruntime"],
         description="Runtimes the search may serve a variant with, each measured like an amount "
-        "(compression.runtimes); ONNX Runtime only on CPU, skipped where it is not installed.",
+        "(compression.forms.runtimes); ONNX Runtime only on CPU, skipped where it is not installed.",
     )
 
     cpu_bfloat16: bool = Field(
@@ -130,13 +130,13 @@ class DeviceProfile(BaseModel):
         True,
         description="int8: smooth each Linear layer's input channels into its weights, at the "
         "strength (none included) that keeps the most fidelity on the selection split "
-        "(compression.smoothing); false for plain int8.",
+        "(compression.forms.smoothing); false for plain int8.",
     )
 
     packed_tokens: bool = Field(
         True,
         description="Offer packed-token twins of BERT-family encoder candidates (the real tokens "
-        "of a padded batch only; lossless in float32, compression.packing), measured like any "
+        "of a padded batch only; lossless in float32, compression.forms.packing), measured like any "
         "candidate; CPU profiles only.",
     )
 

@@ -21,13 +21,14 @@ import math
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 from torch import nn
 
-from compression.errors import DataError
-from compression.inputs import Batch, call, main_output, token_mask
+from compression.core.errors import DataError
+from compression.core.inputs import Batch, call, main_output, token_mask
+from compression.evaluation.metrics import classification_metrics
+from compression.pipeline import compress_model
+from compression.profiles import get_profile
 
 HEADS = ("linear", "mlp")
 
@@ -166,20 +167,6 @@ def fit_head(encoder: nn.Module, task: Task) -> tuple[TaskModel, dict]:
     return TaskModel(encoder, head, summary).eval(), summary
 
 
-def classification_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Accuracy and macro precision, recall and F1 (scikit-learn) of class scores."""
-    pred = np.asarray(scores).argmax(1)
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        labels, pred, average="macro", zero_division=0
-    )
-    return {
-        "accuracy": round(float(accuracy_score(labels, pred)), 6),
-        "macro_f1": round(float(f1), 6),
-        "precision": round(float(precision), 6),
-        "recall": round(float(recall), 6),
-    }
-
-
 def evaluate(model: nn.Module, validation: list[tuple[Batch, torch.Tensor]]) -> dict[str, float]:
     """:func:`classification_metrics` of ``model`` on labelled validation batches."""
     scores, labels = [], []
@@ -221,9 +208,6 @@ def compress_task(
     head never sees them). The report carries the head's summary (``task``) and accuracy,
     macro precision/recall/F1 before and after (``task_metrics``).
     """
-    from compression.api import compress
-    from compression.profiles import get_profile
-
     if validation is None:
         train, validation = _holdout(task)
         task = Task(**{**task.__dict__, "train": train})
@@ -246,7 +230,7 @@ def compress_task(
     example = example_inputs if example_inputs is not None else task.train[0][0]
     calib = calibration if calibration is not None else [x for x, _ in task.train]
     before = evaluate(task_model, validation)
-    variant = compress(
+    variant = compress_model(
         task_model,
         profile,
         example_inputs=example,

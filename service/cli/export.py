@@ -30,7 +30,7 @@ def _shape(text: str) -> list[int]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from compression.errors import CompressionError
+    from compression.core.errors import CompressionError
     from service.export.triton import ExportError, export_triton, read_config, tensor_specs
 
     if not (args.variant / "plan.json").is_file():

@@ -44,7 +44,7 @@ def _load_data(bundle, calibration: str | None, validation: str | None) -> None:
     if validation:
         bundle.validation = load_array_batches(validation, "validation", with_labels=True)
     if not bundle.calibration:
-        from compression.errors import DataError
+        from compression.core.errors import DataError
 
         raise DataError(f"{bundle.source} has no built-in data: pass --calibration FILE.npy")
 
@@ -63,7 +63,7 @@ def _progress_bar(name: str):
 
 def _compress_task(args: argparse.Namespace, bundle):
     """``--task classify``: train a head, compress the task model, write a task directory."""
-    from compression.errors import DataError
+    from compression.core.errors import DataError
     from compression.task import compress_task, fit_head
     from service.models.tasks import make_task, write_task_dir
 
@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from compression.errors import CompressionError
+    from compression.core.errors import CompressionError
 
     try:
         return args.func(args)

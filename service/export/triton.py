@@ -27,7 +27,7 @@ Tensors (dims in config.pbtxt leave out the batch dimension):
   ``[N, L]`` (named after the forward arguments, which the libtorch backend matches) ->
   ``OUTPUT__0`` FP32 ``[N, hidden]``: the **sentence embedding**, the mean of the last hidden
   state over real tokens, L2-normalised (how all-MiniLM-L6-v2 is used, and what
-  :func:`compression.metrics.embed` compares before normalising). ``last_hidden_state`` is not
+  :func:`compression.evaluation.metrics.embed` compares before normalising). ``last_hidden_state`` is not
   exported: an embedding is what a Triton client of a sentence encoder wants.
 
 The exported model always takes and returns FP32 (INT64 for token ids): a float16/bfloat16
@@ -228,7 +228,7 @@ def prepare(
     device constants a trace records (Hugging Face's mask tensors) are the ones it serves on.
     """
     from compression import load_variant
-    from compression.errors import CompressionError
+    from compression.core.errors import CompressionError
     from service.models import resolve
 
     variant_dir = Path(variant_dir)
@@ -302,7 +302,7 @@ def export_meta(prep: Prepared, platform: str, inputs, outputs, **extra) -> dict
             else "the variant's output (class scores for classifiers)"
         ),
         "report": {k: report.get(k) for k in ("accepted", "speedup", "metric", "metric_after")},
-        # SlimServe serves a packed variant on its real tokens only (compression.packing); Triton
+        # SlimServe serves a packed variant on its real tokens only (compression.forms.packing); Triton
         # gets the padded module it wraps: the same outputs in float32, while int8's activation
         # scales also see the padding, so an int8 export differs within quantization error.
         "packed_tokens_in_slimserve": bool(plan.get("packed", False)),

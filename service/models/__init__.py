@@ -15,8 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from compression import CompressedModel
-from compression.errors import VariantError
-from compression.variant import load_variant, read_plan
+from compression.core.errors import VariantError
+from compression.output.variant import load_variant, read_plan
 from service.models.sources import BUILTINS, ModelBundle, resolve
 
 __all__ = ["BUILTINS", "ModelBundle", "resolve", "load"]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compression.errors import ModelSourceError
+from compression.core.errors import ModelSourceError
 from service.models.sources import ModelBundle, sentence_bundle
 
 TOKENIZER_FILES = (

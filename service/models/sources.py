@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compression.errors import DataError, ModelSourceError
+from compression.core.errors import DataError, ModelSourceError
 
 BUILTINS = {
     "digits-cnn": "CNN with BatchNorm and a residual block, trained on scikit-learn digits",

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compression.errors import DataError
+from compression.core.errors import DataError
 
 TOPIC_GROUPS: dict[str, tuple[str, ...]] = {
     "control-flow": (

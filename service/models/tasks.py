@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from compression.errors import DataError, ModelSourceError
+from compression.core.errors import DataError, ModelSourceError
 from compression.task import Task, TaskModel, rebuild_task_model, task_spec
 from service.models import taskdata
 from service.models.sources import CALIBRATION_TOKENS, ModelBundle

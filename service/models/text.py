@@ -203,7 +203,7 @@ def sentence_split(
 
 def read_sentences(path: str) -> list[str]:
     """One sentence per line; blank lines are skipped. An empty file is an error."""
-    from compression.errors import DataError
+    from compression.core.errors import DataError
 
     try:
         with open(path, encoding="utf-8") as fh:

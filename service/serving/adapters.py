@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from compression.inputs import main_output
-from compression.metrics import embed
+from compression.core.inputs import main_output
+from compression.evaluation.metrics import embed
 from service.models.sources import ModelBundle
-from service.serving.v2 import ModelSignature, TensorSpec, V2Error
+from service.serving.v2 import ModelSignature, TensorSpec, V2Error, check_text
 
 
 @dataclass
@@ -95,19 +95,26 @@ class TextAdapter:
         )
 
     def sample_rows(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        raw = inputs[self.input_name].reshape(-1)
-        try:
-            return np.array(
-                [b.decode("utf-8") if isinstance(b, bytes) else str(b) for b in raw], dtype=object
-            )
-        except UnicodeDecodeError:
-            raise V2Error(f"{self.input_name}: expected UTF-8 text in every element") from None
+        sentences = []
+        for i, raw in enumerate(inputs[self.input_name].reshape(-1).tolist()):
+            try:
+                sentences.append(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
+            except UnicodeDecodeError as err:  # binary BYTES data: strict UTF-8, no surrogates
+                raise V2Error(
+                    f"input '{self.input_name}' element {i}: expected UTF-8 text, "
+                    f"byte {err.start} is not ({err.reason})"
+                ) from None
+        return np.array(sentences, dtype=object)
 
     def from_json(self, data: Any) -> np.ndarray:
+        """BentoML /predict: a sentence or a non-empty list of them, checked before the
+        tokenizer sees them (a lone surrogate would fail the whole micro-batch there)."""
         if isinstance(data, str):
             data = [data]
         if not isinstance(data, list) or not data or not all(isinstance(s, str) for s in data):
             raise V2Error("inputs: expected a non-empty list of sentences (strings)")
+        for i, sentence in enumerate(data):
+            check_text(f"inputs[{i}]", sentence)
         return np.array(data, dtype=object)
 
     def probe_rows(self, n: int) -> np.ndarray:

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from compression.errors import ProfileError
+from compression.core.errors import ProfileError
 from service.serving.errors import BadRequest
 
 # A profile name: what a file name in profiles_dir may be (no separators, no dots).

@@ -142,7 +142,7 @@ def _size(bundle: ModelBundle, module: torch.nn.Module) -> tuple[int, int | None
     params = sum(p.numel() for p in module.parameters())
     if bundle.example_inputs is None:
         return params, None
-    from compression.measure import macs_params
+    from compression.evaluation.measure import macs_params
 
     try:
         macs, _ = macs_params(module, bundle.example_inputs)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compression.errors import DataError
+from compression.core.errors import DataError
 
 
 def write_live_calibration(rows: list, directory: Path) -> Path:

@@ -21,7 +21,7 @@ Device: the runtime places every variant it serves on its ``device`` (``cuda`` o
 ``auto`` picks CUDA where present) when it is added or swapped in, and each forward moves its
 batch to wherever the variant's weights are. int8-dynamic variants stay on the CPU (their
 kernels exist nowhere else); 2:4-sparse variants get their sparse weights on placement (see
-``compression.precision.place``). On CUDA the micro-batches default to
+``compression.forms.precision.place``). On CUDA the micro-batches default to
 :data:`GPU_MAX_BATCH_SIZE` samples: a GPU forward costs about the same for 8 samples as for
 256, so larger batches are throughput for free.
 """
@@ -43,8 +43,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from compression.inputs import to_device
-from compression.precision import device_of, is_quantized, place
+from compression.core.inputs import to_device
+from compression.forms.precision import device_of, is_quantized, place
 from service.serving.errors import BadRequest, Overloaded, PayloadTooLarge
 
 log = logging.getLogger("slimserve.runtime")

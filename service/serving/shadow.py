@@ -15,7 +15,7 @@ window keeps filling with the rest:
 
 An embedding window also keeps both models' embeddings of its samples, and measures
 neighbour recall@10 among them (``"neighbour_recall"``: whether the same served sentences stay
-each other's nearest neighbours, :func:`compression.metrics.neighbour_recall`). Verification
+each other's nearest neighbours, :func:`compression.evaluation.metrics.neighbour_recall`). Verification
 can only measure recall on its own sentences, and how much of it a cut keeps depends on how
 close together the sentences lie (the claim held on the engine's splits and missed by up to
 0.036 on package READMEs, ``benchmarks.claims``): the served traffic's own pool is the one
@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from compression.metrics import neighbour_recall
+from compression.evaluation.metrics import neighbour_recall
 from service.serving import metrics
 from service.serving.runtime import Active, Runtime, Served
 

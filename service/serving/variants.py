@@ -15,8 +15,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
-from compression.errors import CompressionError, ProfileError, VariantError
-from compression.variant import load_variant
+from compression.core.errors import CompressionError, ProfileError, VariantError
+from compression.output.variant import load_variant
 from service.serving import metrics
 from service.serving.dataplane import DataPlane
 from service.serving.errors import (

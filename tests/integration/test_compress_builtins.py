@@ -36,7 +36,7 @@ def test_digits_cnn_cpu_three_times_fewer_macs_within_one_point(digits_cnn_bundl
     after = r.task_metrics["after"]
     assert set(after) == {"accuracy", "macro_f1", "precision", "recall"}, after
     # task_metrics are measured on the confirmation split; metric_after is the claim there,
-    # never above the measured figure (compression.splits.shifted).
+    # never above the measured figure (compression.search.splits.shifted).
     measured = r.splits["confirmation"]["measured"]["metric"]
     assert abs(after["accuracy"] - measured) < 1e-6 and after["macro_f1"] >= 0.95, after
     assert r.metric_after <= measured, (r.metric_after, measured)

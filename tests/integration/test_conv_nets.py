@@ -131,7 +131,7 @@ def test_trained_conv_net_halves_macs_within_one_and_a_half_points(build, shape)
     drop = r.metric_before - r.metric_after
     assert drop <= 0.015, f"accuracy {r.metric_before:.4f} -> {r.metric_after:.4f}"
     # The reported accuracy is measured on the confirmation split (the odd validation samples)
-    # and claimed no higher (compression.splits.shifted).
+    # and claimed no higher (compression.search.splits.shifted).
     x_conf, y_conf = x_val[1::2], y_val[1::2]
     conf = r.splits["confirmation"]
     assert conf["samples"] == len(y_conf), r.splits

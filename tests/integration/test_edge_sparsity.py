@@ -8,7 +8,8 @@ import os
 import pytest
 import torch
 
-from compression import PROFILES, compact, load_variant
+from compression import PROFILES, load_variant
+from compression.forms import compact
 
 pytestmark = pytest.mark.integration
 

@@ -17,9 +17,9 @@ import torch
 from safetensors.torch import save_file
 
 from compression import compress
-from compression.attention import find_layouts
-from compression.inputs import call, main_output
+from compression.core.inputs import call, main_output
 from compression.profiles import DeviceProfile, profile_from_dict
+from compression.structure.attention import find_layouts
 
 from .hf_tiny import FAMILIES, build
 
@@ -64,7 +64,7 @@ import sys, torch
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from safetensors.torch import load_file
 from compression import load_variant
-from compression.inputs import call, main_output
+from compression.core.inputs import call, main_output
 from hf_tiny import build
 model, _ = build({family!r})
 v = load_variant({str(directory)!r}, model=model)

@@ -12,8 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from compression import graph, importance, metrics, precision, sparsity
-from compression.measure import latency_ms
+from compression.evaluation import metrics
+from compression.evaluation.measure import latency_ms
+from compression.forms import precision, sparsity
+from compression.structure import graph, importance
 
 pytestmark = [
     pytest.mark.gpu,

@@ -6,11 +6,13 @@ packages with one forbidden import added must fail ``lint-imports``.
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import grimp
 import pytest
 
 pytestmark = pytest.mark.unit
@@ -49,13 +51,19 @@ def test_the_tree_keeps_its_layers(tree):
 @pytest.mark.parametrize(
     ("module", "line"),
     [
-        ("compression/measure.py", "import httpx"),
-        ("compression/measure.py", "import uvicorn"),
-        ("compression/measure.py", "import starlette.requests"),
-        ("compression/measure.py", "import bentoml"),
-        ("compression/measure.py", "import tritonclient.http"),
-        ("compression/measure.py", "from service.models import resolve"),
-        ("compression/metrics.py", "import torch_pruning"),
+        ("compression/evaluation/measure.py", "import httpx"),
+        ("compression/evaluation/measure.py", "import uvicorn"),
+        ("compression/evaluation/measure.py", "import starlette.requests"),
+        ("compression/evaluation/measure.py", "import bentoml"),
+        ("compression/evaluation/measure.py", "import tritonclient.http"),
+        ("compression/evaluation/measure.py", "from service.models import resolve"),
+        ("compression/evaluation/metrics.py", "import torch_pruning"),
+        # The engine's own layers: nothing reaches back up.
+        ("compression/task.py", "from compression.api import compress"),
+        ("compression/structure/graph.py", "from compression.search import context"),
+        ("compression/forms/precision.py", "from compression.output import variant"),
+        ("compression/core/inputs.py", "from compression.evaluation import metrics"),
+        ("compression/search/verify.py", "from compression.pipeline import prepare"),
         ("service/models/sources.py", "from service.serving import metrics"),
         ("service/serving/runtime.py", "from service.cli import main"),
     ],
@@ -68,3 +76,75 @@ def test_an_import_that_crosses_a_layer_breaks_the_contract(tree, tmp_path, modu
     done = _lint(copy)
     assert done.returncode != 0, f"{line!r} in {module} was not caught:\n{done.stdout[-2000:]}"
     assert "BROKEN" in done.stdout
+
+
+def _cycles(package: str) -> list[list[str]]:
+    """The import cycles among ``package``'s modules (strongly connected components of more
+    than one module), imports inside functions and under TYPE_CHECKING included."""
+    graph = grimp.build_graph(package)
+    edges = {
+        m: {d for d in graph.find_modules_directly_imported_by(m) if d.startswith(package)}
+        for m in graph.modules
+        if m.startswith(package)
+    }
+    order, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:  # Tarjan's algorithm
+        order[v] = low[v] = len(order)
+        stack.append(v)
+        on_stack.add(v)
+        for w in edges[v]:
+            if w not in order:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], order[w])
+        if low[v] == order[v]:
+            component = []
+            while not component or component[-1] != v:
+                component.append(stack.pop())
+                on_stack.discard(component[-1])
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for module in sorted(edges):
+        if module not in order:
+            visit(module)
+    return found
+
+
+@pytest.mark.parametrize("package", ["compression", "service"])
+def test_no_import_cycle(package):
+    assert _cycles(package) == []
+
+
+def test_the_cycle_check_finds_a_cycle(tree, tmp_path, monkeypatch):
+    copy = tmp_path / "cyclic"
+    shutil.copytree(tree, copy)
+    target = copy / "compression/core/inputs.py"
+    target.write_text(target.read_text() + "\nfrom compression.search import context  # noqa\n")
+    monkeypatch.syspath_prepend(str(copy))
+    for name in [m for m in sys.modules if m == "compression" or m.startswith("compression.")]:
+        monkeypatch.delitem(sys.modules, name)
+    cycles = _cycles("compression")
+    assert any("compression.core.inputs" in c for c in cycles), cycles
+
+
+def test_engine_imports_inside_functions_say_why():
+    """An import of the engine's own modules inside a function hides a dependency from the
+    reader (and once hid a 12-module cycle): each one carries a comment with its reason."""
+    bare = []
+    for path in sorted((ROOT / "compression").rglob("*.py")):
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for inner in ast.walk(node):
+                module = inner.module if isinstance(inner, ast.ImportFrom) else None
+                names = [a.name for a in inner.names] if isinstance(inner, ast.Import) else []
+                if not any((n or "").split(".")[0] == "compression" for n in [module, *names]):
+                    continue
+                line, above = lines[inner.lineno - 1], lines[inner.lineno - 2].strip()
+                if "#" not in line and not above.startswith("#"):
+                    bare.append(f"{path.relative_to(ROOT)}:{inner.lineno}: {line.strip()}")
+    assert bare == [], "\n".join(bare)

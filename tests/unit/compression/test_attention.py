@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from compression import attention, graph
+from compression.structure import attention, graph
 
 from .tiny import bert_batch, tiny_bert
 
@@ -135,7 +135,7 @@ def test_untraceable_model_stops_at_the_time_limit_and_names_the_module():
                     x = x + 0
             return self.out(self.fc(x))
 
-    from compression.errors import UntraceableModelError
+    from compression.core.errors import UntraceableModelError
 
     with pytest.raises(UntraceableModelError, match=r"within 0\.5 s: it stopped at"):
         graph.find_units(Slow(), torch.randn(2, 4), time_limit_s=0.5)

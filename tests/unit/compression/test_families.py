@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from compression import families
+from compression.structure import families
 
 from .tiny import tiny_bert
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from compression import graph
-from compression.errors import UntraceableModelError
+from compression.core.errors import UntraceableModelError
+from compression.structure import graph
 
 from .tiny import bert_batch, tiny_bert, tiny_mlp, tiny_resnet
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from compression import allocation, graph, importance
+from compression.structure import allocation, graph, importance
 
 from .tiny import tiny_mlp, tiny_resnet
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from compression import graph, importance, layers, rebuild
+from compression.recovery import rebuild
+from compression.structure import graph, importance, layers
 
 pytestmark = pytest.mark.unit
 

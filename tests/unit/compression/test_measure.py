@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from compression.measure import latency_ms
+from compression.evaluation.measure import latency_ms
 
 pytestmark = pytest.mark.unit
 

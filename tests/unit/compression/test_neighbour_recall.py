@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from compression.metrics import neighbour_recall
+from compression.evaluation.metrics import neighbour_recall
 
 pytestmark = pytest.mark.unit
 

@@ -8,8 +8,10 @@ import copy
 import pytest
 import torch
 
-from compression import PROFILES, allocation, buckets, compress, graph, load_variant, packing
-from compression.inputs import served_like
+from compression import PROFILES, compress, load_variant
+from compression.core.inputs import served_like
+from compression.forms import buckets, packing
+from compression.structure import allocation, graph
 
 from .tiny import tiny_bert
 
@@ -78,7 +80,7 @@ def test_pruned_heads_and_neurons_pack_exactly():
 
 
 def test_int8_packs_within_quantization_error():
-    from compression.precision import quantize_int8
+    from compression.forms.precision import quantize_int8
 
     model = tiny_bert()
     batch = _ragged(8, 25, 3)
@@ -89,7 +91,7 @@ def test_int8_packs_within_quantization_error():
 
 
 def test_bfloat16_packs_inside_its_casts_and_answers_float32():
-    from compression.precision import HalfPrecision, apply
+    from compression.forms.precision import HalfPrecision, apply
 
     model = tiny_bert()
     batch = _ragged(8, 25, 4)
@@ -191,8 +193,8 @@ def test_attention_as_two_products_equals_the_fused_kernel():
 
 
 def test_int8_query_key_value_run_as_one_product_with_the_same_outputs():
-    from compression import smoothing
-    from compression.precision import quantize_int8
+    from compression.forms import smoothing
+    from compression.forms.precision import quantize_int8
 
     model = tiny_bert()
     batch = _ragged(16, 25, 5)

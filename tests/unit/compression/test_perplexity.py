@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from compression import compress, metrics
+from compression import compress
+from compression.evaluation import metrics
 from compression.profiles import DeviceProfile, profile_from_dict
 
 pytestmark = pytest.mark.unit

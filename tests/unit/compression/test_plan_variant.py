@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from compression import compress, load_variant
-from compression.errors import DataError, VariantError
+from compression.core.errors import DataError, VariantError
 
 from .tiny import tiny_resnet
 

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from compression import precision
+from compression.forms import precision
 
 from .tiny import bert_batch, tiny_bert, tiny_resnet
 

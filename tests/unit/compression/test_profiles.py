@@ -1,7 +1,7 @@
 import pytest
 
 from compression import PROFILES, DeviceProfile
-from compression.errors import ProfileError
+from compression.core.errors import ProfileError
 from compression.profiles import get_profile, load_profile_file
 
 pytestmark = pytest.mark.unit
@@ -57,9 +57,9 @@ def test_ratios_must_be_fractions():
 
 
 def test_allowed_criteria_and_steps_come_from_the_registries():
-    from compression.importance import CRITERIA
     from compression.profiles import profile_from_dict
-    from compression.rebuild import STEPS
+    from compression.recovery.rebuild import STEPS
+    from compression.structure.importance import CRITERIA
 
     assert list(CRITERIA) == ["magnitude", "taylor", "activation", "lsq"]
     assert list(STEPS) == ["bn", "bias", "refit", "distill"]
@@ -72,8 +72,8 @@ def test_allowed_criteria_and_steps_come_from_the_registries():
 def test_a_registered_criterion_is_a_valid_profile_value():
     import torch
 
-    from compression.importance import CRITERIA
     from compression.profiles import profile_from_dict
+    from compression.structure.importance import CRITERIA
 
     @CRITERIA.register("unit-ones")
     def ones(ctx):

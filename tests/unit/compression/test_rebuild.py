@@ -3,7 +3,8 @@ import copy
 import pytest
 import torch
 
-from compression import allocation, graph, importance, rebuild
+from compression.recovery import rebuild
+from compression.structure import allocation, graph, importance
 
 from .tiny import tiny_mlp, tiny_resnet
 

@@ -8,11 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from compression import PROFILES, compress, load_variant, splits
-from compression.errors import VariantError
+from compression import PROFILES, compress, load_variant
+from compression.core.errors import VariantError
+from compression.search import splits
 
 pytestmark = pytest.mark.unit
-runtimes = pytest.importorskip("compression.runtimes")
+runtimes = pytest.importorskip("compression.forms.runtimes")
 if runtimes.available() is not None:
     pytest.skip(runtimes.available(), allow_module_level=True)
 

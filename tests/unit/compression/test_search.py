@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from compression import PROFILES, compress
-from compression.ladder import backoff, predicted_miss, predicted_refusal
-from compression.report import Candidate
-from compression.search import Built
-from compression.splits import REFUSED_NOTE
+from compression.core.candidate import Candidate
+from compression.search.context import Built
+from compression.search.ladder import backoff, predicted_miss, predicted_refusal
+from compression.search.splits import REFUSED_NOTE
 
 
 def _built(ratio: float, metric: float, recall: float | None = None) -> Built:

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from compression import precision, smoothing
-from compression.errors import VariantError
+from compression.core.errors import VariantError
+from compression.forms import precision, smoothing
 
 pytestmark = pytest.mark.unit
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from compression import compact, importance, sparsity
+from compression.forms import compact, sparsity
+from compression.structure import importance
 
 from .tiny import tiny_resnet
 
@@ -123,7 +124,7 @@ def test_compact_store_reloads_bit_for_bit_and_is_smaller(tmp_path):
 def test_activation_and_lsq_scores_accumulate_where_the_model_is():
     """Device-agnostic accumulators: scores come back on the weights' device, here the CPU;
     tests/integration/test_gpu.py runs the same on CUDA."""
-    from compression import graph
+    from compression.structure import graph
 
     model = tiny_resnet()
     x = torch.randn(32, 3, 8, 8)

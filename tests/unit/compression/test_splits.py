@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from compression import PROFILES, compress
-from compression.splits import (
+from compression.search.splits import (
     REFUSED_NOTE,
     claim,
     evaluation,
@@ -196,7 +196,7 @@ def test_a_winner_whose_claim_breaks_the_budget_is_refused_though_measured_withi
 def test_the_speed_up_is_timed_in_the_rounds_that_chose_the_winner(monkeypatch):
     """The winner's speed-up comes from the interleaved rounds it was re-timed in beside the
     original, not from a second timing after the choice."""
-    from compression import verify
+    from compression.search import verify
 
     model, cal, val = _subspace_model()
     profile = PROFILES["cpu"].model_copy(

@@ -8,7 +8,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from compression import PROFILES, load_variant
-from compression.errors import DataError
+from compression.core.errors import DataError
 from compression.task import Task, compress_task, evaluate, fit_head, rebuild_task_model
 
 pytestmark = pytest.mark.unit

@@ -35,7 +35,7 @@ def test_nothing_to_prune_still_tries_precision_and_reports_why():
 
 
 def test_a_cut_that_fails_is_reported_and_the_search_goes_on(monkeypatch):
-    from compression import graph
+    from compression.structure import graph
 
     from .tiny import tiny_mlp
 

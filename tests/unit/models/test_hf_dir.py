@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from compression.errors import ModelSourceError
+from compression.core.errors import ModelSourceError
 from service.models.sources import resolve
 
 pytestmark = pytest.mark.unit

@@ -7,7 +7,7 @@ import collections
 import numpy as np
 import pytest
 
-from compression.errors import DataError
+from compression.core.errors import DataError
 from service.models import taskdata
 
 pytestmark = pytest.mark.unit

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from compression import precision
+from compression.forms import precision
 from service.serving.adapters import ImageAdapter
 from service.serving.runtime import (
     CPU_MAX_BATCH_SIZE,

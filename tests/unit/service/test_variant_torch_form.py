@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from compression import PROFILES, load_variant
-from compression.errors import VariantError
+from compression.core.errors import VariantError
 
 pytestmark = pytest.mark.unit
-runtimes = pytest.importorskip("compression.runtimes")
+runtimes = pytest.importorskip("compression.forms.runtimes")
 if runtimes.available() is not None:  # making the ORT variant needs ONNX Runtime
     pytest.skip(runtimes.available(), allow_module_level=True)
 

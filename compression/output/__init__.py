@@ -1,0 +1,2 @@
+"""What a compression hands back: the report, the plan that rebuilds the variant, and the
+saved/loaded variant itself."""
