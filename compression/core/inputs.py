@@ -204,7 +204,7 @@ def indexed_buckets(batch: Batch, n: int = 4) -> list[tuple[torch.Tensor | None,
 def served_like(batch: Batch, n: int) -> Batch:
     """``n`` samples spread evenly over a token batch, cut to the longest of them: what a
     server's micro-batch of concurrent requests is (sentences of every length, padded to the
-    longest; on held-out English batches of 32 about half the positions are padding); other
+    longest, so a large share of the positions are padding); other
     batches: the first ``n`` samples. Deterministic, so every candidate meets the same batch."""
     mask = token_mask(batch)
     if mask is None or not isinstance(batch, dict):

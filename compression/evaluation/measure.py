@@ -129,9 +129,9 @@ def side_by_side_ms(
 ) -> list[float]:
     """Each model's median latency over ``rounds`` interleaved rounds (a few timed runs of
     each in turn, round after round): every model meets the same load, so a busy moment on a
-    shared machine cannot make one look faster than another. A slow forward (MiniLM's padded
-    original: 320 ms) runs twice a round, a fast one for 0.1 s; one warm-up run each, in the
-    first round (they stay warm)."""
+    shared machine cannot make one look faster than another. A slow forward (one over 0.1 s,
+    such as MiniLM's padded original) runs twice a round, a fast one for 0.1 s; one warm-up run
+    each, in the first round (they stay warm)."""
     times: list[list[float]] = [[] for _ in models]
     for i in range(rounds):
         for model, got in zip(models, times, strict=True):

@@ -50,7 +50,7 @@ def outputs(model: nn.Module, validation: list) -> list[torch.Tensor]:
 
     A padded token batch runs as length buckets (:func:`compression.core.inputs.indexed_buckets`),
     its rows put back in the batch's order: the same figures, without the padding's compute
-    (MiniLM's validation batches are padded to ~4x their median length).
+    (a batch of sentences is padded to its longest, far past its typical length).
     """
     res = []
     with torch.inference_mode():

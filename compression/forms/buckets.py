@@ -26,10 +26,8 @@ def attention(
     additive ``mask`` (``[samples, 1, 1, width]``), written out as two matrix products.
 
     What ``scaled_dot_product_attention`` computes, to float rounding; on the CPU its fused
-    kernel spends more than twice as long on short sequences and small heads: MiniLM's
-    attention over the four length buckets of a held-out batch of 32 sentences (widths 19 to
-    54, 12 heads of 32), 2 cores, 2.0-2.1 ms a layer with ``scaled_dot_product_attention``,
-    0.9-1.1 ms as written here.
+    kernel is slower than these two products on short sequences and small heads (a BERT-family
+    encoder's length buckets of served sentences), so it is not used here.
     """
     scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
     scores.add_(mask.to(scores.dtype))
@@ -91,11 +89,10 @@ def length_buckets(keep: torch.Tensor) -> list[Bucket]:
     positions are real tokens).
 
     Attention is the one step that needs a sequence per sample, and padded to the batch's
-    longest it spends batch x longest^2 on a batch whose lengths spread (served micro-batches:
-    on 32 held-out English sentences, 13 to 54 tokens). Samples sorted by length and split in
-    up to :data:`MAX_BUCKETS` buckets (one per :data:`SAMPLES_PER_BUCKET` samples), each padded
-    to its own longest, give the same outputs for less: MiniLM's attention on that batch, 2
-    cores, 4.3 ms per layer in one bucket, 2.5-3.0 ms in four.
+    longest it spends batch x longest^2 on a batch whose lengths spread (as served
+    micro-batches of sentences do). Samples sorted by length and split in up to
+    :data:`MAX_BUCKETS` buckets (one per :data:`SAMPLES_PER_BUCKET` samples), each padded to its
+    own longest, give the same outputs for less: the sum of samples x width^2 over the buckets.
     """
     b, n = keep.shape
     rows = torch.full((b, n), -1, dtype=torch.long, device=keep.device)
@@ -127,9 +124,9 @@ def grid_index(groups: list[Bucket], tokens: int) -> tuple[torch.Tensor, torch.T
     packed row each grid position reads, and which grid position holds each packed row's
     attention output. None for a batch without a real token (nothing to attend to).
 
-    One gather in and one out per layer, where scattering each bucket on its own took two of
-    each per bucket: MiniLM's attention over the four buckets of a held-out batch of 32
-    sentences, gathers included, 2.6-2.7 ms a layer against 2.9-3.5 ms (2 cores, same process).
+    One gather in and one out per layer, where scattering each bucket on its own takes two of
+    each per bucket: fewer, larger memory operations, which measured faster per layer on the
+    CPU.
     """
     if tokens == 0:
         return None

@@ -13,10 +13,9 @@
   stores its float weights (and smoothing scales) and re-applies it on load with identical
   results. Its kernels exist on the CPU only: :func:`place` leaves such a module there.
 - On a CPU with native bfloat16 (AVX512-BF16 or AMX) a quantizing profile also tries
-  ``bfloat16``: on this project's 2-core AMD EPYC (Zen 4) MiniLM in bfloat16 on packed tokens
-  ran 3.4x faster than the float32 original at cosine 1.0000 / neighbour recall@10 0.993 on
-  held-out sentences (int8: 4.0x at 0.975 / 0.825); without native support it is emulated
-  and is not tried.
+  ``bfloat16``: there it runs well ahead of float32 while keeping far more fidelity and
+  neighbour recall than int8 (MiniLM's figures: ``benchmarks/results/claims.md``, from
+  ``python -m benchmarks.claims``); without native support it is emulated and is not tried.
 
 The search keeps a precision change only when it measurably speeds the variant up and the
 metric stays within budget. :func:`place` puts a variant on its serving device, converting
@@ -117,9 +116,8 @@ def fused_int8(layers: list[nn.Module]) -> nn.Module | None:
     query, key and value), each maybe inside a :class:`~compression.forms.smoothing.SmoothedLinear`,
     then all with the same smoothing scale. The fused layer's weights are the same int8 values
     with the same per-channel scales, stacked, so its outputs are theirs exactly; it quantizes
-    the input once, not once per layer, and runs one matrix product. MiniLM's query, key and
-    value on 1,100 packed tokens, 2 cores: 2.6 ms a layer as three smoothed int8 layers, 1.8 ms
-    fused.
+    the input once, not once per layer, and runs one matrix product, which is faster on the
+    CPU than three smaller ones.
     """
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 

@@ -16,10 +16,11 @@ the int8 Linear of ``W diag(s)``.
 ``alpha`` is chosen per model by the loss it leaves (:func:`choose_alpha`; the search measures
 fidelity on its selection split, data the scales were not computed from), with no smoothing
 among the choices, so a model whose activations have no outliers keeps plain int8.
-Measured on MiniLM (packed tokens, 2 cores; held-out English sentences, against the float
-original): plain int8 cosine 0.975 / neighbour recall@10 0.825; smoothed with alpha 0.5 0.915 /
-0.689, 0.7 0.992 / 0.887, 0.8 0.994 / 0.913, 0.9 0.992 / 0.900, 1.0 0.988 / 0.879; 4 % slower
-than plain int8 (59.7 vs 57.3 ms a batch of 32), still 14 % faster than bfloat16.
+On MiniLM the strengths from 0.7 up keep clearly more fidelity and neighbour recall than
+plain int8, and 0.5 keeps less (plain against smoothed int8 on held-out text:
+``benchmarks/results/claims.md``, from ``python -m benchmarks.claims``). The per-call division
+makes a smoothed variant slightly slower than plain int8; the search measures that like any
+other cost.
 
 The scales depend on calibration data, so a variant stores them (``smoothing.safetensors``,
 checksummed in the plan) and :func:`apply` puts them back on load.
@@ -36,8 +37,8 @@ from torch import nn
 from compression.core.inputs import Batch, call
 
 # The strengths tried; None is plain int8 (no smoothing). SmoothQuant's 0.5 is not among them:
-# on MiniLM it left twice plain int8's calibration error (0.127 vs 0.065; 0.65: 0.028, 0.8:
-# 0.016, 0.9: 0.015), and each strength tried costs a forward over the selection split.
+# on MiniLM it left more calibration error than plain int8 where the higher strengths left far
+# less, and each strength tried costs a forward over the selection split.
 ALPHAS: tuple[float | None, ...] = (None, 0.65, 0.8, 0.9)
 # Scales are kept in this range: a dead channel (max 0) or a zero weight column must not give
 # an infinite or zero scale.

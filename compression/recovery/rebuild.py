@@ -259,7 +259,8 @@ def rebuild(
     ``batch`` -- three full calibration forwards per candidate are most of the ladder's time.
     ``cache``: see :func:`compression.recovery.refit.refit_consumers` (one dict per original and batch).
     ``served``: the form of ``pruned`` whose error is measured (packed tokens,
-    :mod:`compression.forms.packing`: the same outputs on real tokens in half the time); default
+    :mod:`compression.forms.packing`: the same outputs on real tokens, without the padding's
+    compute); default
     ``pruned`` itself.
     """
     ctx = RebuildContext(

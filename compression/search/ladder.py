@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 MIN_RATIO = 0.05  # the smallest amount the search backs off to
 # How far under the budget an extrapolated claim must end before its amount is skipped
 # (predicted_refusal). A claim is the difference of two splits' losses, so it is noisier than a
-# selection figure: an MLP's claims at 10, 20, 30 % were 0.9947, 0.9884, 0.9868, the last 0.0047
-# above the line through the first two (tests/unit/compression/test_search.py).
+# selection figure: a claim can land a few thousandths above the line through the two before it
+# (as the MLP's do in tests/unit/compression/test_search.py).
 CLAIM_NOISE = 0.005
 
 
@@ -36,8 +36,8 @@ def predicted_miss(ctx: SearchContext, built: list[Built], ratio: float) -> str 
 
     A continuous metric (cosine fidelity, perplexity ratio; accuracy moves in steps of one
     sample and is not extrapolated) falls at least linearly with the amount pruned: each
-    further channel removed matters more than the last (MiniLM, global: 0.979, 0.963, 0.938 at
-    20, 30, 40 %; the MLP in tests/unit/compression/test_search.py likewise).
+    further channel removed matters more than the last (MiniLM's fidelity by amount, and the
+    MLP's in tests/unit/compression/test_search.py, fall faster as the amount grows).
     So when the line through the last two amounts already ends under the budget at ``ratio``,
     building it (a prune, a rebuild and a measurement) would only confirm the miss.
     """
@@ -70,12 +70,11 @@ def predicted_refusal(ctx: SearchContext, built: list[Built], ratio: float) -> s
 
     The same argument as :func:`predicted_miss`, with one more point: pruning nothing claims
     the original's own figure (fidelity 1.0). If the loss grows at least linearly with the
-    amount, the line through the origin and the first amount lies above the curve beyond it
-    (MiniLM, global, on selection: losses 0.021, 0.037, 0.062 at 20, 30, 40 %). Where the
-    claims, not the selection figures, are what run out (MiniLM, global: cosine 0.979 on
-    selection at 20 % and 0.963 at 30 %, both within 0.95, but 30 % claims 0.925 on the
-    confirmation split), this spares building an amount only to refuse it. The line must end
-    :data:`CLAIM_NOISE` under the budget.
+    amount, the line through the origin and the first amount lies above the curve beyond it.
+    Where the claims, not the selection figures, are what run out (an amount within budget on
+    selection can claim under it on the confirmation split: MiniLM's claims by amount in
+    ``benchmarks/results/claims.md``), this spares building an amount only to refuse it. The
+    line must end :data:`CLAIM_NOISE` under the budget.
     """
     ev = ctx.confirmation
     if ev is None or ctx.metric not in splits.CONTINUOUS_METRICS:
@@ -86,11 +85,11 @@ def predicted_refusal(ctx: SearchContext, built: list[Built], ratio: float) -> s
     )
     if not claimed:
         return None
-    # Neighbour recall drops most at the first amount (MiniLM: 0.857 at 20 %, 0.806 at 30 %): a
-    # neighbour swaps once the outputs move by more than the gap to the next one, so the loss
-    # grows with the outputs' displacement, the square root of the cosine loss, and at least
-    # with the square root of the amount. From the origin and one amount, that root; from two
-    # amounts, the line through them (it lies above the curve beyond them).
+    # Neighbour recall drops most at the first amount: a neighbour swaps once the outputs move
+    # by more than the gap to the next one, so the loss grows with the outputs' displacement,
+    # the square root of the cosine loss, and at least with the square root of the amount. From
+    # the origin and one amount, that root; from two amounts, the line through them (it lies
+    # above the curve beyond them).
     points = [(0.0, ev.metric_before, None)] + [
         (b.candidate.ratio, b.confirmed["metric"], b.confirmed["recall"]) for b in claimed
     ]
@@ -106,7 +105,7 @@ def predicted_refusal(ctx: SearchContext, built: list[Built], ratio: float) -> s
     if floor is not None and c2 is not None:
         if c1 is not None:
             recall, c1_text = _line((r1, c1), (r2, c2), ratio), f"{c1:.4f}"
-        else:  # MiniLM, global: 10 % claims 0.8453, so 20 % at most 0.7812 (it claims 0.7654)
+        else:  # one amount: the square root through the origin and it (see above)
             recall, c1_text = 1.0 - (1.0 - c2) * math.sqrt(ratio / r2), "1.0000 (the root)"
         if recall < floor - CLAIM_NOISE:
             return (

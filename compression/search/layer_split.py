@@ -38,9 +38,8 @@ def choose_split(
     # Both splits built at the first amount; the one closer to the original goes on
     # (fidelity is continuous, where accuracy on a few hundred samples moves in steps).
     # Where both are within budget and within SPLIT_TIE of each other the amount did not
-    # tell them apart, and both are built at the next one (digits-cnn, cosine: 0.99987 uniform
-    # and 0.99990 global at 10 %, 0.99959 and 0.99954 at 20 %; at 30 % global is refused on its
-    # recall claim and uniform goes on to 50 %).
+    # tell them apart, and both are built at the next one (such close splits can swap places
+    # from one amount to the next, as digits-cnn's do, so the first amount is no choice).
     while True:
         trials = [b for mode in ("uniform", "global") if (b := step(ratios[0], mode))]
         best = max(
@@ -67,15 +66,14 @@ def split_by_cut(ctx: SearchContext, ratio: float):
     None for a model with BatchNorm layers (then both splits are built).
 
     Decided on the cut alone, before any rebuild: its calibration error on the probe, one
-    forward per split, where building both costs two rebuilds (MiniLM: 2 x 12 s). Measured
-    before choosing this (uniform vs global at 20 % and 40 %): for models without BatchNorm
-    (MiniLM, digits-mlp, and small BERT, GPT-2 and ConvNeXt) the split whose cut lost less had
-    the better selection fidelity after the full rebuild in all 10 pairs; the error after bias
-    compensation was not (MiniLM 40 %: uniform 0.407 vs global 0.430, fidelity after the
-    refit 0.859 vs 0.881). With BatchNorm neither the cut's error nor its error once the
-    BatchNorms are recalibrated predicted the rebuilt fidelity (ResNet 20 %: raw 0.549 vs
-    0.463 and recalibrated 0.239 vs 0.464, fidelity 0.998 vs 0.997; MobileNetV2 20 %: raw
-    0.893 vs 0.512 and recalibrated 0.341 vs 0.508, fidelity 0.976 vs 0.996).
+    forward per split, where building both costs two rebuilds. Measured before choosing this
+    (uniform vs global at 20 % and 40 %): for models without BatchNorm (MiniLM, digits-mlp,
+    and small BERT, GPT-2 and ConvNeXt) the split whose cut lost less had the better selection
+    fidelity after the full rebuild in every pair tried; the error after bias compensation
+    did not always (on MiniLM it ranked the splits the wrong way round). With BatchNorm
+    neither the cut's error nor its error once the BatchNorms are recalibrated predicted the
+    rebuilt fidelity (on ResNet and MobileNetV2 one or the other ranked the splits the wrong
+    way round).
 
     Returns ``(mode, (pruned, removed), note)``; the cut is None when neither split can be cut.
     """

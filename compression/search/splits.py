@@ -15,21 +15,21 @@ last quarter of the calibration samples is held out of every fit and split the s
 
 What a variant keeps on the confirmation split is still a figure for *that* data. Served traffic
 is yet another source, and the variant usually loses more the further the data is from what it
-was fitted and chosen on: MiniLM at 20 % kept cosine 0.972 on selection (the calibration's
-register), 0.961 on confirmation (the IDLE guide, a register no fit saw) and 0.950 on package
-READMEs (a third). So the claim is :func:`shifted`: the confirmation figure lowered once more by
-the loss it added over the selection split, and never above what the selection loss leaves
-(a variant that loses less on the further split got lucky there). Where both splits are one
-source that extra loss is noise, and the claim is lower by about half its spread. Then
-:func:`claim` lowers it by 1.645 standard errors of the confirmation mean: a one-sided 95 %
-bound. Neighbour recall needs more: with the shift alone MiniLM's recall@10 claims were 0.014 to
-0.05 above what seven variants kept on the third source (``python -m benchmarks.claims``); with
-both they held for the unpruned int8 variants and were 0.015 to 0.036 high for pruned ones. So
-a recall claim also follows the cosine claim (:func:`recall_claim`): recall falls by about the
-same multiple of the cosine loss on every source, and whatever lowers the cosine claim lowers
-the recall claim by that multiple. With it 17 of 20 claims hold on the third source (11
-without); the three that do not are int8 variants on packed tokens whose cosine itself lost
-more there (0.0083 beyond confirmation, against 0.0022 from selection to confirmation).
+was fitted and chosen on: a pruned MiniLM keeps less on confirmation (the IDLE guide, a register
+no fit saw) than on selection (the calibration's register), and less again on package READMEs (a
+third; figures in ``benchmarks/results/claims.md``, from ``python -m benchmarks.claims``). So
+the claim is :func:`shifted`: the confirmation figure lowered once more by the loss it added
+over the selection split, and never above what the selection loss leaves (a variant that loses
+less on the further split got lucky there). Where both splits are one source that extra loss is
+noise, and the claim is lower by about half its spread. Then :func:`claim` lowers it by 1.645
+standard errors of the confirmation mean: a one-sided 95 % bound. Neighbour recall needs more:
+with the shift alone most of MiniLM's recall@10 claims came out above what its variants kept on
+the third source, and with both still those of the pruned variants. So a recall claim also
+follows the cosine claim (:func:`recall_claim`): recall falls by about the same multiple of the
+cosine loss on every source, and whatever lowers the cosine claim lowers the recall claim by
+that multiple. With it most claims hold on the third source; those that do not are int8 variants
+on packed tokens whose cosine itself lost more there than from selection to confirmation (each
+claim against the third source: ``benchmarks/results/claims.md``).
 
 That holds for the continuous figures (cosine fidelity, the perplexity ratio, neighbour recall),
 whose noise on a few hundred samples is a few thousandths. A labelled metric is not shifted: on
@@ -57,8 +57,8 @@ REFUSED_NOTE = "over budget on the confirmation split"
 HOLDOUT_FRACTION = 0.25
 HOLDOUT_MIN_SAMPLES = 8  # fewer calibration samples than 2x this: nothing is held out
 # A claim is a one-sided 95 % bound: the shifted figure lowered by this many standard errors
-# of its mean over the confirmation samples (MiniLM, 192 sentences: 0.0002-0.0015 for cosine,
-# 0.005-0.009 for recall@10, whose per-sentence values are tenths).
+# of its mean over the confirmation samples (small for cosine; larger for recall@10, whose
+# per-sentence values are tenths).
 Z_CLAIM = 1.645
 
 
@@ -180,8 +180,9 @@ def shifted(before_sel: float, after_sel: float, before_conf: float, after_conf:
     0.98
 
     Losing less on the split that is further from the fits is noise: the confirmation's figure
-    then claims more than the other data supports (MiniLM, int8: recall@10 0.896 on selection,
-    0.915 on confirmation, 0.901 on a third source), so the larger loss is the one claimed.
+    then claims more than the other data supports (MiniLM's unpruned int8 variants keep more
+    recall@10 on confirmation than on selection, and less again on a third source:
+    ``benchmarks/results/claims.md``), so the larger loss is the one claimed.
     """
     loss_sel, loss_conf = before_sel - after_sel, before_conf - after_conf
     return before_conf - max(loss_sel, loss_conf) - max(0.0, loss_conf - loss_sel)
@@ -207,12 +208,12 @@ def recall_claim(own: float, recall: float, fidelity: float, fidelity_claim: flo
     >>> round(recall_claim(0.8047, 0.8172, 0.9703, 0.9672), 4)  # 6.15 x 0.0031 further down
     0.7981
 
-    Measured on ten MiniLM variants (``python -m benchmarks.claims``, 0-30 % pruned, float32
-    and int8): the multiple on confirmation was 3.3-10.8 and on a third source (package
-    READMEs) within 19 % of it; it shrinks as the loss grows, so carrying it from the
-    confirmation's loss to the claim's larger one errs low. On the third source the recall's
-    own claim held for 2 of the 10 variants, this one for 8 (the two it misses are int8 on
-    packed tokens, whose cosine claim misses there too).
+    Measured on MiniLM variants (``python -m benchmarks.claims``, pruned and not, float32 and
+    int8): the multiple varies from variant to variant but is about the same on confirmation
+    and on a third source (package READMEs); it shrinks as the loss grows, so carrying it from
+    the confirmation's loss to the claim's larger one errs low. On the third source this claim
+    holds for most variants where the recall's own claim held for few; those it misses are
+    int8 on packed tokens, whose cosine lost more there too (``benchmarks/results/claims.md``).
     """
     loss = 1.0 - fidelity
     if loss <= 1e-6:  # no cosine loss to scale by (the original, a lossless runtime)

@@ -112,11 +112,9 @@ def choose(ctx: SearchContext, built: list[Built], original: Candidate) -> tuple
     # busy moment decide). The rest compete only once every contender was refused.
     pool = [b for b in fits if id(b.module) in ctx.retimed_ids] or fits
     # Latencies within 5% of the fastest are a tie on a noisy machine. Among them the fewest MACs
-    # win (the saving then also shows at other batch sizes and under load: digits-cnn's 70 % cut,
-    # 10x fewer MACs, ties with the unpruned model under ONNX Runtime at batch 32; MiniLM cpu's
-    # 10 % cut in int8, 1.09x fewer MACs, ties with the unpruned int8 on the latency batch and
-    # 54.9 against 57.0 ms on a held-out batch of 32 in one process); within MAC_TIE of the fewest (one structure in
-    # several precisions), the most faithful wins.
+    # win: a cut that only ties on the latency batch still saves its work at other batch sizes
+    # and under load, where the tie does not hold. Within MAC_TIE of the fewest (one structure
+    # in several precisions), the most faithful wins.
     fastest = min(b.candidate.latency_ms for b in pool)
     ties = [b for b in pool if b.candidate.latency_ms <= 1.05 * fastest]
     fewest = min(b.candidate.macs for b in ties)
