@@ -23,7 +23,8 @@ bug and answers 500 (and is logged), so a ``KeyError`` in the code never turns i
 Messages never carry a server's filesystem paths: :func:`scrub_paths` replaces them (the
 service's home, the interpreter's and the package's directories, and absolute paths under the
 usual system roots) with ``<path>`` when an error is built, so no body tells a client where
-files are or whether a path exists.
+files are or whether a path exists. Nor do they carry a lone UTF-16 surrogate (:func:`printable`),
+which no UTF-8 body can hold.
 """
 
 from __future__ import annotations
@@ -69,6 +70,19 @@ def scrub_paths(text: str) -> str:
     return _SYSTEM_PATH.sub("<path>", text)
 
 
+def printable(text: str) -> str:
+    """``text`` with every lone UTF-16 surrogate written as its escape (``\\udfff``).
+
+    A message may quote what a client sent, and JSON text may carry a lone surrogate as an
+    escape; such a character has no UTF-8 form, so the answer's JSON could not be encoded and
+    the client would get a 500 in place of the error meant for it.
+
+    >>> printable("unknown model 'a\\ud800'")
+    "unknown model 'a\\\\ud800'"
+    """
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class ServiceError(Exception):
     """An error the service answers with ``status`` and ``{"error": message}``.
 
@@ -79,7 +93,7 @@ class ServiceError(Exception):
     headers: dict[str, str] | None = None
 
     def __init__(self, message: str, status: int | None = None) -> None:
-        message = scrub_paths(message)
+        message = printable(scrub_paths(message))
         super().__init__(message)
         self.message = message
         if status is not None:

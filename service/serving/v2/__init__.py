@@ -18,7 +18,8 @@ Wire format (what ``tritonclient.http`` speaks):
   it. Responses use the same framing (header + ``binary_data_size`` per binary output).
 
 Modules: :mod:`.schema` (datatypes, errors, model signatures, the BYTES wire format),
-:mod:`.request` (parsing), :mod:`.response` (encoding); everything public is re-exported here.
+:mod:`.request` (parsing), :mod:`.response` (encoding), :mod:`.text` (client text is valid
+Unicode); everything public is re-exported here.
 """
 
 from service.serving.v2.request import InferRequest, parse_infer_request
@@ -36,6 +37,7 @@ from service.serving.v2.schema import (
     serialize_bytes,
     server_metadata,
 )
+from service.serving.v2.text import check_text
 
 __all__ = [
     "DATATYPES",
@@ -44,6 +46,7 @@ __all__ = [
     "ModelSignature",
     "TensorSpec",
     "V2Error",
+    "check_text",
     "check_version",
     "deserialize_bytes",
     "encode_infer_response",

@@ -21,6 +21,7 @@ from service.serving.v2.schema import (
     deserialize_bytes,
     shape_str,
 )
+from service.serving.v2.text import check_text, not_text
 
 _JSON_KINDS = {  # numpy kinds that np.array(json_list) may infer, per datatype family
     "BOOL": ("b", "booleans"),
@@ -177,7 +178,10 @@ def _flatten_strings(name: str, data: list, out: list[bytes]) -> None:
                 f"input '{name}' (BYTES): JSON data must be strings, "
                 f"got {type(item).__name__} {json.dumps(item)[:40]}"
             )
-        out.append(item.encode("utf-8"))
+        try:
+            out.append(item.encode("utf-8"))
+        except UnicodeEncodeError as err:  # a lone surrogate (see .text)
+            raise not_text(f"input '{name}' (BYTES) element {len(out)}", item, err.start) from None
 
 
 def _exact_ints(data: list) -> np.ndarray | None:
@@ -311,6 +315,8 @@ def parse_infer_request(
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise V2Error(f"'id' must be a string, got {type(request_id).__name__}")
+    if request_id is not None:  # the answer carries it back
+        check_text("'id'", request_id)
     parameters = doc.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise V2Error(f"'parameters' must be an object, got {type(parameters).__name__}")

@@ -237,3 +237,92 @@ def test_original_size_gauges_exist_as_soon_as_a_model_serves(core):
         module = core.plane.originals[name]
         assert params == sum(p.numel() for p in module.parameters()), (name, params)
         assert macs is not None and macs > params, (name, macs)
+
+
+# ---- text with lone UTF-16 surrogates: a 400 that says where, and the server keeps serving ----
+# "\udfff" is a valid JSON escape, but a lone surrogate has no UTF-8 form: once it reached the
+# BYTES encoder it was a 500, once it reached the tokenizer it failed the whole micro-batch.
+
+SURROGATE_V2_BODY = (
+    b'{"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [3], '
+    b'"data": ["a\\udfffb", "", "%s%n"]}]}'
+)
+
+
+def _still_serves_text(client) -> None:
+    body = {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1], "data": ["fine"]}]}
+    assert client.post("/v2/models/minilm/infer", json=body).status_code == 200
+
+
+def test_v2_text_with_a_lone_surrogate_is_a_400_naming_the_input_and_element(client):
+    r = client.post("/v2/models/minilm/infer", content=SURROGATE_V2_BODY)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert "input 'TEXT'" in error and "element 0" in error and "character 1" in error, error
+    assert "surrogate" in error and "UTF-8" in error, error
+    _still_serves_text(client)
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (
+            b'{"id": "a\\ud800", "inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1], '
+            b'"data": ["x"]}]}',
+            "'id'",
+        ),
+        (
+            b'{"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [2], '
+            b'"data": ["ok", "\\udbff"]}]}',
+            "element 1",
+        ),
+        (
+            b'{"inputs": [{"name": "T\\ud800", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}',
+            "unknown input 'T\\ud800'",
+        ),
+        (
+            b'{"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1], "data": ["x"]}], '
+            b'"outputs": [{"name": "\\udc00"}]}',
+            "unknown output '\\udc00'",
+        ),
+    ],
+    ids=["id", "second-element", "input-name", "output-name"],
+)
+def test_v2_lone_surrogates_anywhere_are_a_400_quoting_no_surrogate(client, body, needle):
+    r = client.post("/v2/models/minilm/infer", content=body)
+    assert r.status_code == 400, r.text
+    assert needle in r.json()["error"], r.text
+    r.content.decode("utf-8")  # the answer itself is valid UTF-8
+    _still_serves_text(client)
+
+
+def test_predict_text_with_a_lone_surrogate_is_a_400_naming_the_position(client, core):
+    from service.serving.predict import predict
+
+    status, body = client.run(predict(core.plane, "minilm", ["a\ud800"]))
+    assert status == 400, body
+    assert set(body) == {"error"} and "inputs[0]" in body["error"], body
+    assert "character 1" in body["error"] and "surrogate" in body["error"], body
+    status, body = client.run(predict(core.plane, "minilm", ["fine", "x\udc00"]))
+    assert status == 400 and "inputs[1]" in body["error"], body
+    status, body = client.run(predict(core.plane, "a\ud800", ["fine"]))
+    assert status == 404 and "\\ud800" in body["error"], body
+    body["error"].encode("utf-8")
+    status, body = client.run(predict(core.plane, "minilm", ["fine"]))
+    assert status == 200 and len(body["outputs"]) == 1, body
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/models/minilm/activate", b'{"variant": "a\\ud800"}'),
+        ("/models/minilm/compress", b'{"profile": "a\\udfff"}'),
+        ("/models/minilm/compress", b'{"profile": {"name": "\\ud800"}}'),
+        ("/models/minilm/compress", b'{"\\udc00": 1}'),
+    ],
+)
+def test_admin_bodies_with_lone_surrogates_are_a_400(client, path, body):
+    r = client.admin("POST", path, content=body)
+    assert r.status_code == 400, r.text
+    assert isinstance(r.json()["error"], str), r.text
+    _still_serves_text(client)

@@ -706,3 +706,43 @@ def test_mutated_bodies_only_raise_v2error():
             outcomes["refused"] += 1
     assert outcomes["ok"] + outcomes["refused"] == 400
     assert outcomes["refused"] >= 100
+
+
+# ------------------------------------------------------------------------------------------
+# Text: lone UTF-16 surrogates (valid JSON escapes, no UTF-8 form) are refused where they are
+# ------------------------------------------------------------------------------------------
+
+
+def test_bytes_element_with_a_lone_surrogate_names_the_input_element_and_character():
+    body = (
+        b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [3], '
+        b'"data": ["a\\udfffb", "", "%s%n"]}]}'
+    )
+    with pytest.raises(V2Error) as info:
+        parse(body, None, TEXT)
+    err = info.value
+    assert err.status == 400
+    assert "input 'text' (BYTES) element 0" in err.message, err.message
+    assert "character 1" in err.message and "\\udfff" in err.message, err.message
+    err.message.encode("utf-8")  # the message quotes the escape, never the surrogate
+
+
+def test_nested_bytes_element_index_is_row_major():
+    doc = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": ["x", "\udc00"]}]}
+    with pytest.raises(V2Error, match=r"element 1 is not valid text: character 0"):
+        parse(json.dumps(doc).encode(), None, TEXT)
+
+
+def test_request_id_with_a_lone_surrogate_is_refused():
+    doc = json_doc([image_entry(digits(1).ravel().tolist(), shape=(1, 1, 8, 8))], id="r\ud800")
+    with pytest.raises(V2Error, match=r"'id' is not valid text: character 1"):
+        parse(doc, None)
+
+
+def test_surrogate_pairs_are_valid_text():
+    body = (
+        b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], '
+        b'"data": ["\\ud83d\\ude00"]}]}'
+    )
+    req = parse(body, None, TEXT)
+    assert req.inputs["text"].tolist() == ["\U0001f600".encode()]
