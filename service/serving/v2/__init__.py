@@ -18,8 +18,11 @@ Wire format (what ``tritonclient.http`` speaks):
   it. Responses use the same framing (header + ``binary_data_size`` per binary output).
 
 Modules: :mod:`.schema` (datatypes, errors, model signatures, the BYTES wire format),
-:mod:`.request` (parsing), :mod:`.response` (encoding), :mod:`.text` (client text is valid
-Unicode); everything public is re-exported here.
+:mod:`.request` (parsing: the request's fields, inputs against the signature, outputs), with
+:mod:`.encoding` (Content-Encoding), :mod:`.binary` (the binary tensor data extension),
+:mod:`.json_data` (the JSON document and ``data`` lists), :mod:`.values` (checks both kinds of
+data pass) and :mod:`.text` (client text is valid Unicode); :mod:`.response` (encoding).
+Everything public is re-exported here.
 """
 
 from service.serving.v2.request import InferRequest, parse_infer_request
