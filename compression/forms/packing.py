@@ -1,8 +1,8 @@
 """Packed tokens: a BERT-family encoder that computes its real tokens and not the padding.
 
-Served text arrives as micro-batches of sentences of different lengths, padded to the longest;
-on the held-out English batches of 32 sentences only about half the positions are real tokens.
-A padded forward spends the other half on positions whose outputs are masked away. A
+Served text arrives as micro-batches of sentences of different lengths, padded to the longest,
+so a large share of the positions are padding. A padded forward spends that share on positions
+whose outputs are masked away. A
 :class:`PackedEncoder` runs the same modules of the same model on the real tokens alone: the
 embeddings, every Linear layer, the activations and the LayerNorms see a ``[tokens, width]``
 matrix; only attention, which needs a sequence per sample, scatters queries, keys and values
@@ -22,8 +22,8 @@ records ``"packed": true`` and :func:`compression.output.variant.load_variant` w
 Supported: Hugging Face encoders laid out like ``BertModel`` (``embeddings`` with word,
 absolute position and token-type embeddings; ``encoder.layer[i]`` with ``attention.self``
 query/key/value, ``attention.output``, ``intermediate``, ``output``), pruned heads and FFN
-neurons included. Its answer is the main output (the last hidden state), what the engine and
-the service read; a pooler on top is not computed. Anything else is reported as not packable
+neurons included. It answers as the model does (the same output type, the last hidden state
+and, where the model has one, its pooler's output). Anything else is reported as not packable
 and served as it is.
 """
 
@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from compression.core import outputs
 from compression.core.inputs import Batch, main_output, token_mask
 from compression.forms import buckets
 from compression.forms.precision import HalfPrecision, fused_int8
@@ -67,24 +68,51 @@ def why_not(model: nn.Module, example: Batch) -> str | None:
             return f"encoder.layer.{i}.attention.self has no attention_head_size"
         if not all(hasattr(layer, n) for n in ("intermediate", "output")):
             return f"encoder.layer.{i} has no intermediate/output"
+    extra = set(answer_fields(model)) - set(PACKED_FIELDS)
+    if extra:
+        return (
+            f"{type(model).__name__} answers with {sorted(extra)}, which packing does not compute"
+        )
     return None
+
+
+# What a packed forward computes, in the order a BERT encoder's tuple answer holds them.
+PACKED_FIELDS = ("last_hidden_state", "pooler_output")
+
+
+def answer_spec(model: nn.Module) -> outputs.Spec:
+    """The structure of ``model``'s answer (:mod:`compression.core.outputs`), from one forward
+    on two tokens."""
+    weight = model.embeddings.word_embeddings.weight
+    ids = torch.zeros(1, 2, dtype=torch.long, device=weight.device)
+    with torch.inference_mode():
+        return outputs.describe(model(input_ids=ids, attention_mask=torch.ones_like(ids)))
+
+
+def answer_fields(model: nn.Module) -> list[str]:
+    """The fields of ``model``'s answer (a tuple's by :data:`PACKED_FIELDS` order)."""
+    spec = answer_spec(model)
+    if spec["kind"] in ("model_output", "dict"):
+        return list(spec["fields"])
+    if spec["kind"] in ("tuple", "list"):
+        return [f"output {i}" if i >= 2 else PACKED_FIELDS[i] for i in range(len(spec["items"]))]
+    return [PACKED_FIELDS[0]]
 
 
 class PackedEncoder(nn.Module):
     """``model`` (a BERT-family encoder) run on the real tokens of a padded batch.
 
     Called like the model (``input_ids``, ``attention_mask``, optional ``token_type_ids``);
-    answers as the model does, a ``BaseModelOutput`` whose ``last_hidden_state`` is
-    ``[batch, length, width]`` (zeros at padded positions).
+    answers as the model does (its output type; ``last_hidden_state`` is
+    ``[batch, length, width]``, zeros at padded positions, and ``pooler_output`` is the model's
+    pooler on it where the model answers with one).
     ``.model`` is the wrapped module (what a TorchScript or ONNX export takes).
     """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        from transformers.modeling_outputs import BaseModelOutput  # the wrapped model's answer
-
         self.model = model
-        self._answer = BaseModelOutput
+        self._spec = answer_spec(model)
         # Per layer, its int8 query, key and value as one int8 layer (None: run them apart;
         # float weights are not fused here: one product over three gains little there, while
         # the calibration hooks of compression.forms.smoothing must see each layer). A plain list, so
@@ -133,7 +161,17 @@ class PackedEncoder(nn.Module):
         out = out.view(b, n, -1)
         full = attention_mask.shape[1]
         out = F.pad(out, (0, 0, 0, full - n)) if full > n else out
-        return self._answer(last_hidden_state=out)
+        return self._answer(out)
+
+    def _answer(self, hidden: torch.Tensor):
+        """``hidden`` (and the pooler's output on it) in the wrapped model's output type."""
+        spec = self._spec
+        names = list(spec["fields"]) if spec["kind"] in ("model_output", "dict") else None
+        wanted = names or PACKED_FIELDS[: outputs.count(spec)]
+        values = {PACKED_FIELDS[0]: hidden}
+        if PACKED_FIELDS[1] in wanted:
+            values[PACKED_FIELDS[1]] = self.model.pooler(hidden)
+        return outputs.rebuild(spec, [values[n] for n in wanted])
 
     @staticmethod
     def _layer(

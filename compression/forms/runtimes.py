@@ -28,8 +28,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from compression.core import outputs
 from compression.core.errors import VariantError
 from compression.core.inputs import Batch, batch_size, call, index, main_output
+from compression.core.quiet import captured
 
 RUNTIMES = ("torch", "onnxruntime")
 ONNX_FILE = "model.onnx"
@@ -49,14 +51,18 @@ def available() -> str | None:
 
 
 class _Positional(nn.Module):
-    """A model called with named tensors, as a positional-argument module (what export takes)."""
+    """A model called with positional tensors (what export takes), answering with the tensors
+    of its answer in :func:`compression.core.outputs.leaves` order."""
 
-    def __init__(self, model: nn.Module, names: list[str]) -> None:
+    def __init__(self, model: nn.Module, names: list[str] | None, spec: outputs.Spec) -> None:
         super().__init__()
-        self.model, self.names = model, names
+        self.model, self.names, self.spec = model, names, spec
 
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return main_output(self.model(**dict(zip(self.names, tensors, strict=True))))
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        named = self.names is not None
+        out = self.model(**dict(zip(self.names, tensors, strict=True))) if named else None
+        out = out if named else self.model(*tensors)
+        return tuple(outputs.leaves(out, self.spec))
 
 
 def _names(batch: Batch) -> list[str]:
@@ -75,22 +81,37 @@ def _tensors(batch: Batch) -> tuple[torch.Tensor, ...]:
     return (batch,)
 
 
-def export(model: nn.Module, example: Batch) -> bytes:
-    """The ONNX graph of ``model`` (opset 17; every input and the output: dynamic axes 0 and 1
-    where they have them). Attention runs in its eager form for export: the fused kernel's
-    masks would be traced with the example's sequence length."""
+def output_names(spec: outputs.Spec) -> list[str]:
+    """The graph's output names: ``output`` for the main answer (what a plan of one output
+    called it), ``output_<i>`` for the answer's other tensors."""
+    main = outputs.main_leaf(spec)
+    return ["output" if i == main else f"output_{i}" for i in range(outputs.count(spec))]
+
+
+def export(model: nn.Module, example: Batch) -> tuple[bytes, outputs.Spec]:
+    """The ONNX graph of ``model`` and the structure of its answer
+    (:mod:`compression.core.outputs`): every tensor of the answer is an output of the graph
+    (opset 17; inputs and outputs have dynamic axes 0 and 1 where they have them). Attention
+    runs in its eager form for export: the fused kernel's masks would be traced with the
+    example's sequence length."""
     model = copy.deepcopy(model).eval().cpu()
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "_attn_implementation"):
         config._attn_implementation = "eager"
     names = _names(example)
-    wrapped = _Positional(model, names) if isinstance(example, dict) else model
     tensors = tuple(t.cpu() for t in _tensors(example))
+    with torch.no_grad():
+        spec = outputs.describe(call(model, example))
+    wrapped = _Positional(model, names if isinstance(example, dict) else None, spec)
     dynamic = {
         n: {d: f"{n}_{d}" for d in range(min(t.dim(), 2))}
         for n, t in zip(names, tensors, strict=True)
     }
-    dynamic["output"] = {0: "batch", 1: "dim1"}
+    with torch.no_grad():
+        answer = wrapped(*tensors)
+    out_names = output_names(spec)
+    for n, t in zip(out_names, answer, strict=True):
+        dynamic[n] = {d: f"{n}_{d}" for d in range(min(t.dim(), 2))}
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -99,62 +120,73 @@ def export(model: nn.Module, example: Batch) -> bytes:
             tensors,
             buf,
             input_names=names,
-            output_names=["output"],
+            output_names=out_names,
             dynamic_axes=dynamic,
             opset_version=17,
             dynamo=False,
         )
-    return buf.getvalue()
+    return buf.getvalue(), spec
 
 
-def quantize_int8(onnx_bytes: bytes) -> bytes:
-    """ONNX Runtime dynamic int8 quantization (per-channel weights) of an ONNX graph."""
+def quantize_int8(onnx_bytes: bytes) -> tuple[bytes, str | None]:
+    """ONNX Runtime dynamic int8 quantization (per-channel weights) of an ONNX graph; and the
+    one-line summary of what the quantizer said (:mod:`compression.core.quiet`), if anything."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory(prefix="slimserve-ort-") as tmp:
         src, dst = Path(tmp, "fp32.onnx"), Path(tmp, "int8.onnx")
         src.write_bytes(onnx_bytes)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with captured("onnxruntime int8") as said:
             quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8)
-        return dst.read_bytes()
+        return dst.read_bytes(), said.summary()
 
 
 class OrtModule(nn.Module):
-    """An ONNX graph served by ONNX Runtime, called like the torch model it was exported from.
-
-    Returns the main output as a torch tensor (float32). ``threads``: ONNX Runtime's intra-op
-    threads (the profile's, like torch's).
+    """An ONNX graph served by ONNX Runtime, called like the torch model it was exported from
+    and answering like it: ``spec`` (:func:`compression.core.outputs.describe` of the model's
+    answer) rebuilds the graph's outputs into the model's type (a ``ModelOutput`` with the
+    same fields, a tuple, a tensor); None, a graph of one output, answers with that tensor.
+    ``threads``: ONNX Runtime's intra-op threads (the profile's, like torch's).
     """
 
-    def __init__(self, onnx_bytes: bytes, input_names: list[str], threads: int | None = None):
+    def __init__(
+        self,
+        onnx_bytes: bytes,
+        input_names: list[str],
+        threads: int | None = None,
+        spec: outputs.Spec | None = None,
+    ):
         super().__init__()
-        import onnxruntime as ort
+        import onnxruntime as ort  # an optional dependency (the onnx extra)
 
         self.onnx_bytes = onnx_bytes
         self.input_names = list(input_names)
+        self.spec = spec
         options = ort.SessionOptions()
         self.threads = threads or torch.get_num_threads()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         # No spin-waiting: ONNX Runtime's threads otherwise spin after each run, taking the cores
-        # from whatever runs next (torch, another session, the server). Measured on digits-cnn
-        # (2 cores, batch 32), timed side by side: a session run right after another took 4.8-7.1
-        # ms with spinning, 3.1-3.8 without; alone 3.1-3.3 ms without, 3.4-4.7 with.
+        # from whatever runs next (torch, another session, the server). Timed side by side on
+        # digits-cnn, a session run right after another was clearly slower with spinning and one
+        # run alone was no faster with it, so spinning only costs.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
 
-    def forward(self, *args, **kwargs) -> torch.Tensor:
+    def forward(self, *args, **kwargs):
         tensors = list(args) + [kwargs[n] for n in self.input_names[len(args) :] if n in kwargs]
         feeds = {
             n: t.detach().cpu().numpy() for n, t in zip(self.input_names, tensors, strict=False)
         }
-        (out,) = self.session.run(["output"], feeds)
-        return torch.from_numpy(out)
+        if self.spec is None:
+            (out,) = self.session.run(["output"], feeds)
+            return torch.from_numpy(out)
+        found = self.session.run(output_names(self.spec), feeds)
+        return outputs.rebuild(self.spec, [torch.from_numpy(t) for t in found])
 
     def __deepcopy__(self, memo) -> OrtModule:  # sessions do not copy; a new one does
-        return OrtModule(self.onnx_bytes, self.input_names, self.threads)
+        return OrtModule(self.onnx_bytes, self.input_names, self.threads, self.spec)
 
 
 def faithful(module: nn.Module, ort_module: OrtModule, batches: list[Batch]) -> float:
@@ -163,7 +195,7 @@ def faithful(module: nn.Module, ort_module: OrtModule, batches: list[Batch]) -> 
     with torch.inference_mode():
         for b in batches:
             a = main_output(call(module, b)).float().cpu()
-            c = ort_module(**b) if isinstance(b, dict) else call(ort_module, b)
+            c = main_output(call(ort_module, b))
             if a.shape != c.shape:
                 return float("inf")
             worst = max(worst, float((a - c).abs().max()))
@@ -183,14 +215,20 @@ def candidates(
     if reason is not None:
         return [], [reason]
     start = time.perf_counter()
-    try:
-        graph = export(module, example)
-    except Exception as err:  # an exporter failure is a fallback, never a failed compression
-        return [], [f"onnx export failed, torch serves: {type(err).__name__}: {str(err)[:200]}"]
+    with captured("onnx export") as said:
+        try:
+            graph, spec = export(module, example)
+        except Exception as err:  # an exporter failure is a fallback, never a failed compression
+            graph, failed = None, f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+    notes = [said.summary()] if said.summary() else []
+    if graph is None:
+        return [], [f"onnx export failed, torch serves: {failed}", *notes]
     names = _names(example)
-    fp32 = OrtModule(graph, names, threads)
+    fp32 = OrtModule(graph, names, threads, spec)
     diff = faithful(module, fp32, checks)
-    notes = [f"exported in {time.perf_counter() - start:.1f} s; max |ort - torch| {diff:.2e}"]
+    notes.insert(
+        0, f"exported in {time.perf_counter() - start:.1f} s; max |ort - torch| {diff:.2e}"
+    )
     if not diff <= EXPORT_ATOL:
         notes.append(
             f"onnx export is not faithful on other input shapes (max difference {diff:.3g} > "
@@ -201,7 +239,9 @@ def candidates(
     if not int8:
         return out, notes
     try:
-        out.append(("onnxruntime-int8", OrtModule(quantize_int8(graph), names, threads)))
+        int8_graph, said = quantize_int8(graph)
+        out.append(("onnxruntime-int8", OrtModule(int8_graph, names, threads, spec)))
+        notes += [said] if said else []
     except Exception as err:
         notes.append(f"onnxruntime int8 quantization failed: {type(err).__name__}: {err}")
     return out, notes
@@ -228,7 +268,11 @@ def save_onnx(directory: Path, module: OrtModule) -> dict:
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(module.onnx_bytes)
     os.replace(tmp, path)
-    return {"onnx_sha256": sha256(module.onnx_bytes), "onnx_inputs": module.input_names}
+    return {
+        "onnx_sha256": sha256(module.onnx_bytes),
+        "onnx_inputs": module.input_names,
+        "onnx_outputs": module.spec,
+    }
 
 
 def load_onnx(directory: Path, plan: dict, threads: int | None = None) -> OrtModule:
@@ -247,4 +291,4 @@ def load_onnx(directory: Path, plan: dict, threads: int | None = None) -> OrtMod
     reason = available()
     if reason is not None:
         raise VariantError(f"{directory} is served by ONNX Runtime: {reason}")
-    return OrtModule(data, plan["onnx_inputs"], threads)
+    return OrtModule(data, plan["onnx_inputs"], threads, plan.get("onnx_outputs"))

@@ -35,11 +35,13 @@ from compression.structure.graph import PruneUnit
 
 Progress = Callable[[float, str], None]
 # A candidate's first timing is a screening: capped at this many seconds for a slow forward
-# (MiniLM: ~5 runs instead of 10), since the close contenders are timed again side by side
-# before the choice (verify.confirm_latencies) and the winner against the original after it.
+# (fewer runs than the profile's latency_repeats), since the close contenders are timed again
+# side by side before the choice (verify.confirm_latencies) and the winner against the original
+# after it.
 SCREEN_SECONDS = 0.5
-# A screening stops at its first timed run only above this (and twice the fastest so far): on
-# MiniLM that spares the ONNX Runtime graph of the padded original (300 ms) five more runs.
+# A screening stops at its first timed run only above this (and twice the fastest so far): a
+# slow, clearly losing forward (such as an ONNX Runtime graph of a padded encoder) is not run
+# again, while a fast one, whose single run is noise, is timed in full.
 SCREEN_CUT_MS = 50.0
 
 
@@ -94,7 +96,9 @@ class SearchContext:
     in_sample: bool = False  # no validation and too little calibration to hold any out
     # packing.faithful on the original, from prepare: (packed reproduces it, the report's line)
     pack_check: tuple[bool, str] | None = None
-    packed: bool = False  # torch candidates run on packed tokens (compression.search.packing_step.decide)
+    packed: bool = (
+        False  # torch candidates run on packed tokens (compression.search.packing_step.decide)
+    )
     refit_cache: dict = field(default_factory=dict)  # the original's layer outputs (refit)
     # int8 smoothing strength, chosen on the first structure quantized (compression.forms.smoothing);
     # "unset" until then, None for plain int8.

@@ -18,7 +18,8 @@ def structure_step(ctx, source, to_beat: float | None = None) -> tuple[list, lis
     ``to_beat``: the latency (ms) of a lossless torch form of the same structure (packed
     tokens, :mod:`compression.forms.packing`). When ONNX Runtime fp32 is slower than it, the int8
     graph is not made: int8 speeds both runtimes' Linear layers alike, so it would not win
-    (MiniLM, 2 cores: ORT fp32 390 ms, packed torch fp32 207 ms; ORT int8 370, packed int8 171).
+    (packed torch usually beats ONNX Runtime on BERT-family encoders on the CPU, in fp32 and
+    int8 alike).
     A profile with ``quantization: none`` gets no int8 graph either: it asked for float.
     """
     label = f"{source.candidate.ratio:.0%} {source.candidate.allocation}"
@@ -56,14 +57,14 @@ def structure_step(ctx, source, to_beat: float | None = None) -> tuple[list, lis
             continue
         start = time.perf_counter()
         try:
+            int8_graph, quantizer_said = quantize_int8(module.onnx_bytes)
             found.append(
                 (
                     "onnxruntime-int8",
-                    OrtModule(
-                        quantize_int8(module.onnx_bytes), module.input_names, ctx.profile.threads
-                    ),
+                    OrtModule(int8_graph, module.input_names, ctx.profile.threads, module.spec),
                 )
             )
+            said += [quantizer_said] if quantizer_said else []
         except Exception as err:
             said.append(f"onnxruntime int8 quantization failed: {type(err).__name__}: {err}")
         ctx.tick("runtimes", start)
@@ -74,8 +75,9 @@ def search_step(ctx, built: list, base, packed_ms: float | None = None) -> tuple
     """ONNX Runtime candidates of the original and of the most pruned candidate within budget,
     measured like every other candidate; and notes for the report.
 
-    Both, because int8 error compounds with pruning error: on MiniLM, int8 of the original kept
-    cosine 0.992 at 1.8x, int8 of the 20 %-pruned structure 0.972 (over budget once claimed).
+    Both, because int8 error compounds with pruning error: int8 of the unpruned original can
+    be within budget where int8 of a pruned structure that holds in float is not (MiniLM's
+    int8 claims by amount: ``benchmarks/results/claims.md``, ``python -m benchmarks.claims``).
     ``packed_ms``: the original's latency on packed tokens when the search packs them
     (:mod:`compression.forms.packing`); when ONNX Runtime fp32 of the original is slower, neither its
     int8 nor a pruned structure is exported (they would lose to their packed forms the same way).
