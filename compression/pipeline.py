@@ -151,42 +151,14 @@ def prepare(
     device = _device(profile)
     original = copy.deepcopy(model).eval().to(device)
     example_inputs = to_device(example_inputs, device)
-    calib_list = [
-        to_device(b, device)
-        for b in materialize(calibration, "calibration", profile.calibration_size)
-    ]
-    check_runs(original, calib_list[0], "calibration")
-    in_sample = False
-    if validation is None:  # hold part of the calibration data out of every fit
-        calib_list, held = splits.holdout(calib_list)
-        in_sample = held is None
-        val_list = [(b, None) for b in calib_list] if in_sample else held
-    else:
-        val_list = [(to_device(x, device), y) for x, y in materialize(validation, "validation")]
-        check_runs(original, val_list[0][0], "validation")
-    if (
-        metric == "auto"
-        and not metrics.has_labels(val_list)
-        and metrics.is_causal_lm(original, calib_list[0])
-    ):
-        metric = "perplexity"  # a language model: next-token perplexity, not pooled logits
-    metric = metrics.resolve_metric(metric, val_list)
-
+    calib_list, val_list, in_sample, metric = _data(
+        original, profile, calibration, validation, metric, device
+    )
     progress(0.02, "tracing")
     calib = index(concat(calib_list), slice(0, profile.calibration_size))
     if batch_size(calib) < 2:
         raise DataError("calibration needs at least 2 samples")
-    # A model that cannot be pruned still gets the precision step and a report.
-    unprunable = None
-    try:
-        units = graph.find_units(original, example_inputs, profile.trace_time_limit_s)
-    except UntraceableModelError as err:
-        units, unprunable = [], str(err)
-    if not units and unprunable is None:
-        unprunable = (
-            f"{type(model).__name__} has no prunable group: expected Linear or Conv layers "
-            "whose outputs feed other layers (the output layer is kept)"
-        )
+    units, unprunable = _units(original, example_inputs, profile, type(model).__name__)
     # The forwards made once here run packed where packing reproduces the original (the same
     # outputs on real tokens, compression.forms.packing.check): faster wherever padding is a
     # large share of the calibration batches, as it is for sentences.
@@ -236,3 +208,55 @@ def prepare(
         in_sample=in_sample,
         pack_check=pack_check,
     )
+
+
+def _data(
+    original: nn.Module,
+    profile: DeviceProfile,
+    calibration: Iterable[Batch],
+    validation: Iterable[tuple[Batch, object]] | None,
+    metric: metrics.Metric,
+    device: str,
+) -> tuple[list[Batch], list[tuple[Batch, object]], bool, metrics.Metric]:
+    """Calibration and validation batches on the device (validation held out of the
+    calibration data when none is given; in-sample when there is too little to hold out),
+    and the metric they are judged by."""
+    calib_list = [
+        to_device(b, device)
+        for b in materialize(calibration, "calibration", profile.calibration_size)
+    ]
+    check_runs(original, calib_list[0], "calibration")
+    in_sample = False
+    if validation is None:  # hold part of the calibration data out of every fit
+        calib_list, held = splits.holdout(calib_list)
+        in_sample = held is None
+        val_list = [(b, None) for b in calib_list] if in_sample else held
+    else:
+        val_list = [(to_device(x, device), y) for x, y in materialize(validation, "validation")]
+        check_runs(original, val_list[0][0], "validation")
+    if (
+        metric == "auto"
+        and not metrics.has_labels(val_list)
+        and metrics.is_causal_lm(original, calib_list[0])
+    ):
+        metric = "perplexity"  # a language model: next-token perplexity, not pooled logits
+    metric = metrics.resolve_metric(metric, val_list)
+    return calib_list, val_list, in_sample, metric
+
+
+def _units(
+    original: nn.Module, example_inputs: Batch, profile: DeviceProfile, name: str
+) -> tuple[list, str | None]:
+    """The prunable units of ``original`` and, when there are none, why: a model that cannot
+    be pruned still gets the precision step and a report."""
+    unprunable = None
+    try:
+        units = graph.find_units(original, example_inputs, profile.trace_time_limit_s)
+    except UntraceableModelError as err:
+        units, unprunable = [], str(err)
+    if not units and unprunable is None:
+        unprunable = (
+            f"{name} has no prunable group: expected Linear or Conv layers "
+            "whose outputs feed other layers (the output layer is kept)"
+        )
+    return units, unprunable

@@ -147,36 +147,7 @@ def build_report(
     # What the report claims comes from the confirmation split when there is one.
     final = ctx.confirmation or ctx.selection
     conf = verdict.confirmed or {"metric": c.metric, "fidelity": c.fidelity, "recall": c.recall}
-    steps = list(chosen.steps)
-    steps += [{"step": "prune", "kept": False, "detail": f"failed: {f}"} for f in ctx.failures]
-    steps += [{"step": "prune", "kept": False, "detail": f"skipped {s}"} for s in ctx.skipped]
-    if ctx.unprunable:
-        steps.insert(
-            0, {"step": "prune", "kept": False, "detail": f"not applicable: {ctx.unprunable}"}
-        )
-    if not any(s["step"] == "precision" for s in steps):  # the precision step says what it did
-        steps.append({"step": "precision", "kept": c.precision != "float32", "detail": c.precision})
-    if ctx.profile.sparsity != "none" and c.sparsity == "none":
-        steps.append({"step": "sparsity", "kept": False, "detail": "no sparse candidate won"})
-    steps.append(
-        {
-            "step": "verify",
-            "kept": verdict.accepted,
-            "detail": f"{name} {conf['metric']:.4f} vs budget {final.budget:.4f}"
-            + (
-                f" on the confirmation split (claimed; measured "
-                f"{verdict.confirmed['measured']['metric']:.4f})"
-                if verdict.confirmed
-                else ""
-            )
-            + "".join(f"; refused {r}" for r in verdict.refused)
-            + (
-                f" (ratio of perplexities; the original's is {ctx.reference_perplexity:.3f})"
-                if ctx.metric == "perplexity"
-                else ""
-            ),
-        }
-    )
+    steps = report_steps(ctx, verdict, conf, name)
     task_metrics = None
     if ctx.metric not in ("cosine", "perplexity") and not callable(ctx.metric):  # accuracy, F1
         task_metrics = classification_report(final.reference, chosen.module, final.data)
@@ -212,6 +183,42 @@ def build_report(
         task_metrics=task_metrics,
         splits=split_figures(ctx, c, verdict),
     )
+
+
+def report_steps(ctx: SearchContext, verdict: Verdict, conf: dict, name: str) -> list[dict]:
+    """The chosen candidate's steps, then what was not built or failed, and the verdict."""
+    c, final = verdict.chosen.candidate, ctx.confirmation or ctx.selection
+    steps = list(verdict.chosen.steps)
+    steps += [{"step": "prune", "kept": False, "detail": f"failed: {f}"} for f in ctx.failures]
+    steps += [{"step": "prune", "kept": False, "detail": f"skipped {s}"} for s in ctx.skipped]
+    if ctx.unprunable:
+        steps.insert(
+            0, {"step": "prune", "kept": False, "detail": f"not applicable: {ctx.unprunable}"}
+        )
+    if not any(s["step"] == "precision" for s in steps):  # the precision step says what it did
+        steps.append({"step": "precision", "kept": c.precision != "float32", "detail": c.precision})
+    if ctx.profile.sparsity != "none" and c.sparsity == "none":
+        steps.append({"step": "sparsity", "kept": False, "detail": "no sparse candidate won"})
+    steps.append(
+        {
+            "step": "verify",
+            "kept": verdict.accepted,
+            "detail": f"{name} {conf['metric']:.4f} vs budget {final.budget:.4f}"
+            + (
+                f" on the confirmation split (claimed; measured "
+                f"{verdict.confirmed['measured']['metric']:.4f})"
+                if verdict.confirmed
+                else ""
+            )
+            + "".join(f"; refused {r}" for r in verdict.refused)
+            + (
+                f" (ratio of perplexities; the original's is {ctx.reference_perplexity:.3f})"
+                if ctx.metric == "perplexity"
+                else ""
+            ),
+        }
+    )
+    return steps
 
 
 def split_figures(ctx: SearchContext, c: Candidate, verdict: Verdict) -> dict:

@@ -13,6 +13,7 @@ kernel windows); grouped convs are left alone.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -64,15 +65,7 @@ def refit_consumers(
     outputs and skip inputs of each layer once captured, so the next candidate's refit skips
     that forward pass.
     """
-    names = []
-    for unit in units:
-        if removed.get(unit.name):
-            names += [n for n in unit.consumers if n not in names]
-    if skipped is not None:
-        skipped.update(
-            {n: why for n in names if (why := layers.unsupported(pruned.get_submodule(n)))}
-        )
-    names = [n for n in names if layers.unsupported(pruned.get_submodule(n)) is None]
+    names = _consumers(pruned, units, removed, skipped)
     if not names:
         return 0
     cache = {} if cache is None else cache
@@ -93,10 +86,57 @@ def refit_consumers(
         if name in parents:
             skip = cache[("skip", name)]
             targets[name] = targets[name] + (skip if keep is None else skip[:, keep])
+    _solve_in_buckets(
+        _Refit(pruned, original, units, removed, ridge), names, parents, targets, parts, masks
+    )
+    return len(names)
 
-    # The pruned model's forward runs once per bucket, each in its own thread; at every
-    # consumer the threads wait for each other (a barrier), the last one in solves the refit
-    # from all buckets' inputs, and all go on through the refit layer.
+
+def _consumers(
+    pruned: nn.Module,
+    units: list[PruneUnit],
+    removed: dict[str, list[int]],
+    skipped: dict[str, str] | None,
+) -> list[str]:
+    """The layers reading a cut unit's channels that the refit can rewrite (the others, with
+    why, into ``skipped``)."""
+    names: list[str] = []
+    for unit in units:
+        if removed.get(unit.name):
+            names += [n for n in unit.consumers if n not in names]
+    if skipped is not None:
+        skipped.update(
+            {n: why for n in names if (why := layers.unsupported(pruned.get_submodule(n)))}
+        )
+    return [n for n in names if layers.unsupported(pruned.get_submodule(n)) is None]
+
+
+@dataclass
+class _Refit:
+    """What one refit rewrites: the pruned model, against the original and its cut."""
+
+    pruned: nn.Module
+    original: nn.Module
+    units: list[PruneUnit]
+    removed: dict[str, list[int]]
+    ridge: float
+
+
+def _solve_in_buckets(
+    job: _Refit,
+    names: list[str],
+    parents: dict[str, str],
+    targets: dict[str, torch.Tensor],
+    parts: list[Batch],
+    masks: list,
+) -> None:
+    """Fit every layer in ``names`` to its target from the pruned model's own inputs.
+
+    The pruned model's forward runs once per bucket, each in its own thread; at every
+    consumer the threads wait for each other (a barrier), the last one in solves the refit
+    from all buckets' inputs, and all go on through the refit layer.
+    """
+    pruned, original, units, removed = job.pruned, job.original, job.units, job.removed
     follower = _batchnorm_after(original, names, parts[0])
     local = threading.local()
     inputs = {n: [None] * len(parts) for n in names}
@@ -107,7 +147,7 @@ def refit_consumers(
             target = targets.pop(name)
             if name in parents:
                 target = target - torch.cat(pruned_skips.pop(name))
-            w, b = _ridge(torch.cat(inputs.pop(name)), target, ridge)
+            w, b = _ridge(torch.cat(inputs.pop(name)), target, job.ridge)
             layer = pruned.get_submodule(name)
             layers.set_matrix(layer, w)
             with torch.no_grad():
@@ -162,7 +202,6 @@ def refit_consumers(
     real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
     if real or errors:
         raise (real or errors)[0]
-    return len(names)
 
 
 def _capture_original(original, parts, masks, names, parents, cache) -> None:
