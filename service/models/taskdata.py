@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from compression.core.errors import DataError
+from service.models.digits import digits_split
+from service.models.text import prose_sentences
 
 TOPIC_GROUPS: dict[str, tuple[str, ...]] = {
     "control-flow": (
@@ -64,8 +66,6 @@ Example = tuple[str, str]  # (label, sentence)
 
 
 def _prose_sentences(text: str) -> set[str]:
-    from service.models.text import prose_sentences
-
     return set(prose_sentences(text))
 
 
@@ -189,8 +189,6 @@ def _natural(label: str) -> tuple:
 
 def digits_parity() -> tuple[list[tuple], list[tuple]]:
     """The ``digits-parity`` task: (label, 1x8x8 image) pairs, train and validation."""
-    from service.models.digits import digits_split
-
     x_tr, y_tr, x_te, y_te = digits_split()
 
     def pairs(x, y) -> list[tuple]:

@@ -15,6 +15,7 @@ the variant in the directory is adopted at start, and its own jobs verify agains
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from compression.core.errors import DataError, ModelSourceError
 from compression.task import Task, TaskModel, rebuild_task_model, task_spec
 from service.models import taskdata
-from service.models.sources import CALIBRATION_TOKENS, ModelBundle
+from service.models.bundle import CALIBRATION_TOKENS, ModelBundle
 
 TASK_FILE = "task.json"
 BUILTIN_TASKS = {
@@ -124,10 +125,12 @@ def write_task_dir(
     (out / TASK_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
 
-def task_bundle(source: str) -> ModelBundle:
-    """The bundle of ``task:DIR``: the uncompressed task model with its labelled data."""
-    from service.models.sources import resolve
+def task_bundle(source: str, resolve: Callable[[str], ModelBundle]) -> ModelBundle:
+    """The bundle of ``task:DIR``: the uncompressed task model with its labelled data.
 
+    ``resolve`` builds the encoder the task directory names (``service.models.sources.resolve``,
+    which calls this function for ``task:`` sources: passed in, not imported, so the catalog's
+    modules import one way)."""
     directory = Path(source[len("task:") :]).expanduser()
     try:
         meta = json.loads((directory / TASK_FILE).read_text())

@@ -29,6 +29,9 @@ import sysconfig
 from functools import lru_cache
 from pathlib import Path
 
+from compression.core.errors import DataError
+from service.models.digits import cache_dir
+
 _MIN_CHARS, _MAX_CHARS = 25, 300
 # Modules with prose docstrings, across the library's areas (files, text, network, concurrency,
 # data, numbers, testing). Read in this order; a module missing from an installation is skipped.
@@ -52,8 +55,6 @@ def _cache_file(name: str) -> Path:
     """Where a sentence source is cached: under ``$SLIMSERVE_HOME/text`` (as the trained
     built-ins, ``service.models.digits.cache_dir``), keyed by this file, the interpreter and
     its standard library (reading them takes seconds, a cached list milliseconds)."""
-    from service.models.digits import cache_dir
-
     key = hashlib.sha256(
         Path(__file__).read_bytes() + f"{sys.version}|{sysconfig.get_paths()['stdlib']}".encode()
     ).hexdigest()[:12]
@@ -203,8 +204,6 @@ def sentence_split(
 
 def read_sentences(path: str) -> list[str]:
     """One sentence per line; blank lines are skipped. An empty file is an error."""
-    from compression.core.errors import DataError
-
     try:
         with open(path, encoding="utf-8") as fh:
             lines = [line.strip() for line in fh]

@@ -15,7 +15,7 @@ import torch
 
 from compression.core.inputs import main_output
 from compression.evaluation.metrics import embed
-from service.models.sources import ModelBundle
+from service.models.bundle import ModelBundle
 from service.serving.v2 import ModelSignature, TensorSpec, V2Error, check_text
 
 

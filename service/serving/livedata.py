@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from compression.core.errors import DataError
+from service.models.bundle import set_text_data
 
 
 def write_live_calibration(rows: list, directory: Path) -> Path:
@@ -28,8 +29,6 @@ def write_live_calibration(rows: list, directory: Path) -> Path:
 def load_live_calibration(bundle, path: Path) -> None:
     """Replace a bundle's calibration with the live sample; validation = fidelity on a holdout."""
     import torch
-
-    from service.models.sources import set_text_data
 
     if path.suffix == ".txt":
         sentences = [s for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
