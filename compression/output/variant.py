@@ -7,20 +7,21 @@ A variant directory holds::
                           (compression.forms.compact)
     smoothing.safetensors int8 variants with smoothed inputs: each smoothed Linear layer's
                           scales (compression.forms.smoothing), checksummed in the plan
-    plan.json             source, structure diff, precision, and the weights' sha256
+    plan.json             source, structure diff, precision, the sha256 of the weights and of
+                          report.json, and its own digest (plan_sha256)
     report.json           the CompressionReport (a contract other tools read: keep its keys)
     report.png            metric vs latency of every candidate the search tried
 
 Loading takes a freshly built original from the caller (the engine knows no model catalog; the
 service's catalog offers ``service.models.load(dir)``, which builds the model the plan names),
-replays the plan, loads the weights after checking their checksum, and re-applies the precision
-step. ``load_variant(..., runtime="torch")`` gives the torch form of any variant, an ONNX
+checks every file first (compression.output.checks: JSON objects of the expected shape,
+checksums; anything else is a VariantError), replays the plan, loads the weights, and
+re-applies the precision step. ``load_variant(..., runtime="torch")`` gives the torch form of any variant, an ONNX
 Runtime one included, without importing onnxruntime (what a TorchScript export needs).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -35,21 +36,28 @@ from compression.forms import compact, precision
 from compression.forms.packing import served
 from compression.forms.runtimes import load_onnx, save_onnx
 from compression.output import plan as plan_mod
+from compression.output.checks import (
+    PLAN_VERSION,
+    READABLE_VERSIONS,
+    SMOOTHING_FILE,
+    check_version,
+    read_object,
+    seal,
+    sha256_file,
+    verify_files,
+)
 from compression.output.report import CompressionReport
 
-# 2: the structure also records every changed integer attribute (head counts, split sizes)
-# and the model config's changed fields (<config>). Version 1 plans replay unchanged.
-PLAN_VERSION = 2
-READABLE_VERSIONS = (1, 2)
-SMOOTHING_FILE = "smoothing.safetensors"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+__all__ = [
+    "PLAN_VERSION",
+    "READABLE_VERSIONS",
+    "CompressedModel",
+    "check_version",
+    "load_variant",
+    "read_plan",
+    "sha256_file",
+    "verify_files",
+]
 
 
 @dataclass
@@ -84,8 +92,9 @@ class CompressedModel:
             plan["smoothing_sha256"] = sha256_file(path)
         if plan.get("runtime") == "onnxruntime":  # the served graph beside the float weights
             plan.update(save_onnx(directory, self.module))
-        _write_json(directory / "plan.json", plan)
         _write_json(directory / "report.json", self.report.to_dict())
+        plan["report_sha256"] = sha256_file(directory / "report.json")
+        _write_json(directory / "plan.json", seal(plan))  # last: it vouches for the rest
         self.report.plot(directory / "report.png")
         return directory
 
@@ -97,26 +106,9 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def read_plan(directory: str | Path) -> dict:
-    """The plan.json of a variant directory (what ``load_variant`` replays)."""
-    path = Path(directory) / "plan.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise VariantError(f"{directory} is not a variant: plan.json is missing") from None
-    except json.JSONDecodeError as err:
-        raise VariantError(f"{path} is corrupted: {err}") from None
-
-
-def check_version(plan: dict, directory: str | Path) -> None:
-    """Refuse a plan written by another plan format: replaying it could load wrong weights."""
-    version = plan.get("version")
-    if version not in READABLE_VERSIONS:
-        raise VariantError(
-            f"{directory}: plan.json has version {version!r}; this SlimServe reads versions "
-            f"{', '.join(map(str, READABLE_VERSIONS))}. Compress the model again with this "
-            "version (slimserve compress, or POST /admin/models/{name}/compress), or load it "
-            "with the SlimServe that saved it"
-        )
+    """The plan.json of a variant directory (what ``load_variant`` replays): a JSON object,
+    else :class:`VariantError`."""
+    return read_object(directory, "plan.json")
 
 
 # What load_variant(runtime=...) accepts: None serves the variant in the runtime its plan names.
@@ -148,38 +140,42 @@ def load_variant(
             f"load_variant: runtime={runtime!r} is not one of None (the plan's runtime), "
             "'torch' (the torch form of any variant) or 'onnxruntime' (the variant's ONNX graph)"
         )
-    directory = Path(directory)
-    try:
-        plan = json.loads((directory / "plan.json").read_text())
-        report = CompressionReport.from_dict(json.loads((directory / "report.json").read_text()))
-    except FileNotFoundError as err:
+    if not isinstance(model, nn.Module):
         raise VariantError(
-            f"{directory} is not a variant: {Path(err.filename).name} is missing"
-        ) from None
-    except (json.JSONDecodeError, TypeError) as err:
-        raise VariantError(f"{directory}: plan.json or report.json is corrupted: {err}") from None
-    check_version(plan, directory)
+            f"load_variant needs model=, a freshly built original (nn.Module), got "
+            f"{type(model).__name__}"
+        )
+    directory = Path(directory)
+    # Every file is checked before anything is built: types, version, checksums.
+    plan, report = verify_files(directory, onnx=runtime != "torch")
     served_by = plan.get("runtime", "torch")
     if runtime == "onnxruntime" and served_by != "onnxruntime":
         raise VariantError(
             f"{directory}: runtime='onnxruntime' asked for, but this variant is served by "
             f"{served_by} and has no ONNX graph; load it with runtime=None or 'torch'"
         )
-    weights = directory / "weights.safetensors"
-    if not weights.is_file():
-        raise VariantError(f"{directory} is not a variant: weights.safetensors is missing")
-    actual = sha256_file(weights)
-    if actual != plan.get("weights_sha256"):
+    try:
+        return _build(directory, plan, report, model, runtime, threads)
+    except VariantError:
+        raise
+    except Exception as err:  # files that passed their checks and still do not build
         raise VariantError(
-            f"{weights}: checksum {actual[:12]}... does not match the plan's "
-            f"{str(plan.get('weights_sha256'))[:12]}...; the file was changed or truncated"
-        )
-    if not isinstance(model, nn.Module):
-        raise VariantError(
-            f"load_variant needs model=, a freshly built original (nn.Module), got "
-            f"{type(model).__name__}"
-        )
-    state = compact.load(weights)
+            f"{directory}: the variant does not load onto this model: {type(err).__name__}: "
+            f"{str(err)[:300]}"
+        ) from None
+
+
+def _build(
+    directory: Path,
+    plan: dict,
+    report: CompressionReport,
+    model: nn.Module,
+    runtime: str | None,
+    threads: int | None,
+) -> CompressedModel:
+    """The variant built from files that passed :func:`verify_files`."""
+    served_by = plan.get("runtime", "torch")
+    state = compact.load(directory / "weights.safetensors")
     state |= {name: state[kept] for name, kept in plan.get("tied", {}).items()}
     float_module = plan_mod.replay(model, plan["structure"], state).eval()
     sparsity = plan.get("sparsity", "none")
