@@ -61,6 +61,7 @@ def free_ports(n: int = 1) -> list[int]:
 def share_builtin_cache(home: str | Path) -> None:
     """Let a fresh SLIMSERVE_HOME reuse the trained digits models (same cache key, no retrain):
     ``home/builtin`` becomes a link to this process's cache (``$SLIMSERVE_HOME/builtin``)."""
+    # The catalog imports torch: the launcher, an HTTP client, loads it only to share the cache.
     from service.models.digits import cache_dir
 
     shared = cache_dir()

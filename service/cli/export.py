@@ -30,7 +30,9 @@ def _shape(text: str) -> list[int]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    # The exporters and the engine import torch: loaded for this command, never for `--help`.
     from compression.core.errors import CompressionError
+    from service.export.onnx import export_onnx
     from service.export.triton import ExportError, export_triton, read_config, tensor_specs
 
     if not (args.variant / "plan.json").is_file():
@@ -44,9 +46,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.max_batch_size < 1:
         print("slimserve export: error: --max-batch-size must be at least 1", file=sys.stderr)
         return EXIT_BAD_INPUT
-    export = export_triton
-    if args.format == "onnx":
-        from service.export.onnx import export_onnx as export  # same arguments
+    export = export_onnx if args.format == "onnx" else export_triton  # same arguments
     try:
         path = export(
             args.variant,

@@ -21,21 +21,22 @@ import json
 import sys
 from pathlib import Path
 
+from service.cli import export, serve
+
 EXIT_OK, EXIT_BAD_INPUT, EXIT_REJECTED = 0, 2, 3
 
 
 def _load_data(bundle, calibration: str | None, validation: str | None) -> None:
     # The catalog imports torch: a command loads it when it runs, `slimserve --help` never.
+    from compression.core.errors import DataError
     from service.models.bundle import load_array_batches, set_text_data
-    from service.models.text import read_sentences
+    from service.models.text import read_sentences, sentence_split
 
     if bundle.is_text:
         if calibration or validation:
             cal = read_sentences(calibration) if calibration else None
             val = read_sentences(validation) if validation else None
             if cal is None:
-                from service.models.text import sentence_split
-
                 cal = sentence_split()[0]
             set_text_data(bundle, cal, val)
         return
@@ -45,8 +46,6 @@ def _load_data(bundle, calibration: str | None, validation: str | None) -> None:
     if validation:
         bundle.validation = load_array_batches(validation, "validation", with_labels=True)
     if not bundle.calibration:
-        from compression.core.errors import DataError
-
         raise DataError(f"{bundle.source} has no built-in data: pass --calibration FILE.npy")
 
 
@@ -64,6 +63,7 @@ def _progress_bar(name: str):
 
 def _compress_task(args: argparse.Namespace, bundle):
     """``--task classify``: train a head, compress the task model, write a task directory."""
+    # The engine and the catalog import torch: loaded for this command, never for `--help`.
     from compression.core.errors import DataError
     from compression.task import compress_task, fit_head
     from service.models.tasks import make_task, write_task_dir
@@ -94,7 +94,7 @@ def _compress_task(args: argparse.Namespace, bundle):
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from service.models.sources import resolve
+    from service.models.sources import resolve  # imports torch: only when this command runs
 
     bundle = resolve(args.model)
     if args.task:
@@ -125,7 +125,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from service.models.sources import BUILTINS
+    from service.models.sources import BUILTINS  # imports torch: only when this command runs
 
     for name, text in BUILTINS.items():
         print(f"{name:12s} {text}")
@@ -136,7 +136,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
-    from compression import PROFILES
+    from compression import PROFILES  # imports torch: only when this command runs
 
     for name, p in PROFILES.items():
         target = (
@@ -177,8 +177,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list model sources").set_defaults(func=cmd_models)
     sub.add_parser("profiles", help="list device profiles").set_defaults(func=cmd_profiles)
-    from service.cli import export, serve
-
     serve.add_parser(sub)
     export.add_parser(sub)
     return parser
@@ -186,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # After parsing: the engine imports torch, which `--help` (it exits in parse_args) never needs.
     from compression.core.errors import CompressionError
 
     try:

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     home.mkdir(parents=True, exist_ok=True)
-    from service.serving.settings import Settings
+    from service.serving.settings import Settings  # pydantic: loaded for `serve`, not `--help`
 
     Settings.from_env()  # fail here, with the variable's name, rather than inside a worker
     cmd = [

@@ -55,6 +55,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compression import load_variant
+from compression.core.errors import CompressionError
 from service.export.config import (  # noqa: F401 (the config API, re-exported here)
     PLATFORM,
     TRITON_TYPES,
@@ -68,6 +70,7 @@ from service.export.config import (  # noqa: F401 (the config API, re-exported h
     read_config,
     tensor_specs,
 )
+from service.models import resolve
 
 MODEL_FILE = "model.pt"
 VERSION = "1"
@@ -227,10 +230,6 @@ def prepare(
     A variant compressed for a CUDA profile is captured on the GPU where one is present, so
     device constants a trace records (Hugging Face's mask tensors) are the ones it serves on.
     """
-    from compression import load_variant
-    from compression.core.errors import CompressionError
-    from service.models import resolve
-
     variant_dir = Path(variant_dir)
     try:
         plan = json.loads((variant_dir / "plan.json").read_text())

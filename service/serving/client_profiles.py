@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from compression.core.errors import ProfileError
+from compression.profiles import PROFILES, profile_from_dict
 from service.serving.errors import BadRequest
 
 # A profile name: what a file name in profiles_dir may be (no separators, no dots).
@@ -21,8 +22,6 @@ PROFILE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 def known_profiles(profiles_dir: Path | None) -> list[str]:
     """``auto``, the built-in profile names and those of ``profiles_dir``'s YAML files."""
-    from compression.profiles import PROFILES
-
     names = {"auto", *PROFILES}
     if profiles_dir is not None and Path(profiles_dir).is_dir():
         names |= {
@@ -44,8 +43,6 @@ def requested_profile(
     if value is None:
         return None, None
     if isinstance(value, dict):
-        from compression.profiles import profile_from_dict
-
         mapping = {"name": "inline", **value}
         if not isinstance(mapping["name"], str) or not PROFILE_NAME.fullmatch(mapping["name"]):
             raise BadRequest(

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import torch
 
+from compression.evaluation.measure import macs_params
 from service.models import ModelBundle
 from service.serving import metrics
 from service.serving.adapters import adapter_for
@@ -142,8 +143,6 @@ def _size(bundle: ModelBundle, module: torch.nn.Module) -> tuple[int, int | None
     params = sum(p.numel() for p in module.parameters())
     if bundle.example_inputs is None:
         return params, None
-    from compression.evaluation.measure import macs_params
-
     try:
         macs, _ = macs_params(module, bundle.example_inputs)
     except Exception as err:  # a gauge is not worth failing start-up for

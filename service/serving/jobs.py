@@ -138,6 +138,7 @@ def _child(spec: dict, conn) -> None:
         import torch
 
         torch.set_num_threads(spec["threads"])
+        # After die_with_parent: at module level these would load (seconds) first, unpickling _child
         from compression.profiles import get_profile, profile_from_dict
         from service.models.sources import resolve
         from service.serving.livedata import load_live_calibration

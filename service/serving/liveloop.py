@@ -28,8 +28,10 @@ import logging
 import threading
 from pathlib import Path
 
+from compression.profiles import get_profile
 from service.serving import metrics
 from service.serving.cache import VariantCache, model_digest
+from service.serving.profiles import resolve_profile
 from service.serving.registry import ORIGINAL
 from service.serving.settings import Settings
 from service.serving.shadow import ShadowEvaluator, Window
@@ -110,8 +112,6 @@ class LiveLoop:
     def recall_floor(self, name: str, vid: str, metric: str) -> float | None:
         """The profile's neighbour-recall floor, for a cosine variant whose report claims a
         recall (verification measured it); None otherwise."""
-        from compression.profiles import get_profile
-
         report = self.manager.load(name, vid).report or {}
         if metric != "cosine" or report.get("neighbour_recall") is None:
             return None
@@ -169,8 +169,6 @@ class LiveLoop:
 
     def profile_update(self, name: str) -> dict:
         """The next job's profile overrides: only amounts below every rejected variant's."""
-        from compression.profiles import get_profile
-
         bad = [m["ratio"] for m in self.marks(name) if m.get("ratio")]
         if not bad:
             return {}
@@ -193,9 +191,6 @@ class LiveLoop:
         """The cache key of ``name`` under the profile named ``profile`` (default: the
         service's), resolved the way this service resolves profiles: a replica with the same
         settings computes the same key whatever a job adjusted inside its own copy."""
-        from compression.profiles import get_profile
-        from service.serving.profiles import resolve_profile
-
         if name not in self._digests:
             self._digests[name] = model_digest(self.manager.plane.originals[name])
         if profile is None:

@@ -10,99 +10,135 @@ from __future__ import annotations
 from functools import lru_cache
 from types import SimpleNamespace
 
+MODEL_GAUGE = {"multiprocess_mode": "mostrecent"}  # a model's figures: the last value written
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 @lru_cache(maxsize=1)
 def series() -> SimpleNamespace:
     """The metric objects (created once per process)."""
-    from prometheus_client import Counter, Gauge, Histogram
+    # prometheus_client picks its multiprocess value class when imported: after BentoML sets
+    # PROMETHEUS_MULTIPROC_DIR, so here rather than at the top.
+    import prometheus_client as prom
 
-    model_gauge = {"multiprocess_mode": "mostrecent"}
     return SimpleNamespace(
-        latency=Histogram(
+        **_request_series(prom), **_variant_series(prom), **_job_series(prom), **_live_series(prom)
+    )
+
+
+def _request_series(prom) -> dict:
+    """Requests: latency, outcomes and how many are in flight."""
+    return dict(
+        latency=prom.Histogram(
             "slimserve_inference_latency_seconds",
             "Time from request decoded to response ready, by served variant.",
             ["model", "variant", "profile"],
             buckets=LATENCY_BUCKETS,
         ),
-        requests=Counter(
+        requests=prom.Counter(
             "slimserve_inference_requests_total",
             "Inference requests by outcome (ok, client_error, overloaded, error).",
             ["model", "variant", "status"],
         ),
-        accuracy=Gauge(
-            "slimserve_model_accuracy",
-            "Verified metric of a variant (accuracy, f1 or cosine fidelity).",
-            ["model", "variant", "metric"],
-            **model_gauge,
-        ),
-        budget=Gauge(
-            "slimserve_accuracy_budget",
-            "Lowest acceptable value of the verified metric.",
-            ["model", "variant", "metric"],
-            **model_gauge,
-        ),
-        speedup=Gauge(
-            "slimserve_model_speedup",
-            "Measured speed-up over the original.",
-            ["model", "variant"],
-            **model_gauge,
-        ),
-        params=Gauge("slimserve_model_params", "Parameters.", ["model", "variant"], **model_gauge),
-        macs=Gauge(
-            "slimserve_model_macs",
-            "MACs of one example forward.",
-            ["model", "variant"],
-            **model_gauge,
-        ),
-        active=Gauge(
-            "slimserve_active_variant",
-            "1 for the variant serving a model, 0 for variants that served before.",
-            ["model", "variant", "profile"],
-            **model_gauge,
-        ),
-        swaps=Counter("slimserve_swaps_total", "Variant swaps by reason.", ["model", "reason"]),
-        compression_seconds=Histogram(
-            "slimserve_compression_seconds",
-            "Wall time of compression jobs.",
-            ["model", "profile"],
-            buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800),
-        ),
-        jobs=Counter(
-            "slimserve_compression_jobs_total",
-            "Compression jobs by outcome (succeeded, rejected, failed, timeout, cancelled).",
-            ["profile", "outcome"],
-        ),
-        inflight=Gauge(
+        inflight=prom.Gauge(
             "slimserve_inflight_requests",
             "Requests being served now (the HPA's scaling signal).",
             ["model"],
             multiprocess_mode="livesum",
         ),
-        live_fidelity=Gauge(
+    )
+
+
+def _variant_series(prom) -> dict:
+    """Models and their variants: verified figures, size, which one serves, swaps, refusals."""
+    return dict(
+        accuracy=prom.Gauge(
+            "slimserve_model_accuracy",
+            "Verified metric of a variant (accuracy, f1 or cosine fidelity).",
+            ["model", "variant", "metric"],
+            **MODEL_GAUGE,
+        ),
+        budget=prom.Gauge(
+            "slimserve_accuracy_budget",
+            "Lowest acceptable value of the verified metric.",
+            ["model", "variant", "metric"],
+            **MODEL_GAUGE,
+        ),
+        speedup=prom.Gauge(
+            "slimserve_model_speedup",
+            "Measured speed-up over the original.",
+            ["model", "variant"],
+            **MODEL_GAUGE,
+        ),
+        params=prom.Gauge(
+            "slimserve_model_params", "Parameters.", ["model", "variant"], **MODEL_GAUGE
+        ),
+        macs=prom.Gauge(
+            "slimserve_model_macs",
+            "MACs of one example forward.",
+            ["model", "variant"],
+            **MODEL_GAUGE,
+        ),
+        active=prom.Gauge(
+            "slimserve_active_variant",
+            "1 for the variant serving a model, 0 for variants that served before.",
+            ["model", "variant", "profile"],
+            **MODEL_GAUGE,
+        ),
+        swaps=prom.Counter(
+            "slimserve_swaps_total", "Variant swaps by reason.", ["model", "reason"]
+        ),
+        refused=prom.Counter(
+            "slimserve_variant_load_failures_total",
+            "Variants refused at load (checksum mismatch, missing files).",
+            ["model"],
+        ),
+        forced=prom.Counter(
+            "slimserve_forced_activations_total",
+            "Rejected variants an operator served anyway (admin activate with force).",
+            ["model"],
+        ),
+    )
+
+
+def _job_series(prom) -> dict:
+    """Compression jobs: wall time and outcomes."""
+    return dict(
+        compression_seconds=prom.Histogram(
+            "slimserve_compression_seconds",
+            "Wall time of compression jobs.",
+            ["model", "profile"],
+            buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800),
+        ),
+        jobs=prom.Counter(
+            "slimserve_compression_jobs_total",
+            "Compression jobs by outcome (succeeded, rejected, failed, timeout, cancelled).",
+            ["profile", "outcome"],
+        ),
+    )
+
+
+def _live_series(prom) -> dict:
+    """Shadow evaluation of variants on live traffic."""
+    return dict(
+        live_fidelity=prom.Gauge(
             "slimserve_live_fidelity",
             "Agreement of a variant with its original on shadowed live requests (windowed): "
             "cosine (embeddings), top1 and tv_distance (classifiers).",
             ["model", "variant", "metric"],
-            **model_gauge,
+            **MODEL_GAUGE,
         ),
-        live_budget=Gauge(
+        live_budget=prom.Gauge(
             "slimserve_live_budget",
             "Lowest acceptable live fidelity of a variant (its verified cosine budget, or the "
             "top-1 agreement setting).",
             ["model", "variant", "metric"],
-            **model_gauge,
+            **MODEL_GAUGE,
         ),
-        shadow_samples=Counter(
+        shadow_samples=prom.Counter(
             "slimserve_shadow_samples_total",
             "Live samples a variant was compared with its original on (shadow evaluation).",
             ["model", "variant"],
-        ),
-        refused=Counter(
-            "slimserve_variant_load_failures_total",
-            "Variants refused at load (checksum mismatch, missing files).",
-            ["model"],
         ),
     )
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from compression.profiles import PROFILES, get_profile
+
 
 def resolve_profile(spec: str, profiles_dir: Path | None) -> tuple[str, str | None]:
     """(profile name, YAML path or None) for auto, a built-in name, a name in profiles_dir or a path.
@@ -13,8 +15,6 @@ def resolve_profile(spec: str, profiles_dir: Path | None) -> tuple[str, str | No
     >>> resolve_profile("cpu", None)
     ('cpu', None)
     """
-    from compression.profiles import PROFILES, get_profile
-
     if spec == "auto":
         spec = "gpu" if torch.cuda.is_available() else "cpu"
     if profiles_dir is not None and (Path(profiles_dir) / f"{spec}.yaml").is_file():
