@@ -12,7 +12,8 @@
    variant is built on what the model really sees and does not repeat the same settings.
 4. **Share.** With ``SLIMSERVE_VARIANT_CACHE`` an accepted variant is published under a key of
    (model content, profile, hardware, torch version); a replica that starts on the same key
-   serves it at once, with no job.
+   serves it at once, with no job, once the entry passes its checks here (its files, its
+   HMAC under ``SLIMSERVE_CACHE_KEY`` where set) and loads; else it compresses for itself.
 
 The live budget: a variant verified by cosine keeps its verified cosine budget, and one whose
 report claims a neighbour recall keeps the profile's recall floor on the window's served
@@ -30,11 +31,12 @@ from pathlib import Path
 
 from compression.profiles import get_profile
 from service.serving import metrics
-from service.serving.cache import VariantCache, model_digest
+from service.serving.cache import CacheRefused, VariantCache, model_digest
 from service.serving.profiles import resolve_profile
 from service.serving.registry import ORIGINAL
 from service.serving.settings import Settings
 from service.serving.shadow import ShadowEvaluator, Window
+from service.serving.swaps import refuse
 from service.serving.variants import VariantManager
 
 log = logging.getLogger("slimserve.live")
@@ -47,7 +49,10 @@ class LiveLoop:
         self.settings = settings
         self.manager = manager
         self.shadow = shadow
-        self.cache = VariantCache(settings.variant_cache) if settings.variant_cache else None
+        secret = settings.cache_key.get_secret_value().encode() if settings.cache_key else None
+        self.cache = (
+            VariantCache(settings.variant_cache, secret) if settings.variant_cache else None
+        )
         self._digests: dict[str, str] = {}
         self._lock = threading.Lock()
         manager.on_accepted = self.accepted
@@ -231,14 +236,21 @@ class LiveLoop:
         """At start: serve the accepted variant a replica on the same hardware published."""
         if self.cache is None:
             return False
-        cached = self.cache.get(self._key(name))
+        key = self._key(name)
+        cached = self.cache.get(key)
         if cached is None:
             return False
-        report = json.loads((cached / "report.json").read_text())
-        vid = self.manager.registry.add_variant(name, cached, report["profile"])
-        self.manager.activate(name, vid, reason="cache")
-        log.info("model %s: serving variant %s from the shared cache, no job", name, vid)
-        return True
+        try:  # its files, and its signature where SLIMSERVE_CACHE_KEY is set
+            self.cache.verify(key, cached)
+        except CacheRefused as err:
+            refuse(name, err.reason, f"shared cache entry refused: {err}")
+            return False
+        # Stored only once it loads here; a refusal is logged and counted, and this replica
+        # compresses for itself.
+        vid = self.manager.store_verified(name, cached, "cache", "cache_corrupted")
+        if vid is not None:
+            log.info("model %s: serving variant %s from the shared cache, no job", name, vid)
+        return vid is not None
 
     def view(self, name: str) -> dict[str, dict]:
         """Per variant: its live window, and whether it is a canary or was rejected."""

@@ -98,6 +98,13 @@ def _variant_series(prom) -> dict:
             "Rejected variants an operator served anyway (admin activate with force).",
             ["model"],
         ),
+        store_refusals=prom.Counter(
+            "slimserve_store_refusals_total",
+            "Variants the service would not store or serve, by reason (store_full, "
+            "store_read_only, variant_corrupted, shipped_corrupted, cache_corrupted, "
+            "cache_untrusted); the originals keep serving.",
+            ["model", "reason"],
+        ),
     )
 
 
@@ -157,6 +164,24 @@ def record_variant(model: str, variant: str, profile: str, report: dict | None) 
     for name, value in ((report.get("task_metrics") or {}).get("after") or {}).items():
         if name != report["metric"]:
             s.accuracy.labels(model, variant, name).set(value)
+
+
+# The reasons slimserve_store_refusals_total counts (a bounded label).
+REFUSAL_REASONS = (
+    "store_full",  # the store lacks SLIMSERVE_MIN_FREE_BYTES plus the variant's size
+    "store_read_only",  # the store cannot be written
+    "variant_corrupted",  # a stored variant failed its checks (files, types, checksums)
+    "shipped_corrupted",  # a task directory's variant failed them
+    "cache_corrupted",  # a shared-cache entry failed them
+    "cache_untrusted",  # a shared-cache entry without a valid keyed digest (SLIMSERVE_CACHE_KEY)
+)
+
+
+def record_refusal(model: str, reason: str) -> None:
+    """Count a variant the service would not store or serve (``reason``: REFUSAL_REASONS)."""
+    if reason not in REFUSAL_REASONS:
+        raise ValueError(f"unknown refusal reason {reason!r}")
+    series().store_refusals.labels(model, reason).inc()
 
 
 def record_size(model: str, variant: str, params: int, macs: int | None) -> None:

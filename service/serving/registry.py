@@ -27,9 +27,10 @@ import secrets
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from service.serving.errors import BadRequest, StoreUnavailable, UnknownVariant
+from service.serving.errors import BadRequest, StoreUnavailable, UnknownVariant, VariantRefused
 
 log = logging.getLogger("slimserve")
 ORIGINAL = "original"
@@ -65,6 +66,17 @@ def _valid_id(vid: object) -> bool:
         return True
     except BadRequest:
         return False
+
+
+def _labels_report(variant_dir: Path) -> dict:
+    """report.json, for a store entry's labels; :class:`VariantRefused` if it is not a report."""
+    try:
+        report = json.loads((variant_dir / "report.json").read_text())
+    except (OSError, ValueError):
+        report = None
+    if not isinstance(report, dict) or not isinstance(report.get("accepted"), bool):
+        raise VariantRefused("the variant's report.json is missing or not a compression report")
+    return report
 
 
 def _profile_slug(profile: str) -> str:
@@ -135,11 +147,21 @@ class Registry:
         except OSError as err:  # the original serves from its source: its record can wait
             log.warning("registry: cannot record %s's original (%s)", model, err.strerror)
 
-    def add_variant(self, model: str, variant_dir: Path, profile: str) -> str:
-        """Copy a saved variant into the store; returns its id."""
+    def add_variant(
+        self,
+        model: str,
+        variant_dir: Path,
+        profile: str,
+        verify: Callable[[Path], object] | None = None,
+    ) -> str:
+        """Copy a saved variant into the store; returns its id.
+
+        ``verify``: called on the copy before the store takes it (loads it, say); whatever it
+        raises leaves nothing in the store, so no variant is labelled accepted unverified.
+        """
         import bentoml
 
-        report = json.loads((Path(variant_dir) / "report.json").read_text())
+        report = _labels_report(Path(variant_dir))
         size = sum(f.stat().st_size for f in Path(variant_dir).iterdir() if f.is_file())
         self.check_space(size, f"storing a variant of {model!r}")
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
@@ -149,19 +171,32 @@ class Registry:
             "profile": profile,
             "accepted": str(report["accepted"]).lower(),
         }
-        metadata = {k: report[k] for k in ("speedup", "metric", "metric_after", "params_after")}
+        metadata = {k: report.get(k) for k in ("speedup", "metric", "metric_after", "params_after")}
+        copy: Path | None = None
         try:
             with bentoml.models.create(
                 f"{_store_name(model)}:{vid}", labels=labels, metadata=metadata
             ) as stored:
+                copy = Path(stored.path)
                 for item in Path(variant_dir).iterdir():
-                    shutil.copy2(item, Path(stored.path) / item.name)
+                    shutil.copy2(item, copy / item.name)
+                if verify is not None:
+                    verify(copy)
         except OSError as err:  # full or read-only: nothing half-written stays in the store
             raise StoreUnavailable(
                 f"cannot store a variant of {model!r}: {err.strerror or err}; the variants "
                 "stored so far keep serving"
             ) from None
+        finally:  # BentoML builds an entry in a temporary directory, copied in on success
+            if copy is not None and not copy.is_relative_to(self.store_path()):
+                shutil.rmtree(copy, ignore_errors=True)
         return vid
+
+    def discard(self, model: str, vid: str) -> None:
+        """Delete a stored variant (one refused right after it was stored)."""
+        import bentoml
+
+        bentoml.models.delete(self._stored(model, vid).tag)
 
     def _stored(self, model: str, vid: str):
         """The store entry of exactly ``vid`` (never an alias), or :class:`UnknownVariant`."""
@@ -182,12 +217,10 @@ class Registry:
     def variant_path(self, model: str, vid: str) -> Path:
         return Path(self._stored(model, vid).path)
 
-    def accepted_variant(self, model: str, profile: str) -> str | None:
-        """The newest stored variant of ``model`` accepted for ``profile``, or None."""
-        for row in self._variant_rows(model):
-            if row["profile"] == profile and row["accepted"]:
-                return row["id"]
-        return None
+    def accepted_variants(self, model: str, profile: str) -> list[str]:
+        """Stored variants of ``model`` accepted for ``profile``, newest first."""
+        rows = self._variant_rows(model)
+        return [r["id"] for r in rows if r["profile"] == profile and r["accepted"]]
 
     def _variant_rows(self, model: str) -> list[dict]:
         """Compressed variants of ``model`` (labels only, no reports), newest first."""
@@ -231,7 +264,11 @@ class Registry:
         if vid == ORIGINAL:
             return None
         path = self.variant_path(model, vid) / "report.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, ValueError):  # missing or corrupted: refused when it is loaded
+            return None
+        return report if isinstance(report, dict) else None
 
     def variants(self, model: str) -> list[dict]:
         """Every stored variant of ``model``, the original first, then newest first."""

@@ -19,7 +19,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -171,6 +171,12 @@ class Settings(BaseSettings):
         None,
         description="Directory shared by replicas (e.g. a PersistentVolumeClaim): accepted "
         "variants keyed by model content, profile, hardware and torch version.",
+    )
+    cache_key: SecretStr | None = Field(
+        None,
+        description="Secret shared by the replicas of a variant cache: every entry they publish "
+        "carries an HMAC-SHA256 of its files under this key, and an entry without a valid one "
+        "is refused (unset: entries are checked against their own checksums only).",
     )
     access_log: bool = Field(False, description="BentoML's access log line for every request.")
     trace_inference: bool = Field(

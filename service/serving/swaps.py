@@ -9,17 +9,17 @@ the pointer names (or a variant a task directory ships). Nothing here starts a j
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from compression.core.errors import CompressionError, VariantError
+from compression.core.errors import VariantError
+from compression.output.checks import read_report
 from compression.output.variant import load_variant
 from service.serving import metrics
 from service.serving.dataplane import DataPlane
-from service.serving.errors import Conflict, ServiceError, StoreUnavailable, VariantRefused
+from service.serving.errors import Conflict, StoreUnavailable, VariantRefused
 from service.serving.registry import ORIGINAL, Registry, check_variant_id
 from service.serving.runtime import Active
 from service.serving.settings import Settings
@@ -28,6 +28,18 @@ log = logging.getLogger("slimserve")
 
 # Compressed variants kept loaded per model (besides the original, always loaded).
 RESIDENT_VARIANTS = 2
+
+
+def refuse(name: str, reason: str, message: str) -> None:
+    """One log line and ``slimserve_store_refusals_total{model, reason}``: what the service would
+    not store or serve, and why; the model keeps serving what it served (else its original)."""
+    metrics.record_refusal(name, reason)
+    log.error("model %s: %s [%s]; what served keeps serving", name, message, reason)
+
+
+def store_reason(err: StoreUnavailable) -> str:
+    """The refusal reason of a store that cannot take a variant."""
+    return "store_read_only" if "read-only" in str(err).lower() else "store_full"
 
 
 class VariantSwaps:
@@ -58,17 +70,19 @@ class VariantSwaps:
         refused = {wanted}
         candidates = [] if data.get("invalid") else [wanted]
         serving = ORIGINAL
-        for vid in [*candidates, *reversed(data["history"])]:
+        for vid in dict.fromkeys([*candidates, *reversed(data["history"])]):  # each once
             if vid == ORIGINAL:
                 break
             try:
                 self._swap_to(name, vid, reason="restore")
                 serving = vid
                 break
-            except (ServiceError, CompressionError) as err:  # refused, deleted, unreadable
+            # Refused, deleted, unreadable: whatever a variant's files do, the model starts
+            # (on the last good variant, else its original); a bug shows in the log line.
+            except Exception as err:
                 if not isinstance(err, VariantRefused):  # VariantRefused is counted at load
                     metrics.series().refused.labels(name).inc()
-                log.error("model %s: variant %s refused at start-up: %s", name, vid, err)
+                refuse(name, "variant_corrupted", f"variant {vid} refused at start-up: {err}")
                 refused.add(vid)
         if serving == wanted:
             return
@@ -89,15 +103,55 @@ class VariantSwaps:
     def adopt(self, name: str, directory: str) -> str | None:
         """Store a variant shipped with the model (a task directory) once; serve it if accepted.
 
-        Returns its id, or None when the model already has stored variants (a restart).
+        Returns its id, or None when the model already has stored variants (a restart) or the
+        variant is refused (its files fail their checks, or the store cannot take it: one log
+        line and ``slimserve_store_refusals_total``; the original serves). It is stored only
+        after it loaded, so nothing unverified is labelled accepted.
         """
         if any(v["id"] != ORIGINAL for v in self.registry.variants(name)):
             return None
-        report = json.loads((Path(directory) / "report.json").read_text())
-        vid = self.registry.add_variant(name, Path(directory), report["profile"])
-        if report.get("accepted"):
-            self.activate(name, vid, reason="shipped")
+        return self.store_verified(name, Path(directory), "shipped", "shipped_corrupted")
+
+    def store_verified(self, name: str, directory: Path, reason: str, refusal: str) -> str | None:
+        """Store the variant in ``directory`` once it loads here; serve it if it was accepted.
+
+        Its id, or None if it was refused: ``refusal`` (its files) or the store's reason, one
+        log line and one count; what served keeps serving. ``reason``: the swap's.
+        """
+        try:
+            report = read_report(directory)
+            verify = self._verifier(name, directory)
+            vid = self.registry.add_variant(name, directory, report.profile, verify=verify)
+        except (VariantError, VariantRefused) as err:
+            refuse(name, refusal, f"{reason} variant in {directory} refused: {err}")
+            return None
+        except StoreUnavailable as err:
+            refuse(name, store_reason(err), f"{reason} variant in {directory} not stored: {err}")
+            return None
+        if report.accepted:
+            try:
+                self.activate(name, vid, reason=reason)
+            except VariantRefused as err:  # the stored copy differs from the one that loaded
+                self.registry.discard(name, vid)
+                refuse(name, refusal, f"{reason} variant {vid} refused and deleted: {err}")
+                return None
+            except StoreUnavailable as err:  # stored and verified; the pointer cannot move
+                refuse(name, store_reason(err), f"{reason} variant {vid} not activated: {err}")
         return vid
+
+    def _verifier(self, name: str, source: Path):
+        """What :meth:`Registry.add_variant` calls on its copy of ``source`` before storing it:
+        the variant must load onto a fresh original (every file checked, the plan replayed).
+        Errors name the file (``plan.json is corrupted: ...``), not the copy's directory."""
+
+        def verify(copy: Path) -> None:
+            try:
+                self._load_files(name, copy)
+            except VariantError as err:  # name the file, not where the copy lies
+                reason = str(err).replace(f"{copy}/", "").replace(str(copy), "its directory")
+                raise VariantError(reason) from None
+
+        return verify
 
     def start(self) -> None:
         """Follow the pointers other workers write (a daemon thread until :meth:`close`)."""
@@ -126,23 +180,30 @@ class VariantSwaps:
         if key in self._resident:
             self._resident.move_to_end(key)
             return self._resident[key]
-        path = self.registry.variant_path(name, vid)
+        active = self._read(name, vid, self.registry.variant_path(name, vid))
+        self._resident[key] = active
+        mine = [k for k in self._resident if k[0] == name]
+        for old in mine[: max(0, len(mine) - RESIDENT_VARIANTS)]:
+            del self._resident[old]
+        return active
+
+    def _read(self, name: str, vid: str, path: Path) -> Active:
+        """The variant in ``path`` loaded onto a fresh original; :class:`VariantRefused` (409,
+        counted) if any of its files fails its checks."""
         try:
-            served = self.plane.runtime.models.get(name)
-            threads = served.threads if served is not None else None  # torch's budget, for ORT
-            variant = load_variant(path, model=self.plane.bundles[name].factory(), threads=threads)
+            variant = self._load_files(name, path)
         except VariantError as err:
             metrics.series().refused.labels(name).inc()
             # No server path to a client: "weights.safetensors: checksum ... does not match".
             reason = str(err).replace(f"{path}/", "").replace(str(path), "its directory")
             raise VariantRefused(f"variant {vid!r} of {name!r} refused: {reason}") from None
         report = variant.report.to_dict()
-        active = Active(vid, report["profile"], variant.module.eval(), report)
-        self._resident[key] = active
-        mine = [k for k in self._resident if k[0] == name]
-        for old in mine[: max(0, len(mine) - RESIDENT_VARIANTS)]:
-            del self._resident[old]
-        return active
+        return Active(vid, report["profile"], variant.module.eval(), report)
+
+    def _load_files(self, name: str, path: Path):
+        served = self.plane.runtime.models.get(name)
+        threads = served.threads if served is not None else None  # torch's budget, for ORT
+        return load_variant(path, model=self.plane.bundles[name].factory(), threads=threads)
 
     def _swap_to(self, name: str, vid: str, reason: str) -> Active:
         with self._lock:

@@ -14,17 +14,18 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from compression.core.errors import ProfileError
+from compression.core.errors import ProfileError, VariantError
+from compression.output.checks import verify_files
 from compression.profiles import get_profile, profile_from_dict
 from service.serving import metrics
 from service.serving.dataplane import DataPlane
-from service.serving.errors import BadRequest, Conflict
+from service.serving.errors import BadRequest, Conflict, ServiceError, StoreUnavailable
 from service.serving.jobs import Job, JobRunner
 from service.serving.livedata import write_live_calibration
 from service.serving.profiles import resolve_profile
 from service.serving.registry import Registry
 from service.serving.settings import Settings
-from service.serving.swaps import VariantSwaps
+from service.serving.swaps import VariantSwaps, refuse, store_reason
 
 log = logging.getLogger("slimserve")
 
@@ -110,8 +111,10 @@ class VariantManager(VariantSwaps):
         """Compress at start-up: now, or once enough live traffic has been sampled.
 
         Not when an operator chose the active variant (a pinned pointer), nor when the store
-        already holds a variant accepted for this model and profile (a restart recompresses
-        nothing).
+        already holds a variant accepted for this model and profile whose files pass their
+        checks (a restart recompresses nothing). A store that cannot take a variant (full, or
+        under ``SLIMSERVE_MIN_FREE_BYTES`` free) skips it: one log line, one count, the
+        originals serve.
         """
         served = self.plane.runtime.models[name]
         if self.registry.pinned(name):
@@ -121,7 +124,7 @@ class VariantManager(VariantSwaps):
                 self.registry.active(name),
             )
             return
-        accepted = self.registry.accepted_variant(name, self.profile)
+        accepted = self._intact_accepted(name)
         if accepted is not None:
             log.info(
                 "model %s: variant %s is accepted for profile %s; no recompression",
@@ -130,19 +133,37 @@ class VariantManager(VariantSwaps):
                 self.profile,
             )
             return
-        if self.on_start is not None and self.on_start(name):
-            return  # served from the shared variant cache: no job
-        if served.reservoir is None or not self.calibrates_live(name):
-            self.compress(name, self.profile, auto=True)
+        try:
+            if self.on_start is not None and self.on_start(name):
+                return  # served from the shared variant cache: no job
+            if served.reservoir is None or not self.calibrates_live(name):
+                self.compress(name, self.profile, auto=True)
+                return
+        except StoreUnavailable as err:
+            refuse(name, store_reason(err), f"no compression at start-up: {err}")
             return
 
         def wait_for_traffic() -> None:
             while len(served.reservoir.items) < self.settings.live_min_samples:
                 if self._stop.wait(1.0):
                     return
-            self.compress(name, self.profile, auto=True)
+            try:
+                self.compress(name, self.profile, auto=True)
+            except StoreUnavailable as err:
+                refuse(name, store_reason(err), f"no compression on live traffic: {err}")
 
         threading.Thread(target=wait_for_traffic, name=f"live-{name}", daemon=True).start()
+
+    def _intact_accepted(self, name: str) -> str | None:
+        """The newest variant accepted for the service's profile whose files pass their checks
+        (a corrupted one is counted and passed over: it would never serve)."""
+        for vid in self.registry.accepted_variants(name, self.profile):
+            try:
+                verify_files(self.registry.variant_path(name, vid))
+                return vid
+            except (VariantError, ServiceError) as err:
+                refuse(name, "variant_corrupted", f"accepted variant {vid} passed over: {err}")
+        return None
 
     def job_done(self, job: Job, out: Path | None) -> None:
         """Store a finished job's variant; activate it when it was accepted."""
@@ -150,7 +171,9 @@ class VariantManager(VariantSwaps):
         outcome = job.outcome or job.state
         try:
             if out is not None and job.report is not None:
-                job.variant = self.registry.add_variant(job.model, out, job.profile)
+                # An accepted variant is stored only once it loads here.
+                verify = self._verifier(job.model, out) if job.report["accepted"] else None
+                job.variant = self.registry.add_variant(job.model, out, job.profile, verify)
                 self._retain(job.model)
                 if job.report["accepted"] and job.auto and self.registry.pinned(job.model):
                     log.info(

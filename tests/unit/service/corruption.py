@@ -22,6 +22,14 @@ BYTE_KINDS = ("missing", "truncated", "flipped")
 JSON_KINDS = {"list": "[]", "null": "null", "string": '"x"', "empty": "{}"}
 
 
+# Every (file, kind) there is; a test skips those whose file its variant does not hold.
+ALL_CASES = [
+    (name, kind)
+    for name in FILES
+    for kind in (*BYTE_KINDS, *(JSON_KINDS if name.endswith(".json") else ()))
+]
+
+
 def cases(directory: Path) -> list[tuple[str, str]]:
     """Every (file, kind) that applies to the variant in ``directory``."""
     out = []

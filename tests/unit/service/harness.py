@@ -57,3 +57,11 @@ def isolated_model_store(root: Path) -> Iterator[None]:
         yield
     finally:
         BentoMLContainer.model_store.reset()
+
+
+def refusals(model: str, reason: str) -> float:
+    """``slimserve_store_refusals_total{model, reason}`` in this process (0 before the first)."""
+    from prometheus_client import REGISTRY
+
+    labels = {"model": model, "reason": reason}
+    return REGISTRY.get_sample_value("slimserve_store_refusals_total", labels) or 0.0

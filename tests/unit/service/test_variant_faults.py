@@ -241,20 +241,16 @@ def test_a_restart_after_an_operator_rollback_keeps_the_original_and_compresses_
     assert restarted.jobs.list() == [], [j.summary() for j in restarted.jobs.list()]
 
 
-def test_a_restart_does_not_recompress_when_an_accepted_variant_exists(cores, tmp_path):
+def test_a_restart_does_not_recompress_when_an_accepted_variant_exists(cores, saved_variant):
     core = cores()
-    (tmp_path / "v").mkdir()
-    report = {
-        "accepted": True,
-        "speedup": 1.5,
-        "metric": "accuracy",
-        "metric_after": 0.98,
-        "params_after": 1,
-    }
-    (tmp_path / "v" / "report.json").write_text(json.dumps(report))
-    core.registry.add_variant(MODEL, tmp_path / "v", "cpu")
+    vid = core.registry.add_variant(MODEL, saved_variant, "cpu")
     restarted = cores(auto_compress=True)
     assert restarted.jobs.list() == [], [j.summary() for j in restarted.jobs.list()]
+    # One whose files no longer pass their checks would never serve: it is passed over.
+    _corrupt(restarted, vid)
+    again = cores(auto_compress=True)
+    (job,) = again.jobs.list()
+    again.jobs.cancel(job.id)
 
 
 def test_retention_keeps_the_newest_and_never_the_active_or_previous(cores, saved_variant):
