@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import annotated_types
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -26,13 +27,26 @@ from compression.structure.importance import CRITERIA
 
 _BUILTIN_DIR = Path(__file__).parent / "profiles"
 
+# Sanity ranges that hold on any machine (a server narrows threads and device to its own).
+MAX_THREADS = 1024
+MAX_ROUND_TO = 1024
+MAX_RATIOS = 32
+MAX_CALIBRATION = 65536
+MAX_LATENCY_BATCH = 4096
+MAX_SECONDS = 7 * 24 * 3600.0
+
 
 class DeviceProfile(BaseModel):
     """How to compress for one kind of device. Every field can be set from YAML."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity are no profile value: every number below has a finite range.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    name: str = Field(description="Profile name, shown in reports, metrics and the admin API.")
+    name: str = Field(
+        min_length=1,
+        max_length=128,
+        description="Profile name, shown in reports, metrics and the admin API.",
+    )
     device: Literal["cpu", "cuda"] = Field("cpu", description="Where latency is measured.")
     dtype: str = Field(
         "float32",
@@ -51,10 +65,14 @@ class DeviceProfile(BaseModel):
         "measurably faster) or unstructured (magnitude, to meet target_size_ratio in stored "
         "bytes: nonzero values + bitmask).",
     )
-    round_to: int = Field(1, ge=1, description="Kept channel counts are multiples of this.")
-    threads: int | None = Field(None, ge=1, description="torch threads while measuring.")
+    round_to: int = Field(
+        1, ge=1, le=MAX_ROUND_TO, description="Kept channel counts are multiples of this."
+    )
+    threads: int | None = Field(
+        None, ge=1, le=MAX_THREADS, description="torch threads while measuring."
+    )
     target_speedup: float | None = Field(
-        None, gt=1.0, description="Measured latency speed-up the search aims for."
+        None, gt=1.0, le=1000.0, description="Measured latency speed-up the search aims for."
     )
     target_size_ratio: float | None = Field(
         None, gt=0.0, lt=1.0, description="Aim for params_after <= ratio * params_before."
@@ -72,6 +90,7 @@ class DeviceProfile(BaseModel):
     max_perplexity_increase: float = Field(
         0.05,
         ge=0.0,
+        le=100.0,
         description="Causal language models (metric perplexity): largest allowed relative rise "
         "of next-token perplexity on the validation text (0.05 = at most +5%).",
     )
@@ -90,6 +109,8 @@ class DeviceProfile(BaseModel):
     )
     ratios: list[float] = Field(
         default_factory=lambda: [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
+        min_length=1,
+        max_length=MAX_RATIOS,
         description="Candidate pruning amounts (fraction of channels removed), tried in order.",
     )
     allocation: Literal["uniform", "global", "search"] = Field(
@@ -99,23 +120,39 @@ class DeviceProfile(BaseModel):
     )
     rebuild: list[str] = Field(
         default_factory=lambda: ["bn", "bias", "refit"],
+        max_length=16,
         description="Rebuild ladder steps registered in compression.recovery.rebuild (bn, bias, refit, "
         "distill), cheapest first; each is kept only if it helps.",
     )
-    ridge: float = Field(1e-2, ge=0.0, description="Relative ridge strength of the refit.")
-    distill_seconds: float = Field(0.0, ge=0.0, description="Time box of the distillation step.")
-    calibration_size: int = Field(256, ge=8, description="Calibration samples used.")
-    latency_batch: int = Field(8, ge=1, description="Batch size of latency measurements.")
-    latency_repeats: int = Field(15, ge=3, description="Timed repeats (median is reported).")
-    time_limit_s: float = Field(300.0, gt=0, description="Wall-clock limit of one compression.")
+    ridge: float = Field(1e-2, ge=0.0, le=1e3, description="Relative ridge strength of the refit.")
+    distill_seconds: float = Field(
+        0.0,
+        ge=0.0,
+        le=MAX_SECONDS,
+        description="Time box of the distillation step (within time_limit_s).",
+    )
+    calibration_size: int = Field(
+        256, ge=8, le=MAX_CALIBRATION, description="Calibration samples used."
+    )
+    latency_batch: int = Field(
+        8, ge=1, le=MAX_LATENCY_BATCH, description="Batch size of latency measurements."
+    )
+    latency_repeats: int = Field(
+        15, ge=3, le=1000, description="Timed repeats (median is reported)."
+    )
+    time_limit_s: float = Field(
+        300.0, gt=0, le=MAX_SECONDS, description="Wall-clock limit of one compression."
+    )
     trace_time_limit_s: float = Field(
         60.0,
         gt=0,
+        le=MAX_SECONDS,
         description="Time limit of tracing the model into Torch-Pruning's dependency graph; past "
         "it the model is treated as unprunable (precision step only) with the module it stopped at.",
     )
     runtimes: list[Literal["torch", "onnxruntime"]] = Field(
         default_factory=lambda: ["torch", "onnxruntime"],
+        max_length=2,
         description="Runtimes the search may serve a variant with, each measured like an amount "
         "(compression.forms.runtimes); ONNX Runtime only on CPU, skipped where it is not installed.",
     )
@@ -179,18 +216,63 @@ class DeviceProfile(BaseModel):
             raise ValueError(f"ratios must be fractions in (0, 1); got {self.ratios}")
         if "distill" in self.rebuild and self.distill_seconds <= 0:
             raise ValueError("rebuild lists 'distill' but distill_seconds is 0; set it > 0")
+        if self.distill_seconds > self.time_limit_s:
+            raise ValueError(
+                f"distill_seconds: {self.distill_seconds:g} is over time_limit_s "
+                f"({self.time_limit_s:g}); allowed range [0, {self.time_limit_s:g}]"
+            )
         return self
+
+
+# Pydantic error types of a value outside its field's range, or a list of the wrong length.
+_RANGE_ERRORS = {
+    "greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number",
+    "too_long", "too_short", "string_too_long", "string_too_short",
+}  # fmt: skip
+
+
+def allowed_range(key: str) -> str | None:
+    """The range a profile key's value must lie in, as text, or None when it has none.
+
+    >>> allowed_range("threads"), allowed_range("ratios"), allowed_range("importance")
+    ('[1, 1024]', '1 to 32 items', None)
+    """
+    field = DeviceProfile.model_fields.get(key)
+    if field is None:
+        return None
+    low, high, items = "", "", False
+    for m in field.metadata:
+        if isinstance(m, annotated_types.Ge | annotated_types.Gt):
+            low = f"[{m.ge:g}" if isinstance(m, annotated_types.Ge) else f"({m.gt:g}"
+        elif isinstance(m, annotated_types.Le | annotated_types.Lt):
+            high = f"{m.le:g}]" if isinstance(m, annotated_types.Le) else f"{m.lt:g})"
+        elif isinstance(m, annotated_types.MaxLen):
+            items, high = True, str(m.max_length)
+        elif isinstance(m, annotated_types.MinLen):
+            items, low = True, str(m.min_length)
+    if items:
+        noun = "characters" if field.annotation is str else "items"
+        return f"{low or 0} to {high} {noun}" if high else f"at least {low} {noun}"
+    if not low and not high:
+        return None
+    return f"{low or '(-inf'}, {high or 'inf)'}"
 
 
 def _describe(err: ValidationError) -> str:
     parts = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "profile"
+        got = repr(e.get("input"))
+        got = got if len(got) <= 120 else got[:117] + "..."
         if e["type"] == "extra_forbidden":
             known = ", ".join(DeviceProfile.model_fields)
             parts.append(f"unknown key {where!r} (known keys: {known})")
+        elif not e["loc"]:  # a rule across keys (a model validator): its message names them
+            parts.append(e["msg"].removeprefix("Value error, "))
+        elif e["type"] in _RANGE_ERRORS and (rng := allowed_range(str(e["loc"][0]))):
+            parts.append(f"{where}: {e['msg']}; allowed range {rng} (got {got})")
         else:
-            parts.append(f"{where}: {e['msg']} (got {e.get('input')!r})")
+            parts.append(f"{where}: {e['msg']} (got {got})")
     return "; ".join(parts)
 
 

@@ -1,7 +1,9 @@
 """The HTTP edge: decode, delegate to the core, encode; errors mapped in one place.
 
 Routes (contract in the README): Open Inference Protocol v2 under ``/v2``, the admin API under
-``/admin`` (bearer token), BentoML's own ``/predict``, ``/livez``, ``/readyz``, ``/metrics``.
+``/admin`` (bearer token), BentoML's own ``/predict``, ``/livez``, ``/readyz``, ``/metrics``;
+the OpenAPI document of all of them at ``/openapi.json`` and ``/docs.json``
+(:mod:`service.serving.openapi`).
 :func:`create_app` builds the Starlette app around a :class:`~service.serving.core.Core`, so
 tests drive it in process through ``httpx.ASGITransport``; the BentoML class at the bottom
 mounts the same app and gives it the core it builds at start-up.
@@ -11,19 +13,22 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import lru_cache
 from typing import Annotated, Any
 
 import bentoml
 from pydantic import Field
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
-from service.serving import connections
+from service.serving import connections, openapi
 from service.serving.admin import ADMIN_ROUTES
 from service.serving.core import Core
-from service.serving.errors import ServiceError
-from service.serving.guards import BodyLimit, PredictGuard, quiet_client_errors
+from service.serving.errors import ServiceError, printable
+from service.serving.guards import BodyLimit, JsonErrors, PredictGuard, quiet_client_errors
 from service.serving.predict import predict
 from service.serving.routes import V2_ROUTES
 from service.serving.settings import Settings
@@ -41,11 +46,47 @@ async def _service_error(request: Request, err: Exception) -> Response:
     return JSONResponse({"error": err.message}, status_code=err.status, headers=err.headers)
 
 
+async def _http_error(request: Request, err: Exception) -> Response:
+    """Starlette's own 404 (no route) and 405 (method): JSON like every other error."""
+    assert isinstance(err, HTTPException)
+    path = printable(request.scope.get("path", ""))
+    path = path if len(path) <= 120 else path[:117] + "..."
+    if err.status_code == 404:
+        message = f"no route {request.method} {path!r}; the routes are listed at /docs.json"
+    elif err.status_code == 405:  # Starlette lists a set: sorted, the answer is always the same
+        allowed = ", ".join(sorted(m.strip() for m in (err.headers or {})["Allow"].split(",")))
+        message = f"method {request.method} not allowed on {path!r}; allowed: {allowed}"
+        return JSONResponse({"error": message}, status_code=405, headers={"Allow": allowed})
+    else:
+        message = printable(str(err.detail))
+    return JSONResponse({"error": message}, status_code=err.status_code, headers=err.headers)
+
+
+async def _server_error(request: Request, err: Exception) -> Response:
+    """A bug (anything but a ServiceError): logged with its traceback, a JSON 500 to the client."""
+    log.error("%s %s failed", request.method, printable(request.url.path), exc_info=err)
+    return JSONResponse({"error": "internal server error (logged)"}, status_code=500)
+
+
+@lru_cache(maxsize=1)
+def full_document() -> dict:
+    """The OpenAPI document of every route: BentoML's own, then this app's."""
+    return openapi.document(SlimServe.openapi_spec.asdict())
+
+
+async def _openapi(request: Request) -> Response:
+    return JSONResponse(full_document())
+
+
 def create_app(core: Core | None = None) -> Starlette:
-    """The Starlette app of the v2 and admin routes; ``core`` may be given later (``state``)."""
-    app = Starlette(
-        routes=V2_ROUTES + ADMIN_ROUTES, exception_handlers={ServiceError: _service_error}
-    )
+    """The Starlette app of the v2 and admin routes; ``core`` may be given later (``state``).
+
+    Every error it answers is ``{"error": string}``: a :class:`ServiceError`, a path no route
+    matches (404), a method a route does not take (405, with ``Allow``), and a bug (500).
+    """
+    routes = [*V2_ROUTES, *ADMIN_ROUTES, Route("/openapi.json", _openapi, methods=["GET"])]
+    handlers = {ServiceError: _service_error, HTTPException: _http_error, 500: _server_error}
+    app = Starlette(routes=routes, exception_handlers=handlers)
     app.state.core = core
     return app
 
@@ -81,6 +122,8 @@ def _guard(service, settings: Settings) -> None:
     )
     service.add_asgi_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     service.add_asgi_middleware(PredictGuard)
+    service.add_asgi_middleware(JsonErrors)
+    service.add_asgi_middleware(openapi.DocsJson, doc=full_document)
     quiet_client_errors()
 
 

@@ -1,6 +1,6 @@
 """ASGI guards around every route of the BentoML app: a body limit enforced while the body
-streams in, ``/predict`` error bodies in the shape ``/docs.json`` declares, and no traceback
-logged for a client's mistake.
+streams in, ``/predict`` error bodies in the shape ``/docs.json`` declares, every error JSON,
+and no traceback logged for a client's mistake.
 
 :class:`BodyLimit` sits in front of every route (BentoML's ``/predict`` included, which has no
 limit of its own): a declared ``Content-Length`` over the limit is answered 413 before a byte
@@ -127,6 +127,65 @@ class PredictGuard:
                 await _answer(send, start["status"], _error_message(b"".join(parts)), extra=extra)
 
         await self.app(scope, receive, capture)
+
+
+class JsonErrors:
+    """Every error answer ``{"error": string}``, BentoML's own router's included.
+
+    The app's handlers answer JSON; what never reaches them does not: BentoML's router answers a
+    path its routes and the app's mount at ``/`` do not match (a ``%0A`` in an id: the mount's
+    pattern stops at a newline) with a plain-text 404, a wrong method on its own routes with a
+    plain-text 405. A 4xx or 5xx answer that is not JSON is rewritten here, its status kept.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start: Message | None = None
+        parts: list[bytes] = []
+        started = False
+
+        async def capture(message: Message) -> None:
+            nonlocal start, started
+            if message["type"] == "http.response.start":
+                started = True
+                media = dict(message.get("headers", [])).get(b"content-type", b"")
+                if message["status"] >= 400 and not media.startswith(b"application/json"):
+                    start = message
+                    return
+                return await send(message)
+            if start is None:
+                return await send(message)
+            parts.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                allow = [(k, v) for k, v in start.get("headers", []) if k.lower() == b"allow"]
+                text = _plain_error(scope, start["status"], b"".join(parts), allow)
+                await _answer(send, start["status"], text, extra=allow)
+
+        try:
+            await self.app(scope, receive, capture)
+        except Exception:  # a bug: the server logs it; the client gets JSON, not uvicorn's text
+            if not started:
+                await _answer(send, 500, "internal server error (logged)")
+            raise
+
+
+def _plain_error(scope: Scope, status: int, raw: bytes, allow: list) -> str:
+    """The message for a plain-text error: what was asked, and where the routes are listed."""
+    path = scope.get("path", "")
+    shown = repr(path if len(path) <= 120 else path[:117] + "...")
+    shown = shown.encode("utf-8", "backslashreplace").decode("utf-8")
+    if status == 404:
+        return f"no route {scope.get('method')} {shown}; the routes are listed at /docs.json"
+    if status == 405:
+        allowed = ", ".join(v.decode("latin-1") for _, v in allow) or "see /docs.json"
+        return f"method {scope.get('method')} not allowed on {shown}; allowed: {allowed}"
+    if status == 500:  # a bug, logged where it happened; its text is not the client's business
+        return "internal server error (logged)"
+    return raw.decode("utf-8", "replace")[:500] or f"HTTP {status}"
 
 
 def _error_message(raw: bytes) -> str:

@@ -7,6 +7,8 @@ and holds ``jobs/job.lock`` for its life: a worker restarted after a crash waits
 earlier job process still running instead of starting a duplicate. Progress comes back
 over a pipe. A job ends ``succeeded`` (accepted, swapped in), ``rejected`` (over budget, stored,
 the current variant keeps serving), ``failed`` (error or time limit) or ``cancelled``.
+Each job's record is also kept on disk (:mod:`service.serving.jobhistory`): a worker killed
+while it ran jobs leaves them in the history of the next, ended ``failed``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.serving.errors import UnknownJob, scrub_paths
+from service.serving.jobhistory import ORPHANED, JobHistory, owner_token
 
 log = logging.getLogger("slimserve.jobs")
 # Job ids are 12 hex digits (secrets.token_hex(6)); anything outside this form is unknown.
@@ -55,6 +58,7 @@ class Job:
     outcome: str | None = None  # for metrics: the state, or "timeout"
     auto: bool = False  # started by the service (start-up), not by an operator
     pid: int | None = None  # the job process, while it runs
+    owner: str = field(default_factory=owner_token)  # the worker that runs it
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def summary(self) -> dict:
@@ -184,9 +188,20 @@ class JobRunner:
         self._specs: dict[str, dict] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self.history = JobHistory(self.workdir / "history")
+        kept, self._orphans = self.history.load(Job)
+        self.jobs.update({job.id: job for job in kept + self._orphans})
 
     def start(self) -> None:
-        """Start running queued jobs (a daemon thread; jobs submitted before wait for it)."""
+        """Start running queued jobs (a daemon thread; jobs submitted before wait for it).
+
+        Jobs an earlier worker was running when it ended end now, ``failed``, and are counted.
+        """
+        for job in self._orphans:
+            log.warning("job %s (%s, %s): %s", job.id, job.model, job.profile, ORPHANED)
+            job.error = ORPHANED
+            self._finish(job, "failed", None)
+        self._orphans = []
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="jobs", daemon=True)
             self._thread.start()
@@ -226,6 +241,7 @@ class JobRunner:
         with self._lock:
             self.jobs[job.id] = job
             self._specs[job.id] = spec
+        self.history.save(job)
         self._queue.put(job.id)
         return job
 
@@ -257,6 +273,7 @@ class JobRunner:
                 if job.state != "queued" or job._cancel.is_set():
                     continue
                 job.state, job.message = "running", "starting"
+            self.history.save(job)
             try:
                 self._run(job, spec)
             except Exception as err:  # never let one job stop the runner
@@ -354,3 +371,4 @@ class JobRunner:
         job.progress = 1.0 if state in ("succeeded", "rejected") else job.progress
         job.message = job.outcome
         job.state = state
+        self.history.save(job)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from compression.profiles import PROFILES, get_profile
+from compression.profiles import PROFILES, DeviceProfile, get_profile
+from service.serving.errors import BadRequest
 
 
 def resolve_profile(spec: str, profiles_dir: Path | None) -> tuple[str, str | None]:
@@ -24,3 +25,28 @@ def resolve_profile(spec: str, profiles_dir: Path | None) -> tuple[str, str | No
         return spec, None
     profile = get_profile(spec)  # a YAML path; raises ProfileError when invalid
     return profile.name, spec
+
+
+def check_fits_server(profile: DeviceProfile, cores: int, cuda: bool) -> None:
+    """Refuse (400) an inline profile this server cannot run, naming the key and what it allows.
+
+    The engine's own ranges hold on any machine; these are this server's: ``threads`` up to the
+    ``cores`` the container may use (affinity and cgroup quota: more threads than cores only
+    contend), ``device: cuda`` and the float16 dtype only where a CUDA device is present.
+
+    >>> check_fits_server(get_profile("cpu"), cores=2, cuda=False)
+    """
+    if profile.threads is not None and profile.threads > cores:
+        raise BadRequest(
+            f"profile: threads: {profile.threads} is more than the {cores} core(s) this server "
+            f"may use; allowed range [1, {cores}]"
+        )
+    if profile.device == "cuda" and not cuda:
+        raise BadRequest(
+            "profile: device: 'cuda' is not on this server (no CUDA device); allowed: ['cpu']"
+        )
+    if profile.dtype == "float16" and not cuda:
+        raise BadRequest(
+            "profile: dtype: 'float16' needs a CUDA device, which this server does not have; "
+            "allowed on this server: ['float32', 'bfloat16']"
+        )

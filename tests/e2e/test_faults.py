@@ -184,13 +184,19 @@ def test_slow_clients_are_closed_and_many_connections_are_served(guarded):
 
 
 def test_schemathesis_finds_nothing_in_the_served_openapi(guarded, tmp_path):
+    # /docs.json lists every route (v2, admin, /predict, health, metrics; issue 29).
     # positive_data_acceptance is left out: /predict's "inputs" is any JSON in the schema, and
-    # which inputs a model accepts depends on the model named beside them.
+    # which inputs a model accepts depends on the model named beside them. No token is sent:
+    # the admin routes answer as to an outside client (401); tests/unit/service/test_openapi.py
+    # drives them with the token. Warnings (hints: "only 401", "404 for random model names")
+    # are no findings and are left out of the output. One worker: hypothesis parses lambda
+    # sources with ast, which on CPython 3.11 is not thread-safe (gh-106905: "AST constructor
+    # recursion depth mismatch" in the coverage phase with --workers 2, a crash of the tool).
     cmd = [
         str(Path(sys.executable).parent / "schemathesis"), "run", f"{guarded.url}/docs.json",
         "--checks", "all", "--exclude-checks", "positive_data_acceptance",
         "--max-examples", "300", "--generation-database", "none", "--seed", "15",
-        "--report-dir", str(tmp_path), "--workers", "2",
+        "--report-dir", str(tmp_path), "--workers", "1", "--warnings", "off",
     ]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-4000:]

@@ -128,8 +128,13 @@ def test_live_traffic_drops_a_bad_variant_promotes_a_good_one_and_replicas_share
             assert _active(server) == "original"
             assert bad_id not in load.variants
 
-            # 2. Activated by hand anyway: shadow evaluation rolls it back by itself.
-            assert server.admin("POST", "/models/digits-cnn/activate", json={"variant": bad_id})
+            # 2. Activated by hand anyway (live traffic rejected it: only with force), shadow
+            # evaluation rolls it back by itself.
+            r = server.admin("POST", "/models/digits-cnn/activate", json={"variant": bad_id})
+            assert r.status_code == 409 and "live traffic rejected it" in r.json()["error"], r.text
+            forced = {"variant": bad_id, "force": True}
+            r = server.admin("POST", "/models/digits-cnn/activate", json=forced)
+            assert r.status_code == 200, r.text
             _until(lambda: _active(server) == "original", what="no live-fidelity rollback")
             served_bad = load.variants.count(bad_id)
             # The rollback queued a recompression on live traffic: let it finish and its

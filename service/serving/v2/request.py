@@ -69,7 +69,7 @@ def parse_infer_request(
         raise V2Error(f"'id' must be a string, got {type(request_id).__name__}")
     if request_id is not None:  # the answer carries it back
         check_text("'id'", request_id)
-    parameters = doc.get("parameters") or {}
+    parameters = {} if doc.get("parameters") is None else doc["parameters"]  # [] or 0: a 400
     if not isinstance(parameters, dict):
         raise V2Error(f"'parameters' must be an object, got {type(parameters).__name__}")
 
@@ -140,7 +140,7 @@ def _input_tensor(name: str, spec: TensorSpec, entry: dict, binary: BinaryData) 
     """The input's array, from its JSON ``data`` or its share of the binary data."""
     shape = _check_shape(name, spec, entry.get("shape"))
     count = math.prod(shape)
-    params = entry.get("parameters") or {}
+    params = {} if entry.get("parameters") is None else entry["parameters"]
     if not isinstance(params, dict):
         raise V2Error(f"input '{name}': 'parameters' must be an object")
     if "shared_memory_region" in params:
@@ -223,7 +223,7 @@ def _outputs(
 
 def _output_binary(name: str, entry: dict, default: bool) -> bool:
     """Whether output ``name`` goes back as binary data; what is not supported is refused."""
-    oparams = entry.get("parameters") or {}
+    oparams = {} if entry.get("parameters") is None else entry["parameters"]
     if not isinstance(oparams, dict):
         raise V2Error(f"output '{name}': 'parameters' must be an object")
     if oparams.get("classification"):

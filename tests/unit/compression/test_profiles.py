@@ -92,3 +92,46 @@ def test_dtype_and_quantization_come_from_the_precision_registry():
         profile_from_dict({"name": "x", "dtype": "int8"})
     with pytest.raises(ProfileError, match=r"quantization: .*\['none', 'int8-dynamic'\]"):
         profile_from_dict({"name": "x", "quantization": "float16"})
+
+
+# ---- issue 29 item 5: every number has a range; the error names the key and the range ----------
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"threads": 10**9}, r"threads: .* allowed range \[1, 1024\] \(got 1000000000\)"),
+        ({"round_to": 0}, r"round_to: .* allowed range \[1, 1024\] \(got 0\)"),
+        ({"calibration_size": 4}, r"calibration_size: .* allowed range \[8, 65536\]"),
+        ({"latency_batch": 5000}, r"latency_batch: .* allowed range \[1, 4096\]"),
+        ({"latency_repeats": 2}, r"latency_repeats: .* allowed range \[3, 1000\]"),
+        ({"ridge": 1e308}, r"ridge: .* allowed range \[0, 1000\] \(got 1e\+308\)"),
+        ({"ridge": float("nan")}, r"ridge: Input should be a finite number; allowed range"),
+        ({"ratios": [0.5] * 33}, r"ratios: .* allowed range 1 to 32 items"),
+        ({"trace_time_limit_s": 0}, r"trace_time_limit_s: .* allowed range \(0, 604800\]"),
+        ({"distill_seconds": 301}, r"distill_seconds: 301 is over time_limit_s \(300\)"),
+        ({"max_perplexity_increase": 1e9}, r"max_perplexity_increase: .* \[0, 100\]"),
+        ({"name": "x" * 129}, r"name: .* allowed range 1 to 128 characters"),
+    ],
+    ids=lambda v: next(iter(v)) if isinstance(v, dict) else None,
+)
+def test_values_out_of_range_are_refused_naming_key_and_range(settings, message):
+    from compression.profiles import profile_from_dict
+
+    with pytest.raises(ProfileError, match=message):
+        profile_from_dict({"name": "x", **settings})
+
+
+def test_a_huge_value_is_quoted_shortened(tmp_path):
+    from compression.profiles import profile_from_dict
+
+    with pytest.raises(ProfileError) as err:
+        profile_from_dict({"name": "x", "ratios": [0.5] * 10_000})
+    assert len(str(err.value)) < 400 and "..." in str(err.value)
+
+
+def test_every_builtin_profile_is_within_the_ranges():
+    from compression.profiles import builtin_profiles, profile_from_dict
+
+    for name, profile in builtin_profiles().items():
+        assert profile_from_dict(profile.model_dump()) == profile, name

@@ -165,3 +165,68 @@ def test_a_cancelled_job_process_is_gone(tmp_path):
     while not _gone(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _gone(pid) and job.state == "cancelled", job.detail()
+
+
+# ---- issue 29 item 7: a job's record outlives the worker that ran it ----------------------------
+
+HOLDER = """
+import sys, threading, time
+from pathlib import Path
+from service.serving.jobs import JobRunner
+
+runner = JobRunner(Path(sys.argv[1]), on_done=lambda job, out: None)
+runner._run = lambda job, spec: threading.Event().wait()  # runs until the worker dies
+runner.start()
+running = runner.submit("digits-cnn", "digits-cnn", "cpu", None, 600)
+queued = runner.submit("minilm", "minilm", "edge", None, 600)
+done = runner.submit("minilm", "minilm", "cpu", None, 600)
+runner.cancel(done.id)
+while running.state != "running":
+    time.sleep(0.01)
+print(running.id, queued.id, done.id, flush=True)
+time.sleep(600)
+"""
+
+
+def test_jobs_of_a_killed_worker_stay_in_the_history_ended_failed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from service.serving.jobhistory import ORPHANED
+
+    worker = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path / "jobs")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        running, queued, cancelled = worker.stdout.readline().split()
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    finished = []
+    runner = _runner(tmp_path, lambda job, out: finished.append((job.id, job.outcome)))
+    runner.start()  # the restarted worker
+    jobs = {j.id: j for j in runner.list()}
+    assert set(jobs) == {running, queued, cancelled}
+    for vid in (running, queued):
+        assert jobs[vid].state == "failed" and jobs[vid].error == ORPHANED, jobs[vid].detail()
+        assert jobs[vid].finished is not None
+    assert jobs[cancelled].state == "cancelled" and jobs[cancelled].error is None
+    assert sorted(finished) == sorted([(running, "failed"), (queued, "failed")])  # counted once
+    assert runner.get(running).detail()["profile"] == "cpu"
+    again = _runner(tmp_path, lambda job, out: finished.append(job.id))
+    again.start()  # a second restart finds them ended: nothing to end again
+    assert {j.id: j.state for j in again.list()} == {j.id: j.state for j in jobs.values()}
+    assert len(finished) == 2
+
+
+def test_a_job_record_of_a_live_worker_is_left_to_it(tmp_path):
+    runner = _runner(tmp_path, lambda job, out: None)
+    job = runner.submit("digits-cnn", "digits-cnn", "cpu", None, 60)  # queued in this process
+    other = _runner(tmp_path, lambda job, out: None)  # another worker of the same home
+    other.start()
+    assert job.id not in other.jobs
+    assert runner.jobs[job.id].state == "queued"
+    runner.cancel(job.id)
