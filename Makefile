@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # point pip at PyTorch's CPU index (see DEVELOPERS.md) or pre-install the torch you want.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install tools compress serve test lint format bench clean
+.PHONY: install tools compress serve test test-fast lint format bench clean
 MODEL ?= digits-cnn
 PROFILE ?= cpu
 
@@ -39,6 +39,11 @@ test: install tools
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/pytest
+
+# The unit tests alone (tiny models, in process; no real servers, no Triton, no pretrained MiniLM
+# compression): the quick loop while developing.
+test-fast: install
+	$(BIN)/pytest -m unit tests/unit
 
 lint: install
 	$(BIN)/ruff check .

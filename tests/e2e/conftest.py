@@ -14,8 +14,11 @@ def server_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(server_home):
+def server(server_home, fast_profiles_dir):
     # An accepted variant serves at once here; tests/e2e/test_liveloop.py runs the canary path.
-    srv = SlimServer(server_home, SLIMSERVE_CANARY="false").start()
+    # Jobs may ask for profile "fast" (tests/conftest.py: the cpu profile, fewer timing rounds).
+    srv = SlimServer(
+        server_home, SLIMSERVE_CANARY="false", SLIMSERVE_PROFILES_DIR=str(fast_profiles_dir)
+    ).start()
     yield srv
     srv.stop()

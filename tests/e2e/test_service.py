@@ -135,7 +135,8 @@ def test_swap_under_load_rollback_restart_and_metrics(server, server_home):
     )
 
     with Load(server) as load:
-        r = server.admin("POST", "/models/digits-cnn/compress", json={"profile": "cpu"})
+        # The fast profile (tests/conftest.py): the cpu profile's steps, fewer timing rounds.
+        r = server.admin("POST", "/models/digits-cnn/compress", json={"profile": "fast"})
         assert r.status_code == 202, r.text
         job_id = r.json()["job"]
         jobs = server.admin("GET", "/jobs").json()["jobs"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -56,19 +57,24 @@ def slimserve(*args: str) -> dict:
     return json.loads(done.stdout[done.stdout.index("{\n") :])
 
 
-def make_variant(
-    tmp: Path, model: str, quantization: str, force_int8: bool = False, calibration: int = 128
-) -> Path:
+def make_variant(tmp: Path, model: str, quantization: str, calibration: int = 128) -> Path:
     profile = tmp / f"{model}-{quantization}.yaml"
     profile.write_text(
         NARROW_PROFILE.format(quantization=quantization, calibration_size=calibration)
     )
-    out = tmp / f"{model}-{'forced-int8' if force_int8 else quantization}"
+    out = tmp / f"{model}-{quantization}"
     slimserve("compress", "--model", model, "--profile", str(profile), "--out", str(out))
-    if force_int8:  # the search keeps int8 only where it measures faster; serve it regardless
-        plan = json.loads((out / "plan.json").read_text())
-        plan["quantization"] = "int8-dynamic"
-        (out / "plan.json").write_text(json.dumps(plan, indent=2, sort_keys=True))
+    return out
+
+
+def forced_int8(variant: Path) -> Path:
+    """A copy of ``variant`` whose plan asks for int8: the search keeps int8 only where it
+    measures faster; serve it regardless (``load_variant`` re-applies the plan's precision)."""
+    out = variant.with_name(variant.name + "-forced-int8")
+    shutil.copytree(variant, out)
+    plan = json.loads((out / "plan.json").read_text())
+    plan["quantization"] = "int8-dynamic"
+    (out / "plan.json").write_text(json.dumps(plan, indent=2, sort_keys=True))
     return out
 
 
@@ -109,7 +115,7 @@ def digits_x() -> np.ndarray:
 
 def test_triton_serves_an_exported_repository(tmp_path, digits_x):
     fp32 = make_variant(tmp_path, "digits-mlp", "none")
-    int8 = make_variant(tmp_path, "digits-mlp", "none", force_int8=True)
+    int8 = forced_int8(fp32)  # the same compression, served in int8
     repo = tmp_path / "repo"
     for variant, name in ((fp32, "digits-fp32"), (int8, "digits-int8")):
         summary = slimserve(
@@ -168,28 +174,14 @@ def test_triton_serves_a_variant_directory(tmp_path, digits_x):
         client.close()
 
 
-def test_triton_serves_minilm_sentence_embeddings(tmp_path, minilm_bundle):
-    from compression import PROFILES, compress, load_variant
+def test_triton_serves_minilm_sentence_embeddings(tmp_path, minilm_bundle, minilm_narrow_variant):
+    from compression import load_variant
 
-    # In process, on two calibration batches: the CLI's full calibration set takes minutes here.
-    profile = PROFILES["cpu"].model_copy(
-        update={
-            "ratios": [0.5],
-            "allocation": "uniform",
-            "latency_repeats": 3,
-            "runtimes": ["torch"],  # Triton gets TorchScript; .venv-triton has no onnxruntime
-        }
-    )
-    compressed = compress(
-        minilm_bundle.factory(),
-        profile,
-        example_inputs=minilm_bundle.example_inputs,
-        calibration=minilm_bundle.calibration[:2],
-        validation=minilm_bundle.validation[:1],
-        metric="cosine",
-        source="minilm",
-    )
-    variant = compressed.save(tmp_path / "minilm-variant")
+    # Compressed in process on two calibration batches (the CLI's full calibration set takes
+    # minutes here), once per session: tests/conftest.py's minilm_narrow_variant (the cpu
+    # profile at 50 %, uniform, torch only: Triton gets TorchScript and .venv-triton has no
+    # onnxruntime), which the export tests in tests/unit/service read too.
+    variant = minilm_narrow_variant
     repo = tmp_path / "repo"
     slimserve("export", "--variant", str(variant), "--out", str(repo), "--name", "minilm")
     with TritonServer(tmp_path / "t.log", repo=repo).start() as server:

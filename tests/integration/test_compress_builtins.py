@@ -49,34 +49,19 @@ def test_digits_cnn_cpu_three_times_fewer_macs_within_one_point(digits_cnn_bundl
 
 
 @pytest.mark.slow
-def test_minilm_cpu_keeps_cosine_fidelity(minilm_bundle, tmp_path):
+def test_minilm_cpu_keeps_cosine_fidelity(minilm_bundle, minilm_cut_variant, tmp_path):
     """All-MiniLM-L6-v2, no fine-tuning: held-out cosine fidelity >= 0.95 with MACs cut.
 
-    A narrowed copy of the cpu profile (two amounts, one allocation) keeps CI time down; the
-    full search runs in benchmarks/.
+    The variant is the session's ``minilm_cut_variant`` (tests/conftest.py): a narrowed copy of
+    the cpu profile (its first amount, 10 %, one allocation, 128 calibration sentences) verified
+    against the profile's budgets on every held-out sentence; test_live_recall serves the same
+    variant. Pruning and the rebuild on a BERT: int8 is the precision step's business, tested
+    apart; torch runtime, since the module is read as a transformers model below; packed tokens
+    off, since the unpruned original on packed tokens ties a light cut on latency (and then wins
+    on fidelity). The full search runs in benchmarks/.
     """
     b = minilm_bundle
-    # Pruning and the rebuild on a BERT (int8 is the precision step's business, tested apart).
-    profile = PROFILES["cpu"].model_copy(
-        update={
-            "ratios": [0.2, 0.3],
-            "allocation": "global",
-            "latency_repeats": 5,
-            "quantization": "none",
-            "runtimes": ["torch"],  # the module is read as a transformers model below
-            # Packed tokens make the unpruned original a lossless candidate that ties with a
-            # light cut on latency (and then wins on fidelity); this test is about the cut.
-            "packed_tokens": False,
-        }
-    )
-    variant = compress(
-        b.factory(),
-        profile,
-        example_inputs=b.example_inputs,
-        calibration=b.calibration,
-        validation=b.validation,
-        source="minilm",
-    )
+    variant = minilm_cut_variant
     r = variant.report
     assert r.accepted, r.reason
     assert r.metric == "cosine" and r.fidelity >= 0.95, r.fidelity

@@ -13,9 +13,23 @@ from service.serving.settings import Settings
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _settings(home, **kw) -> Settings:
-    # canary=False: an accepted variant serves at once (the live loop has its own tests).
-    return Settings(home=home, models=["digits-mlp"], profile="cpu", canary=False, **kw)
+@pytest.fixture
+def fast_settings(fast_profiles_dir):
+    """Settings of a core serving digits-mlp whose jobs compress with the fast profile
+    (tests/conftest.py: the cpu profile's steps, fewer timing rounds, smaller calibration)."""
+
+    def make(home, **kw) -> Settings:
+        # canary=False: an accepted variant serves at once (the live loop has its own tests).
+        return Settings(
+            home=home,
+            models=["digits-mlp"],
+            profile="fast",
+            profiles_dir=fast_profiles_dir,
+            canary=False,
+            **kw,
+        )
+
+    return make
 
 
 @pytest.fixture
@@ -54,8 +68,10 @@ def _requests(core: Core, n: int) -> None:
     asyncio.run(send())
 
 
-def test_live_traffic_calibration_compresses_by_fidelity(tmp_path, started):
-    core = started(_settings(tmp_path, calibration="live", live_min_samples=32, reservoir_size=64))
+def test_live_traffic_calibration_compresses_by_fidelity(tmp_path, started, fast_settings):
+    core = started(
+        fast_settings(tmp_path, calibration="live", live_min_samples=32, reservoir_size=64)
+    )
     assert core.runtime.models["digits-mlp"].reservoir is not None
     assert core.jobs.list() == []  # waits for traffic
     _requests(core, 80)
@@ -71,14 +87,14 @@ def test_live_traffic_calibration_compresses_by_fidelity(tmp_path, started):
     assert len(core.runtime.models["digits-mlp"].reservoir.items) == 64
 
 
-def test_light_models_get_one_torch_thread_whatever_the_budget(tmp_path, started):
+def test_light_models_get_one_torch_thread_whatever_the_budget(tmp_path, started, fast_settings):
     # digits-mlp's forward costs a few microseconds per sample: HTTP dominates, one thread.
-    core = started(_settings(tmp_path, auto_compress=False, threads=3))
+    core = started(fast_settings(tmp_path, auto_compress=False, threads=3))
     assert core.thread_budget == 3 and core.plane.served("digits-mlp").threads == 1
 
 
-def test_cancelled_job_leaves_the_original_serving(tmp_path, started):
-    core = started(_settings(tmp_path, auto_compress=False))
+def test_cancelled_job_leaves_the_original_serving(tmp_path, started, fast_settings):
+    core = started(fast_settings(tmp_path, auto_compress=False))
     job = core.variants.compress("digits-mlp")
     time.sleep(1.0)
     core.jobs.cancel(job.id)
@@ -88,8 +104,8 @@ def test_cancelled_job_leaves_the_original_serving(tmp_path, started):
     assert core.registry.active("digits-mlp") == ORIGINAL
 
 
-def test_tampered_variant_is_refused_at_restart(tmp_path, started):
-    core = started(_settings(tmp_path, auto_compress=False))
+def test_tampered_variant_is_refused_at_restart(tmp_path, started, fast_settings):
+    core = started(fast_settings(tmp_path, auto_compress=False))
     detail = _wait(core, core.variants.compress("digits-mlp").id)
     assert detail["state"] == "succeeded", detail
     vid = detail["variant"]
@@ -103,7 +119,7 @@ def test_tampered_variant_is_refused_at_restart(tmp_path, started):
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    restarted = started(_settings(tmp_path, auto_compress=False))
+    restarted = started(fast_settings(tmp_path, auto_compress=False))
     assert restarted.runtime.models["digits-mlp"].active.variant == ORIGINAL
     with pytest.raises(Exception, match="checksum"):
         restarted.variants.activate("digits-mlp", vid)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 from torch import nn
 
@@ -12,6 +13,8 @@ from compression.core.candidate import Candidate
 from compression.search.context import Built
 from compression.search.ladder import backoff, predicted_miss, predicted_refusal
 from compression.search.splits import REFUSED_NOTE
+
+pytestmark = pytest.mark.unit
 
 
 def _built(ratio: float, metric: float, recall: float | None = None) -> Built:

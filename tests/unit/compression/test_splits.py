@@ -19,6 +19,8 @@ from compression.search.splits import (
     shifted,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def test_interleave_gives_disjoint_halves_with_their_labels():
     x = torch.arange(10.0).reshape(10, 1)

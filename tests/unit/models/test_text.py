@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from service.models import text
+
+pytestmark = pytest.mark.unit
 
 
 def test_the_splits_are_disjoint_and_the_confirmation_half_is_the_user_guide():

@@ -104,12 +104,16 @@ def test_cli_writes_the_onnx_format(mlp, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_a_float16_text_encoder_exports_and_runs_in_onnx_runtime(tmp_path):
+def test_a_float16_text_encoder_exports_and_runs_in_onnx_runtime(tmp_path, minilm_narrow_variant):
     """MiniLM in float16 (the gpu profile's precision): opset 17's fused LayerNorm would mix
     float32 and float16 and ONNX Runtime refuses it; the half export uses opset 16."""
+    import shutil
+
     from service.export.onnx import OPSET_HALF, export_onnx
 
-    v = make_variant("minilm", tmp_path / "v")
+    # make_variant("minilm", ...)'s variant, compressed once per session (tests/conftest.py):
+    # a copy, since its plan is edited below.
+    v = Path(shutil.copytree(minilm_narrow_variant, tmp_path / "v"))
     plan = json.loads((v / "plan.json").read_text())
     plan["dtype"], plan["quantization"] = "float16", "none"  # as the gpu profile records it
     (v / "plan.json").write_text(json.dumps(plan, indent=2, sort_keys=True))

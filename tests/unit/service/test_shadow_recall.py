@@ -7,6 +7,8 @@ import pytest
 
 from service.serving.shadow import RECALL_K, Window, recall_of
 
+pytestmark = pytest.mark.unit
+
 
 def _pairs(variant: np.ndarray, original: np.ndarray):
     return list(zip(variant.astype(np.float32), original.astype(np.float32), strict=True))
