@@ -212,9 +212,12 @@ def test_sigterm_under_load_completes_every_request_in_flight(guarded):
 
     from service.launch import metric_value
 
-    # Long enough to be in flight together (seconds each on 2 cores), within the row cap.
-    sentences = ["Structured pruning removes whole channels, so the model is faster."] * 256
-    body = {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [256], "data": sentences}]}
+    # Long enough to be in flight together: three micro-batches of 32 rows each, queued in
+    # order, so the first request alone takes three MiniLM forwards (a second or more on 2
+    # cores) while all 16 arrive; the 16 are 48 forwards to finish after SIGTERM.
+    rows = 3 * 32
+    sentences = ["Structured pruning removes whole channels, so the model is faster."] * rows
+    body = {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [rows], "data": sentences}]}
 
     def one(_):
         try:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from service.serving.jobs import Job, JobRunner
+
+pytestmark = pytest.mark.unit
 
 
 def _runner(tmp_path, on_done) -> JobRunner:
