@@ -8,6 +8,7 @@ have no accuracy to keep; the fidelity is printed in the messages, the test pins
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -56,34 +57,65 @@ def _heads(model: torch.nn.Module) -> dict[str, tuple[int, int, int, int]]:
     return out
 
 
-def _reload_in_fresh_process(family: str, directory: Path, x, expected: torch.Tensor) -> str:
-    save_file({"expected": expected.contiguous()}, directory / "expected.safetensors")
-    torch.save(x, directory / "inputs.pt")
-    script = f"""
-import sys, torch
-sys.path.insert(0, {str(Path(__file__).parent)!r})
+# Reloads each variant in another interpreter than this one, from its files alone: one process
+# for the module (starting one imports torch, transformers and the engine, seconds on 2 cores,
+# more than a tiny family's reload), which never holds a test's models, only what it reads back.
+RELOADER = """
+import json, sys, traceback
+import torch
+sys.path.insert(0, {here!r})
 from safetensors.torch import load_file
 from compression import load_variant
 from compression.core.inputs import call, main_output
 from hf_tiny import build
-model, _ = build({family!r})
-v = load_variant({str(directory)!r}, model=model)
-x = torch.load({str(directory / "inputs.pt")!r})
-with torch.inference_mode():
-    out = main_output(call(v.module, x))
-diff = (out - load_file({str(directory / "expected.safetensors")!r})["expected"]).abs().max()
-print(float(diff))
-sys.exit(0 if float(diff) == 0.0 else 1)
+for line in sys.stdin:
+    family, directory = json.loads(line)
+    try:
+        model, _ = build(family)
+        v = load_variant(directory, model=model)
+        x = torch.load(directory + "/inputs.pt")
+        with torch.inference_mode():
+            out = main_output(call(v.module, x))
+        diff = (out - load_file(directory + "/expected.safetensors")["expected"]).abs().max()
+        answer = {{"diff": float(diff)}}
+    except Exception:
+        answer = {{"error": traceback.format_exc()}}
+    print("RELOADED " + json.dumps(answer), flush=True)
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    return done.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def reload_in_fresh_process(tmp_path_factory):
+    """``reload(family, directory, x, expected)``: the largest absolute difference between the
+    variant in ``directory`` reloaded in the other process and ``expected`` (its outputs here)."""
+    log = tmp_path_factory.mktemp("reloader") / "stderr.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", RELOADER.format(here=str(Path(__file__).parent))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+        )  # fmt: skip
+
+    def reload(family: str, directory: Path, x, expected: torch.Tensor) -> float:
+        save_file({"expected": expected.contiguous()}, directory / "expected.safetensors")
+        torch.save(x, directory / "inputs.pt")
+        proc.stdin.write(json.dumps([family, str(directory)]) + "\n")
+        proc.stdin.flush()
+        for line in proc.stdout:  # a library may print lines of its own before the answer
+            if line.startswith("RELOADED "):
+                answer = json.loads(line.removeprefix("RELOADED "))
+                assert "error" not in answer, answer["error"][-3000:]
+                return answer["diff"]
+        raise AssertionError(f"the reloading process exited: {log.read_text()[-3000:]}")
+
+    yield reload
+    proc.stdin.close()
+    proc.wait(60)
 
 
 @pytest.mark.parametrize(
     "family", [pytest.param(f, marks=pytest.mark.slow) if f in SLOW else f for f in FAMILIES]
 )
-def test_family_compresses_with_zero_configuration(family, tmp_path):
+def test_family_compresses_with_zero_configuration(family, tmp_path, reload_in_fresh_process):
     model, batch = build(family)
     x = batch(4, seed=2)
     with torch.inference_mode():
@@ -113,7 +145,5 @@ def test_family_compresses_with_zero_configuration(family, tmp_path):
     assert {"prune", "bn", "bias", "refit", "verify"} <= steps, r.steps
 
     variant.save(tmp_path / "v")
-    diff = _reload_in_fresh_process(family, tmp_path / "v", x, after)
-    assert float(diff) == 0.0, (
-        f"{family}: reloaded outputs differ by {diff} (fidelity {r.fidelity})"
-    )
+    diff = reload_in_fresh_process(family, tmp_path / "v", x, after)
+    assert diff == 0.0, f"{family}: reloaded outputs differ by {diff} (fidelity {r.fidelity})"
