@@ -23,6 +23,8 @@ from . import test_variant_faults as faults
 from .corruption import ALL_CASES, corrupt
 from .harness import refusals as _refusals
 
+pytestmark = pytest.mark.unit
+
 store, saved_variant, cores, http = faults.store, faults.saved_variant, faults.cores, faults.http
 MODEL = faults.MODEL
 SECRET = "replicas-share-this"
