@@ -15,6 +15,7 @@ from torch import nn
 from compression.evaluation import metrics
 from compression.evaluation.measure import latency_ms
 from compression.forms import precision, sparsity
+from compression.output.checks import seal
 from compression.structure import graph, importance
 
 pytestmark = [
@@ -176,7 +177,7 @@ def test_triton_export_of_a_float16_gpu_variant(tmp_path, digits_cnn_bundle):
     plan = json.loads((vdir / "plan.json").read_text())
     if plan["dtype"] == "float32":  # the search kept float32 (fp16 measured slower): force it
         plan["dtype"] = "float16"
-        (vdir / "plan.json").write_text(json.dumps(plan, indent=2, sort_keys=True))
+        (vdir / "plan.json").write_text(json.dumps(seal(plan), indent=2, sort_keys=True))
     path = export_triton(vdir, tmp_path / "repo")
     meta = json.loads((path / "slimserve.json").read_text())
     assert meta["dtype"] in ("float16", "bfloat16") and meta["captured_on"] == "cuda"

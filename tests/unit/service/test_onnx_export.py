@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from compression.output.checks import seal
 from service.export.triton import ExportError, read_config, tensor_specs
 
 from .test_triton_export import make_variant
@@ -74,7 +75,7 @@ def test_a_float16_variant_stays_float16_inside_and_float32_at_its_edges(mlp, tm
         (half / f.name).write_bytes(f.read_bytes())
     plan = json.loads((half / "plan.json").read_text())
     plan["dtype"] = "float16"  # what a gpu-profile variant records
-    (half / "plan.json").write_text(json.dumps(plan, indent=2, sort_keys=True))
+    (half / "plan.json").write_text(json.dumps(seal(plan), indent=2, sort_keys=True))
     path = export_onnx(half, tmp_path / "repo", model_name="mlp16")
     graph = onnx.load(str(path / "1" / "model.onnx")).graph
     f16 = onnx.TensorProto.FLOAT16
@@ -116,7 +117,7 @@ def test_a_float16_text_encoder_exports_and_runs_in_onnx_runtime(tmp_path, minil
     v = Path(shutil.copytree(minilm_narrow_variant, tmp_path / "v"))
     plan = json.loads((v / "plan.json").read_text())
     plan["dtype"], plan["quantization"] = "float16", "none"  # as the gpu profile records it
-    (v / "plan.json").write_text(json.dumps(plan, indent=2, sort_keys=True))
+    (v / "plan.json").write_text(json.dumps(seal(plan), indent=2, sort_keys=True))
     path = export_onnx(v, tmp_path / "repo", model_name="minilm16")
     meta = json.loads((path / "slimserve.json").read_text())
     assert meta["opset"] == OPSET_HALF and meta["export_max_rel_diff"] < 3e-2

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from compression.output.checks import seal
 from service.export.triton import (
     ExportError,
     TensorSpec,
@@ -43,7 +44,7 @@ def make_variant(source: str, out: Path, *, int8: bool = False, **update) -> Pat
     if int8:
         plan = json.loads((out / "plan.json").read_text())
         plan["quantization"] = "int8-dynamic"
-        (out / "plan.json").write_text(json.dumps(plan, indent=2, sort_keys=True))
+        (out / "plan.json").write_text(json.dumps(seal(plan), indent=2, sort_keys=True))
     return out
 
 

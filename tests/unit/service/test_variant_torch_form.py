@@ -20,6 +20,7 @@ from torch import nn
 
 from compression import PROFILES, load_variant
 from compression.core.errors import VariantError
+from compression.output.checks import seal
 
 pytestmark = pytest.mark.unit
 runtimes = pytest.importorskip("compression.forms.runtimes")
@@ -91,7 +92,7 @@ def test_runtime_is_validated_and_onnxruntime_is_refused_for_a_torch_variant(ort
     torch_served = Path(shutil.copytree(out, tmp_path / "torch-served"))
     plan = json.loads((torch_served / "plan.json").read_text())
     del plan["runtime"]  # what a torch-served plan looks like
-    (torch_served / "plan.json").write_text(json.dumps(plan))
+    (torch_served / "plan.json").write_text(json.dumps(seal(plan)))
     with pytest.raises(VariantError, match="served by torch and has no ONNX graph"):
         load_variant(torch_served, model=bundle.factory(), runtime="onnxruntime")
     module = load_variant(torch_served, model=bundle.factory(), runtime="torch").module
