@@ -10,7 +10,6 @@ that shares the first one's variant cache serves the accepted variant at once, w
 from __future__ import annotations
 
 import json
-import shutil
 import time
 
 import httpx
@@ -97,16 +96,12 @@ def _variants(server) -> dict:
 
 
 def test_live_traffic_drops_a_bad_variant_promotes_a_good_one_and_replicas_share_it(
-    tmp_path, digits_cnn_bundle, fast_profiles_dir
+    tmp_path, digits_cnn_bundle
 ):
     images = torch.cat([x for x, _ in digits_cnn_bundle.validation]).numpy()
     profiles = tmp_path / "profiles"
     profiles.mkdir()
     (profiles / "extreme.yaml").write_text(EXTREME)
-    # The servers' own profile (SLIMSERVE_PROFILE: what the rollback's recompression and the
-    # replica's cache key use) is the fast one of tests/conftest.py: the cpu profile's steps with
-    # fewer timing rounds and a smaller calibration set, so each job takes seconds.
-    shutil.copy(fast_profiles_dir / "fast.yaml", profiles / "fast.yaml")
     cache = tmp_path / "cache"
     home = tmp_path / "a"
     live = {
@@ -117,7 +112,6 @@ def test_live_traffic_drops_a_bad_variant_promotes_a_good_one_and_replicas_share
         "SLIMSERVE_SHADOW_WINDOW": "64",
         "SLIMSERVE_VARIANT_CACHE": str(cache),
         "SLIMSERVE_PROFILES_DIR": str(profiles),
-        "SLIMSERVE_PROFILE": "fast",
     }
     server = SlimServer(home, models="digits-cnn", **live).start()
     try:
@@ -157,7 +151,7 @@ def test_live_traffic_drops_a_bad_variant_promotes_a_good_one_and_replicas_share
             )
 
             # 3. A good variant: promoted once live traffic agrees.
-            job = server.admin("POST", "/models/digits-cnn/compress", json={"profile": "fast"})
+            job = server.admin("POST", "/models/digits-cnn/compress", json={"profile": "cpu"})
             good = _wait_job(server, job.json()["job"], timeout=900)
             assert good["state"] == "succeeded", (good.get("error"), good.get("message"))
             report = good["report"]
