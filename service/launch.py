@@ -29,6 +29,8 @@ from typing import IO, Any
 
 import httpx
 
+from service.home import builtin_cache
+
 ROOT = Path(__file__).resolve().parents[1]  # the source checkout (deploy/, .venv-triton)
 ADMIN_TOKEN = "slimserve-launch-token"  # the admin token a launched SlimServe gets by default
 TRITON_PYTHON = Path(os.environ.get("TRITON_VENV", ROOT / ".venv-triton")) / "bin" / "python"
@@ -61,10 +63,7 @@ def free_ports(n: int = 1) -> list[int]:
 def share_builtin_cache(home: str | Path) -> None:
     """Let a fresh SLIMSERVE_HOME reuse the trained digits models (same cache key, no retrain):
     ``home/builtin`` becomes a link to this process's cache (``$SLIMSERVE_HOME/builtin``)."""
-    # The catalog imports torch: the launcher, an HTTP client, loads it only to share the cache.
-    from service.models.digits import cache_dir
-
-    shared = cache_dir()
+    shared = builtin_cache()
     shared.mkdir(parents=True, exist_ok=True)
     link = Path(home) / "builtin"
     if not link.exists() and not link.is_symlink():

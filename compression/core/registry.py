@@ -3,9 +3,7 @@
 The pipeline never lists its options in an if/elif chain: each option is a function registered
 under its name, and the profile's allowed values are the registry's names (the way torchao's
 ``quantize_`` dispatches a config to its registered handler). Adding an importance criterion
-is one new function::
-
-    from compression.structure.importance import CRITERIA
+is one new function, registered on ``compression.structure.importance.CRITERIA``::
 
     @CRITERIA.register("l1")
     def l1(ctx):

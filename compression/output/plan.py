@@ -8,16 +8,12 @@ replaying it on a freshly built model resizes those modules so the saved weights
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
+from compression.core.candidate import Candidate
 from compression.forms import precision
-
-if TYPE_CHECKING:
-    from compression.core.candidate import Candidate
-    from compression.profiles import DeviceProfile
+from compression.profiles import DeviceProfile
 
 # Size attributes recorded even when they are tuples (normalized_shape of a LayerNorm).
 SIZE_ATTRS = ("normalized_shape", "kernel_size")

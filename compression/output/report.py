@@ -8,17 +8,14 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from compression.core.candidate import Candidate
 from compression.core.inputs import batch_size
 from compression.evaluation import metrics
-
-if TYPE_CHECKING:
-    from compression.search.context import Built, SearchContext
-    from compression.search.verify import Verdict
+from compression.search.context import Built, SearchContext
+from compression.search.verify import Verdict
 
 
 @dataclass

@@ -10,12 +10,9 @@ the selection split (:func:`predicted_miss`), on the confirmation split's claims
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 from compression.search import splits
-
-if TYPE_CHECKING:
-    from compression.search.context import Built, SearchContext
+from compression.search.context import Built, SearchContext
 
 MIN_RATIO = 0.05  # the smallest amount the search backs off to
 # How far under the budget an extrapolated claim must end before its amount is skipped

@@ -17,138 +17,59 @@ Exit status: 0 accepted, 3 compressed but rejected (over budget), 2 bad input.
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import sys
 from pathlib import Path
 
-from service.cli import export, serve
 
-EXIT_OK, EXIT_BAD_INPUT, EXIT_REJECTED = 0, 2, 3
-
-
-def _load_data(bundle, calibration: str | None, validation: str | None) -> None:
-    # The catalog imports torch: a command loads it when it runs, `slimserve --help` never.
-    from compression.core.errors import DataError
-    from service.models.bundle import load_array_batches, set_text_data
-    from service.models.text import read_sentences, sentence_split
-
-    if bundle.is_text:
-        if calibration or validation:
-            cal = read_sentences(calibration) if calibration else None
-            val = read_sentences(validation) if validation else None
-            if cal is None:
-                cal = sentence_split()[0]
-            set_text_data(bundle, cal, val)
-        return
-    if calibration:
-        bundle.calibration = load_array_batches(calibration, "calibration", with_labels=False)
-        bundle.example_inputs = bundle.calibration[0][:8]
-    if validation:
-        bundle.validation = load_array_batches(validation, "validation", with_labels=True)
-    if not bundle.calibration:
-        raise DataError(f"{bundle.source} has no built-in data: pass --calibration FILE.npy")
-
-
-def _progress_bar(name: str):
-    from tqdm import tqdm
-
-    bar = tqdm(total=100, desc=f"compress {name}", unit="%", file=sys.stderr)
-
-    def progress(fraction: float, message: str) -> None:
-        bar.set_postfix_str(message)
-        bar.update(max(0, round(fraction * 100) - bar.n))
-
-    return bar, progress
-
-
-def _compress_task(args: argparse.Namespace, bundle):
-    """``--task classify``: train a head, compress the task model, write a task directory."""
-    # The engine and the catalog import torch: loaded for this command, never for `--help`.
-    from compression.core.errors import DataError
-    from compression.task import compress_task, fit_head
-    from service.models.tasks import make_task, write_task_dir
-
-    if args.task != "classify":
-        raise DataError(f"--task {args.task!r}: expected 'classify'")
-    if not args.train:
-        raise DataError("--task classify needs --train FILE (labelled) or a built-in task")
-    task, validation, train_ex, val_ex = make_task(
-        bundle, args.train, args.validation, head=args.head, finetune_seconds=args.finetune_s
-    )
-    task_model, _ = fit_head(bundle.factory(), task)
-    bar, progress = _progress_bar(f"{bundle.name} for the task")
+def _shape(text: str) -> list[int]:
     try:
-        variant = compress_task(
-            task_model,
-            args.profile,
-            task,
-            validation=validation,
-            source=bundle.source,
-            progress=progress,
-        )
-    finally:
-        bar.close()
-    out = variant.save(args.out)
-    write_task_dir(out, bundle, task_model, task.labels, train_ex, val_ex, name=args.name)
-    return variant, out
+        dims = [int(d) for d in text.replace("x", ",").split(",") if d.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected dims like 1,8,8, got {text!r}") from None
+    if not dims or any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"expected positive dims like 1,8,8, got {text!r}")
+    return dims
 
 
-def cmd_compress(args: argparse.Namespace) -> int:
-    from service.models.sources import resolve  # imports torch: only when this command runs
-
-    bundle = resolve(args.model)
-    if args.task:
-        variant, out = _compress_task(args, bundle)
-    else:
-        _load_data(bundle, args.calibration, args.validation)
-        bar, progress = _progress_bar(bundle.name)
-        try:
-            variant = bundle.compress(args.profile, progress=progress)
-        finally:
-            bar.close()
-        out = variant.save(args.out)
-    r = variant.report
-    summary = {
-        "out": str(out),
-        "accepted": r.accepted,
-        "reason": r.reason,
-        "speedup": r.speedup,
-        "macs_reduction": round(r.macs_reduction, 3),
-        "params_reduction": round(r.params_reduction, 3),
-        r.metric: {"before": r.metric_before, "after": r.metric_after},
-        "seconds": r.seconds,
-    }
-    if r.task_metrics:
-        summary["task"] = r.task_metrics
-    print(json.dumps(summary, indent=2))
-    return EXIT_OK if r.accepted else EXIT_REJECTED
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="serve models over HTTP and compress them in the background")
+    p.add_argument(
+        "--model", action="append", help="model source (repeat); default digits-cnn, minilm"
+    )
+    p.add_argument("--profile", default=None, help="auto, gpu, cpu, edge or a YAML file")
+    p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--workers", type=int, default=None, help="BentoML workers (default 1)")
+    p.add_argument("--no-compress", action="store_true", help="serve originals only")
+    p.set_defaults(func="serve:run")
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    from service.models.sources import BUILTINS  # imports torch: only when this command runs
-
-    for name, text in BUILTINS.items():
-        print(f"{name:12s} {text}")
-    print("hf:DIR       a Hugging Face model directory (BERT family)")
-    print("task:DIR     a task model written by `slimserve compress --task classify`")
-    print("py:MOD:FN    a factory function returning an nn.Module (give --calibration)")
-    return EXIT_OK
-
-
-def cmd_profiles(args: argparse.Namespace) -> int:
-    from compression import PROFILES  # imports torch: only when this command runs
-
-    for name, p in PROFILES.items():
-        target = (
-            f"speed-up >= {p.target_speedup}x"
-            if p.target_speedup
-            else f"params <= {p.target_size_ratio:.0%}"
-        )
-        print(
-            f"{name:6s} device={p.device} dtype={p.dtype} quantization={p.quantization} "
-            f"round_to={p.round_to} max_drop={p.max_drop} min_fidelity={p.min_fidelity} {target}"
-        )
-    return EXIT_OK
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    """Register ``slimserve export`` on the main parser's subcommands."""
+    p = sub.add_parser(
+        "export",
+        help="export a variant to a serving format (Triton model repository)",
+        description="export a saved variant to a serving format (Triton model repository)",
+    )
+    p.add_argument("--variant", required=True, type=Path, help="a variant directory")
+    p.add_argument(
+        "--format",
+        default="triton",
+        choices=("triton", "onnx"),
+        help="triton: TorchScript (libtorch backend); onnx: ONNX (onnxruntime backend)",
+    )
+    p.add_argument("--out", required=True, type=Path, help="the Triton model repository")
+    p.add_argument("--name", help="model name in the repository (default: <source>-<profile>)")
+    p.add_argument(
+        "--max-batch-size", type=int, default=64, help="Triton max_batch_size (default 64)"
+    )
+    p.add_argument(
+        "--input-shape",
+        type=_shape,
+        help="input dims without the batch dimension, for py: sources (e.g. 3,32,32)",
+    )
+    p.set_defaults(func="export:cmd_export")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,25 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="fine-tune each pruned candidate to the task model for this long (0: off)",
     )
     p.add_argument("--name", help="served name of the task model (default <model>-task)")
-    p.set_defaults(func=cmd_compress)
+    p.set_defaults(func="compress:cmd_compress")
 
-    sub.add_parser("models", help="list model sources").set_defaults(func=cmd_models)
-    sub.add_parser("profiles", help="list device profiles").set_defaults(func=cmd_profiles)
-    serve.add_parser(sub)
-    export.add_parser(sub)
+    sub.add_parser("models", help="list model sources").set_defaults(func="compress:cmd_models")
+    sub.add_parser("profiles", help="list device profiles").set_defaults(
+        func="compress:cmd_profiles"
+    )
+    _add_serve(sub)
+    _add_export(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # After parsing: the engine imports torch, which `--help` (it exits in parse_args) never needs.
-    from compression.core.errors import CompressionError
-
-    try:
-        return args.func(args)
-    except CompressionError as err:
-        print(f"slimserve: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    # The command's module loads torch and the engine: imported after parsing, so `--help` (it
+    # exits in parse_args) and a mistyped option answer at once.
+    module, _, name = args.func.partition(":")
+    return getattr(importlib.import_module(f"service.cli.{module}"), name)(args)
 
 
 if __name__ == "__main__":

