@@ -12,7 +12,34 @@ from pathlib import Path
 
 import httpx
 
+from service.serving.core import Core
+from service.serving.settings import Settings
+
 TOKEN = "s3cret"
+# A compression of digits-cnn in seconds: one amount, BatchNorm recalibration only, a loose
+# budget. For tests of what the service does with a job's variant, not of the engine.
+QUICK_PROFILE = {
+    "name": "fast",
+    "ratios": [0.3],
+    "allocation": "uniform",
+    "rebuild": ["bn"],
+    "importance": "magnitude",
+    "calibration_size": 64,
+    "latency_repeats": 3,
+    "max_drop": 0.5,
+}
+
+
+@contextlib.contextmanager
+def started_core(home: Path, **settings) -> Iterator[Core]:
+    """A started Core on ``home`` with the admin token, no background compression and the cpu
+    profile (``settings`` override or add :class:`Settings` fields); closed afterwards."""
+    base = {"profile": "cpu", "auto_compress": False, "admin_token": TOKEN}
+    core = Core(Settings(home=home, **{**base, **settings})).start()
+    try:
+        yield core
+    finally:
+        core.close()
 
 
 class Client:

@@ -15,46 +15,23 @@ import pytest
 from prometheus_client import REGISTRY
 
 from service.serving.app import create_app
-from service.serving.core import Core, available_cores
-from service.serving.settings import Settings
+from service.serving.core import available_cores
 
-from .harness import TOKEN, Client, isolated_model_store
+from .harness import QUICK_PROFILE, TOKEN, isolated_model_store, started_core
 
 pytestmark = pytest.mark.unit
 MODEL = "digits-cnn"
-FAST = {
-    "name": "fast",
-    "ratios": [0.3],
-    "allocation": "uniform",
-    "rebuild": ["bn"],
-    "importance": "magnitude",
-    "calibration_size": 64,
-    "latency_repeats": 3,
-    "max_drop": 0.5,
-}
+FAST = QUICK_PROFILE
 STRICT = {**FAST, "name": "strict", "ratios": [0.9], "max_drop": 0.0}
 
 
 @pytest.fixture(scope="module")
 def core(tmp_path_factory):
-    with isolated_model_store(tmp_path_factory.mktemp("bentoml-models")):
-        settings = Settings(
-            home=tmp_path_factory.mktemp("home"),
-            models=[MODEL],
-            profile="cpu",
-            auto_compress=False,
-            admin_token=TOKEN,
-        )
-        core = Core(settings).start()
+    with (
+        isolated_model_store(tmp_path_factory.mktemp("bentoml-models")),
+        started_core(tmp_path_factory.mktemp("home"), models=[MODEL]) as core,
+    ):
         yield core
-        core.close()
-
-
-@pytest.fixture(scope="module")
-def client(core):
-    c = Client(create_app(core))
-    yield c
-    c.close()
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 
 from service.serving.app import create_app
-from service.serving.core import Core
 from service.serving.settings import Settings
 
-from .harness import TOKEN, Client
+from .harness import TOKEN, Client, started_core
 
 pytestmark = pytest.mark.unit
 IMAGE = np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)
@@ -24,24 +23,9 @@ IMAGE = np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)
 
 @pytest.fixture(scope="module")
 def core(tmp_path_factory):
-    settings = Settings(
-        home=tmp_path_factory.mktemp("home"),
-        models=["digits-cnn", "minilm"],
-        profile="cpu",
-        auto_compress=False,
-        admin_token=TOKEN,
-        max_body_bytes=1 << 20,
-    )
-    core = Core(settings).start()
-    yield core
-    core.close()
-
-
-@pytest.fixture(scope="module")
-def client(core):
-    c = Client(create_app(core))
-    yield c
-    c.close()
+    home = tmp_path_factory.mktemp("home")
+    with started_core(home, models=["digits-cnn", "minilm"], max_body_bytes=1 << 20) as core:
+        yield core
 
 
 def _infer_body(name="INPUT", datatype="FP32", shape=(1, 1, 8, 8), data=None) -> str:
@@ -180,7 +164,6 @@ def test_admin_calls_without_the_right_token_are_401(client, method, path):
 
 
 def test_admin_is_403_when_no_token_is_configured(core):
-    from service.serving.settings import Settings
 
     settings = Settings(**{**core.settings.model_dump(), "admin_token": None})
 

@@ -14,12 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.serving.app import create_app
-from service.serving.core import Core
 from service.serving.predict import predict
-from service.serving.settings import Settings
 
-from .harness import TOKEN, Client
+from .harness import TOKEN, started_core
 
 pytestmark = pytest.mark.unit
 FUZZ = settings(
@@ -32,28 +29,16 @@ FUZZ = settings(
 
 @pytest.fixture(scope="module")
 def core(tmp_path_factory):
-    settings_ = Settings(
-        home=tmp_path_factory.mktemp("home"),
+    with started_core(
+        tmp_path_factory.mktemp("home"),
         models=["digits-cnn", "minilm"],
-        profile="cpu",
-        auto_compress=False,
-        admin_token=TOKEN,
         max_body_bytes=256 << 10,
         max_rows_per_request=64,
         # Every valid compress request is checked all the way, then refused for space (507):
         # the fuzzer starts no compression processes.
         min_free_bytes=1 << 60,
-    )
-    core = Core(settings_).start()
-    yield core
-    core.close()
-
-
-@pytest.fixture(scope="module")
-def client(core):
-    c = Client(create_app(core))
-    yield c
-    c.close()
+    ) as core:
+        yield core
 
 
 def _ok(r) -> None:

@@ -13,12 +13,9 @@ import pytest
 import torch
 from prometheus_client import REGISTRY
 
-from service.serving.app import create_app
-from service.serving.core import Core
 from service.serving.predict import predict
-from service.serving.settings import Settings
 
-from .harness import TOKEN, Client
+from .harness import started_core
 
 pytestmark = pytest.mark.unit
 LIMIT = 1 << 20
@@ -26,25 +23,10 @@ LIMIT = 1 << 20
 
 @pytest.fixture(scope="module")
 def core(tmp_path_factory):
-    settings = Settings(
-        home=tmp_path_factory.mktemp("home"),
-        models=["digits-cnn", "minilm"],
-        profile="cpu",
-        auto_compress=False,
-        admin_token=TOKEN,
-        max_body_bytes=LIMIT,
-        max_rows_per_request=512,
-    )
-    core = Core(settings).start()
-    yield core
-    core.close()
-
-
-@pytest.fixture(scope="module")
-def client(core):
-    c = Client(create_app(core))
-    yield c
-    c.close()
+    home = tmp_path_factory.mktemp("home")
+    models = ["digits-cnn", "minilm"]
+    with started_core(home, models=models, max_body_bytes=LIMIT, max_rows_per_request=512) as c:
+        yield c
 
 
 def _client_errors(model: str) -> float:

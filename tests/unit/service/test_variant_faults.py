@@ -20,20 +20,11 @@ from service.serving.core import Core
 from service.serving.registry import ORIGINAL
 from service.serving.settings import Settings
 
-from .harness import TOKEN, Client, isolated_model_store
+from .harness import QUICK_PROFILE, TOKEN, Client, isolated_model_store
 
 pytestmark = pytest.mark.unit
 MODEL = "digits-cnn"
-FAST = {
-    "name": "fast",
-    "ratios": [0.3],
-    "allocation": "uniform",
-    "rebuild": ["bn"],
-    "importance": "magnitude",
-    "calibration_size": 64,
-    "latency_repeats": 3,
-    "max_drop": 0.5,
-}
+FAST = QUICK_PROFILE
 
 
 @pytest.fixture(scope="module")
