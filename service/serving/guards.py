@@ -109,24 +109,15 @@ class PredictGuard:
             return await _answer(
                 send, 415, f"expected Content-Type application/json, got {shown!r}"
             )
-        start: Message | None = None
-        parts: list[bytes] = []
 
-        async def capture(message: Message) -> None:
-            nonlocal start
-            if message["type"] == "http.response.start":
-                if 400 <= message["status"] < 500:
-                    start = message
-                    return
-                return await send(message)
-            if start is None:
-                return await send(message)
-            parts.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                extra = [(b"allow", b"POST")] if start["status"] == 405 else []
-                await _answer(send, start["status"], _error_message(b"".join(parts)), extra=extra)
+        async def rewrite(start: Message, body: bytes) -> None:
+            extra = [(b"allow", b"POST")] if start["status"] == 405 else []
+            await _answer(send, start["status"], _error_message(body), extra=extra)
 
-        await self.app(scope, receive, capture)
+        def client_error(start: Message) -> bool:
+            return 400 <= start["status"] < 500
+
+        await self.app(scope, receive, _rewriting(send, client_error, rewrite))
 
 
 class JsonErrors:
@@ -144,33 +135,51 @@ class JsonErrors:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        start: Message | None = None
-        parts: list[bytes] = []
         started = False
 
-        async def capture(message: Message) -> None:
-            nonlocal start, started
-            if message["type"] == "http.response.start":
-                started = True
-                media = dict(message.get("headers", [])).get(b"content-type", b"")
-                if message["status"] >= 400 and not media.startswith(b"application/json"):
-                    start = message
-                    return
-                return await send(message)
-            if start is None:
-                return await send(message)
-            parts.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                allow = [(k, v) for k, v in start.get("headers", []) if k.lower() == b"allow"]
-                text = _plain_error(scope, start["status"], b"".join(parts), allow)
-                await _answer(send, start["status"], text, extra=allow)
+        def plain_error(start: Message) -> bool:
+            nonlocal started
+            started = True
+            media = dict(start.get("headers", [])).get(b"content-type", b"")
+            return start["status"] >= 400 and not media.startswith(b"application/json")
+
+        async def rewrite(start: Message, body: bytes) -> None:
+            allow = [(k, v) for k, v in start.get("headers", []) if k.lower() == b"allow"]
+            text = _plain_error(scope, start["status"], body, allow)
+            await _answer(send, start["status"], text, extra=allow)
 
         try:
-            await self.app(scope, receive, capture)
+            await self.app(scope, receive, _rewriting(send, plain_error, rewrite))
         except Exception:  # a bug: the server logs it; the client gets JSON, not uvicorn's text
             if not started:
                 await _answer(send, 500, "internal server error (logged)")
             raise
+
+
+def _rewriting(
+    send: Send,
+    held: Callable[[Message], bool],
+    rewrite: Callable[[Message, bytes], Awaitable[None]],
+) -> Send:
+    """A ``send`` that passes every response through except one whose start message ``held``
+    selects: that one's body is collected and handed, with its start, to ``rewrite``."""
+    start: Message | None = None
+    parts: list[bytes] = []
+
+    async def capture(message: Message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start":
+            if held(message):
+                start = message
+                return
+            return await send(message)
+        if start is None:
+            return await send(message)
+        parts.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            await rewrite(start, b"".join(parts))
+
+    return capture
 
 
 def _plain_error(scope: Scope, status: int, raw: bytes, allow: list) -> str:

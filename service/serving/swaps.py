@@ -225,16 +225,13 @@ class VariantSwaps:
         self.plane.served(name)
         check_variant_id(vid)
         with self._lock:
-            old = self._swap_to(name, vid, reason)
-            try:
-                self.registry.set_active(name, vid, pinned=pinned)
-            except OSError as err:
-                self._undo_swap(name, old)
-                raise StoreUnavailable(
-                    f"cannot record {vid!r} as {name!r}'s active variant ({err.strerror}); "
-                    f"{old.variant!r} still serves"
-                ) from None
-            self._mtimes[name] = self.registry.pointer_mtime(name)
+            self._swap_recorded(
+                name,
+                vid,
+                reason,
+                lambda: self.registry.set_active(name, vid, pinned=pinned),
+                f"{vid!r} as {name!r}'s active variant",
+            )
         return {"model": name, "active_variant": vid}
 
     def rollback(self, name: str, pinned: bool = True) -> dict:
@@ -248,17 +245,27 @@ class VariantSwaps:
             previous = self.registry.previous(name)
             if previous is None:
                 raise Conflict(f"model {name!r} has no earlier variant to roll back to")
-            old = self._swap_to(name, previous, "rollback")
-            try:
-                self.registry.pop_previous(name, pinned=pinned)
-            except OSError as err:
-                self._undo_swap(name, old)
-                raise StoreUnavailable(
-                    f"cannot record the rollback of {name!r} ({err.strerror}); "
-                    f"{old.variant!r} still serves"
-                ) from None
-            self._mtimes[name] = self.registry.pointer_mtime(name)
+            self._swap_recorded(
+                name,
+                previous,
+                "rollback",
+                lambda: self.registry.pop_previous(name, pinned=pinned),
+                f"the rollback of {name!r}",
+            )
         return {"model": name, "active_variant": previous}
+
+    def _swap_recorded(self, name: str, vid: str, reason: str, record, what: str) -> None:
+        """Swap ``name`` to ``vid``, then ``record()`` it in the registry; when that write
+        fails, what served before serves again and :class:`StoreUnavailable` says so."""
+        old = self._swap_to(name, vid, reason)
+        try:
+            record()
+        except OSError as err:
+            self._undo_swap(name, old)
+            raise StoreUnavailable(
+                f"cannot record {what} ({err.strerror}); {old.variant!r} still serves"
+            ) from None
+        self._mtimes[name] = self.registry.pointer_mtime(name)
 
     def _undo_swap(self, name: str, old: Active) -> None:
         """Serve ``old`` again (its module is in memory: nothing to load, nothing can fail)."""
