@@ -139,6 +139,9 @@ class SlimServe:
 
     def __init__(self) -> None:
         logging.basicConfig(level=logging.INFO)
+        # BentoML configured the root logger first (WARNING): the service's own events (swaps,
+        # canary decisions, jobs; none per request) are INFO and belong in the server's log.
+        logging.getLogger("slimserve").setLevel(logging.INFO)
         self.core = Core(Settings.from_env()).start()
         http_app.state.core = self.core
 

@@ -68,6 +68,18 @@ time_limit_s: 300
 """
 
 
+# The service's own profile here (the good job and the rollback's recompression use it): a
+# gentle cut in float32 on torch, so the "good" variant is faithful by construction whatever
+# this machine's latencies. The cpu profile chooses by latency, and on a slower machine its pick
+# (half the channels in bfloat16) may disagree with the original on 3 of 50 live digits, which
+# drops it as a canary: a correct decision, and a flaky test.
+GENTLE = (
+    EXTREME.replace("name: extreme", "name: gentle")
+    .replace("ratios: [0.9]", "ratios: [0.2]")
+    .replace("max_drop: 1.0", "max_drop: 0.02")
+)
+
+
 def _until(check, timeout: float = 120.0, what: str = "", state=None) -> None:
     """Wait for ``check()``; on timeout, the error says ``what`` and, with ``state``, what the
     server showed then (a loaded CI machine can starve shadow evaluation: the figures tell)."""
@@ -89,6 +101,17 @@ def _jobs_done(server) -> bool:
     return all(j["state"] not in ("queued", "running") for j in jobs)
 
 
+def _state(server) -> dict:
+    """What a failed wait shows: the live windows, what serves, the jobs and the log's tail."""
+    jobs = server.admin("GET", "/jobs").json()["jobs"]
+    return {
+        "live": {k: v.get("live") for k, v in _variants(server).items()},
+        "active": _active(server),
+        "jobs": [(j["id"], j["state"], j.get("variant"), j.get("live")) for j in jobs],
+        "log": [line[-300:] for line in server.tail(20000).splitlines() if "slimserve:" in line],
+    }
+
+
 def _variants(server) -> dict:
     return {
         v["id"]: v for v in server.admin("GET", "/models/digits-cnn/variants").json()["variants"]
@@ -102,6 +125,7 @@ def test_live_traffic_drops_a_bad_variant_promotes_a_good_one_and_replicas_share
     profiles = tmp_path / "profiles"
     profiles.mkdir()
     (profiles / "extreme.yaml").write_text(EXTREME)
+    (profiles / "gentle.yaml").write_text(GENTLE)
     cache = tmp_path / "cache"
     home = tmp_path / "a"
     live = {
@@ -112,6 +136,7 @@ def test_live_traffic_drops_a_bad_variant_promotes_a_good_one_and_replicas_share
         "SLIMSERVE_SHADOW_WINDOW": "64",
         "SLIMSERVE_VARIANT_CACHE": str(cache),
         "SLIMSERVE_PROFILES_DIR": str(profiles),
+        "SLIMSERVE_PROFILE": "gentle",
     }
     server = SlimServer(home, models="digits-cnn", **live).start()
     try:
@@ -137,9 +162,15 @@ def test_live_traffic_drops_a_bad_variant_promotes_a_good_one_and_replicas_share
             assert r.status_code == 200, r.text
             _until(lambda: _active(server) == "original", what="no live-fidelity rollback")
             served_bad = load.variants.count(bad_id)
-            # The rollback queued a recompression on live traffic: let it finish and its
-            # variant, if accepted, leave the canary stage (promoted or dropped) before the
-            # good job, so the good one is the last promoted (what the replica below finds).
+            # The rollback queues a recompression on live traffic just after the swap back: wait
+            # for it to exist, finish, and its variant, if accepted, to leave the canary stage
+            # (promoted or dropped) before the good job, so the good one is the last promoted
+            # (what the replica below finds).
+            _until(
+                lambda: len(server.admin("GET", "/jobs").json()["jobs"]) >= 2,
+                what="the rollback queued no recompression",
+                state=lambda: _state(server),
+            )
             _until(lambda: _jobs_done(server), timeout=900.0, what="live recompression")
             _until(
                 lambda: (
@@ -151,7 +182,7 @@ def test_live_traffic_drops_a_bad_variant_promotes_a_good_one_and_replicas_share
             )
 
             # 3. A good variant: promoted once live traffic agrees.
-            job = server.admin("POST", "/models/digits-cnn/compress", json={"profile": "cpu"})
+            job = server.admin("POST", "/models/digits-cnn/compress", json={"profile": "gentle"})
             good = _wait_job(server, job.json()["job"], timeout=900)
             assert good["state"] == "succeeded", (good.get("error"), good.get("message"))
             report = good["report"]
@@ -160,7 +191,7 @@ def test_live_traffic_drops_a_bad_variant_promotes_a_good_one_and_replicas_share
                 timeout=240.0,
                 what=f"the good canary was not promoted (accepted {report['accepted']}: "
                 f"{report['reason']}; {report['ratio']:.0%} {report['precision']})",
-                state=lambda: {k: v.get("live") for k, v in _variants(server).items()},
+                state=lambda: _state(server),
             )
             time.sleep(1.0)
         text = httpx.get(f"{server.url}/metrics", timeout=60).text
