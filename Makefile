@@ -34,16 +34,21 @@ compress: install
 serve: install
 	$(BIN)/slimserve serve --model digits-cnn --model minilm
 
+# The suite runs on a pytest-xdist worker per core, a test file to a worker (its module fixtures
+# built once); most e2e time is one process waiting on another (a server, a job), so two workers
+# keep both cores busy.
+PYTEST_WORKERS ?= auto
+
 test: install tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 # The unit tests alone (tiny models, in process; no real servers, no Triton, no pretrained MiniLM
 # compression): the quick loop while developing.
 test-fast: install
-	$(BIN)/pytest -m unit tests/unit
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile -m unit tests/unit
 
 lint: install
 	$(BIN)/ruff check .

@@ -16,7 +16,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+# Both cores of the project's machines for one test process; under pytest-xdist (``make test``:
+# a worker per core) a core each, so the workers' torch threads do not fight over the cores.
+torch.set_num_threads(max(1, 2 // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 
 @pytest.fixture(scope="session")
@@ -99,15 +101,36 @@ MINILM_NARROW = {
 }
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """``build(directory)`` run once per test session, pytest-xdist workers included: the first
+    worker to ask builds into the session's shared temp root under a file lock, the others wait
+    for it and read what it saved."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # each worker's basetemp lies in the session's
+    out = root / "built-once" / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if not (out / ".done").exists():
+            build(out)
+            (out / ".done").touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def minilm_narrow_variant(minilm_bundle, tmp_path_factory) -> Path:
     """MINILM_NARROW's variant, saved; read-only: a test that edits its files copies it first."""
     from compression.profiles import PROFILES
 
-    b = minilm_bundle
-    profile = PROFILES["cpu"].model_copy(update=MINILM_NARROW)
-    variant = b.compress(profile, calibration=b.calibration[:2], validation=b.validation[:1])
-    return variant.save(tmp_path_factory.mktemp("minilm-narrow") / "v")
+    def build(out: Path) -> None:
+        b = minilm_bundle
+        profile = PROFILES["cpu"].model_copy(update=MINILM_NARROW)
+        variant = b.compress(profile, calibration=b.calibration[:2], validation=b.validation[:1])
+        variant.save(out)
+
+    return built_once(tmp_path_factory, "minilm-narrow", build)
 
 
 # MiniLM with 10 % cut (global), float32 on torch, verified against the cpu profile's budgets
@@ -126,8 +149,14 @@ MINILM_CUT = {
 
 
 @pytest.fixture(scope="session")
-def minilm_cut_variant(minilm_bundle):
-    """MINILM_CUT's CompressedModel (read-only: tests save or run it, never change it)."""
+def minilm_cut_variant(minilm_bundle, tmp_path_factory):
+    """MINILM_CUT's CompressedModel, loaded from where it was saved once per session (save ->
+    load reproduces it); read-only: tests save or run it, never change it."""
+    from compression import load_variant
     from compression.profiles import PROFILES
 
-    return minilm_bundle.compress(PROFILES["cpu"].model_copy(update=MINILM_CUT))
+    def build(out: Path) -> None:
+        minilm_bundle.compress(PROFILES["cpu"].model_copy(update=MINILM_CUT)).save(out)
+
+    path = built_once(tmp_path_factory, "minilm-cut", build)
+    return load_variant(path, model=minilm_bundle.factory())

@@ -222,11 +222,14 @@ def test_sigterm_under_load_completes_every_request_in_flight(fresh):
 
     from service.launch import metric_value
 
-    # Long enough to be in flight together: three micro-batches of 32 rows each, queued in
-    # order, so the first request alone takes three MiniLM forwards (a second or more on 2
-    # cores) while all 16 arrive; the 16 are 48 forwards to finish after SIGTERM.
+    # Long enough to be in flight together: three micro-batches of 32 long sentences each,
+    # queued in order, so the first request alone takes three MiniLM forwards while all 16
+    # arrive; the 16 are 48 forwards to finish after SIGTERM. Long sentences: with packed
+    # tokens a short one costs little, and 16 short requests finished before the first poll
+    # below answered on a loaded machine.
     rows = 3 * 32
-    sentences = ["Structured pruning removes whole channels, so the model is faster."] * rows
+    sentence = " ".join(["Structured pruning removes whole channels, so the model is faster."] * 4)
+    sentences = [sentence] * rows
     body = {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [rows], "data": sentences}]}
 
     def one(_):
@@ -237,6 +240,7 @@ def test_sigterm_under_load_completes_every_request_in_flight(fresh):
         except httpx.HTTPError as err:
             return type(err).__name__
 
+    httpx.get(f"{fresh.url}/metrics", timeout=60)  # the first scrape sets up; then polls are quick
     with ThreadPoolExecutor(16) as pool:
         futures = [pool.submit(one, i) for i in range(16)]
         inflight = 0.0

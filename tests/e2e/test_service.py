@@ -200,7 +200,9 @@ def test_swap_under_load_rollback_restart_and_metrics(server, server_home):
         server.admin("POST", "/models/digits-cnn/activate", json={"variant": new}).status_code
         == 200
     )
-    server.stop()
+    # A second process on the same home starts as a restart would (it reads the pointer); the
+    # session's server keeps running for the other modules that use it (under pytest-xdist
+    # they may run after this one), and goes back to the original afterwards.
     again = SlimServer(server_home).start()
     try:
         models = {m["name"]: m for m in again.admin("GET", "/models").json()["models"]}
@@ -210,3 +212,5 @@ def test_swap_under_load_rollback_restart_and_metrics(server, server_home):
         assert r.status_code == 200 and r.headers["x-slimserve-variant"] == new
     finally:
         again.stop()
+    r = server.admin("POST", "/models/digits-cnn/rollback")
+    assert r.status_code == 200 and r.json()["active_variant"] == "original", r.text

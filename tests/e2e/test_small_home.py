@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from service.launch import SlimServer, metric_value
+from service.launch import SlimServer, metric_value, share_builtin_cache
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 DIGIT = {
@@ -45,6 +45,7 @@ def small_home(request, tmp_path):
 def test_a_home_too_small_for_a_variant_reaches_ready_and_serves(small_home, tmp_path):
     home, extra = small_home
     home.mkdir(parents=True)
+    share_builtin_cache(home)  # the session's trained digits models: a link, no retraining
     env = {"SLIMSERVE_HOME": str(home), "BENTOML_HOME": str(home / "bentoml"),
            "SLIMSERVE_AUTO_COMPRESS": "true", **extra}  # fmt: skip
     began = time.monotonic()
