@@ -63,6 +63,7 @@ def _heads(model: torch.nn.Module) -> dict[str, tuple[int, int, int, int]]:
 RELOADER = """
 import json, sys, traceback
 import torch
+torch.set_num_threads({threads})  # the test's: another count sums in another order
 sys.path.insert(0, {here!r})
 from safetensors.torch import load_file
 from compression import load_variant
@@ -91,7 +92,7 @@ def reload_in_fresh_process(tmp_path_factory):
     log = tmp_path_factory.mktemp("reloader") / "stderr.log"
     with open(log, "w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-c", RELOADER.format(here=str(Path(__file__).parent))],
+            [sys.executable, "-c", RELOADER.format(here=str(Path(__file__).parent), threads=torch.get_num_threads())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
         )  # fmt: skip
 

@@ -78,6 +78,7 @@ def test_save_load_in_a_fresh_process_reproduces_outputs(tmp_path):
     save_file({"x": x, "y": v.module(x).detach()}, tmp_path / "io.safetensors")
     script = f"""
 import sys, torch
+torch.set_num_threads({torch.get_num_threads()})  # the test's: another count sums in another order
 sys.path.insert(0, {str(__import__("pathlib").Path(__file__).parent)!r})
 from safetensors.torch import load_file
 from compression import load_variant
