@@ -3,10 +3,13 @@
 1. **Canary.** An accepted variant does not serve at once: it runs in shadow on a sample of live
    requests (the original keeps answering) until ``shadow_min_samples`` agreements are in.
    At or above its live budget it is promoted (``slimserve_swaps_total{reason="canary"}``);
-   below it minus the hysteresis it is dropped and marked.
+   below it minus the hysteresis it is dropped and marked. Until the window is full a decision
+   needs a one-sided 95 % bound (``Window.bounds``: Wilson's interval for top-1 agreement) on
+   the right side of that line; a full window decides on its mean.
 2. **Watch.** While a variant serves, the original runs in shadow on a sample; when the
-   window's agreement falls below the budget minus the hysteresis the original is swapped back
-   (``reason="live_fidelity"``), the figures are logged, and the variant is marked.
+   window's agreement falls below the budget minus the hysteresis (the same rule) the original
+   is swapped back (``reason="live_fidelity"``), the figures are logged, and the variant is
+   marked.
 3. **Recompress.** A live-fidelity rollback queues a new job calibrated on the reservoir of
    live requests, with pruning amounts below the rejected variant's (the marks), so the next
    variant is built on what the model really sees and does not repeat the same settings.
@@ -40,6 +43,23 @@ from service.serving.swaps import refuse
 from service.serving.variants import VariantManager
 
 log = logging.getLogger("slimserve.live")
+
+
+def decision(window: Window, budget: float, slack: float) -> tuple[bool, bool]:
+    """(holds, breaks): whether the window's main metric promotes a canary, and whether it
+    drops a canary or rolls back a served variant, against ``budget`` less ``slack``.
+
+    Before the window is full, only evidence decides. A variant holds once its mean meets the
+    budget and its one-sided 95 % lower bound (``Window.bounds``) clears the line. It breaks once
+    its upper bound falls under the line. In between it keeps being measured: a point estimate on
+    about 50 samples would drop a variant that truly disagrees on 2 % of inputs about one time
+    in fourteen (3 or more of 48, binomial). A full window decides on its mean.
+    """
+    line = budget - slack
+    low, high = window.bounds()
+    holds = window.mean >= budget and (low >= line or window.full)
+    breaks = high < line or (window.full and window.mean < line)
+    return holds, breaks
 
 
 class LiveLoop:
@@ -81,10 +101,11 @@ class LiveLoop:
         if floor is not None:
             metrics.series().live_budget.labels(name, vid, "neighbour_recall").set(floor)
         slack = self.settings.live_hysteresis
+        holds, breaks = decision(window, budget, slack)
         # Recall needs more than 2 k distinct sentences in the window (shadow.recall_of); until
-        # then (or for traffic that repeats a few sentences) cosine decides alone.
-        holds = value >= budget and (recall is None or recall >= floor)
-        breaks = value < budget - slack or (recall is not None and recall < floor - slack)
+        # then (or for traffic that repeats a few sentences) the main metric decides alone.
+        holds = holds and (recall is None or recall >= floor)
+        breaks = breaks or (recall is not None and recall < floor - slack)
         canary = self.shadow.canaries.get(name)
         with self._lock:
             if canary is not None and canary.variant == vid:

@@ -42,12 +42,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.stats import binomtest
 
 from compression.evaluation.metrics import neighbour_recall
 from service.serving import metrics
 from service.serving.runtime import Active, Runtime, Served
 
 log = logging.getLogger("slimserve.shadow")
+
+
+# A live decision before the window is full is a one-sided 95 % bound (Window.bounds).
+BOUND_ALPHA = 0.05
+ONE_SIDED_Z = 1.645
 
 
 @dataclass
@@ -86,6 +92,24 @@ class Window:
     def mean(self) -> float:
         return float(np.mean(self.values)) if self.values else float("nan")
 
+    @property
+    def full(self) -> bool:
+        return len(self.values) >= self.size
+
+    def bounds(self) -> tuple[float, float]:
+        """One-sided 95 % bounds (low, high) on the window's mean agreement: Wilson's score
+        interval for top-1 (0/1 per sample; scipy), the mean +- 1.645 standard errors for a
+        continuous figure (cosine)."""
+        values = np.asarray(self.values, dtype=np.float64)
+        if len(values) < 2:
+            return float("-inf"), float("inf")
+        if self.metric == "top1":
+            test = binomtest(int(round(values.sum())), len(values))
+            ci = test.proportion_ci(confidence_level=1 - 2 * BOUND_ALPHA, method="wilson")
+            return float(ci.low), float(ci.high)
+        error = ONE_SIDED_Z * float(values.std(ddof=1)) / np.sqrt(len(values))
+        return float(values.mean()) - error, float(values.mean()) + error
+
     def summary(self) -> dict:
         out = {"metric": self.metric, "value": round(self.mean, 6), "window": len(self.values)}
         out["samples"] = self.samples
@@ -116,15 +140,21 @@ def recall_of(pairs, k: int = RECALL_K) -> float | None:
 
 
 def agreement(served_out: np.ndarray, other_out: np.ndarray, embedding: bool):
-    """(decision metric name, per-sample values, extra per-sample series)."""
+    """(decision metric name, per-sample values, extra per-sample series).
+
+    Class scores are read along their last dimension. A sample with several positions (a
+    tagger's or a CTC head's scores per step, ``[B, T, C]``) agrees only where every position's
+    top class does: one flipped step changes the answer its user reads.
+    """
     a = torch.from_numpy(np.asarray(served_out, dtype=np.float32))
     b = torch.from_numpy(np.asarray(other_out, dtype=np.float32))
     if embedding:
         cos = torch.nn.functional.cosine_similarity(a, b, dim=1)
         return "cosine", cos.numpy(), {}
-    top1 = (a.argmax(1) == b.argmax(1)).float()
-    tv = 0.5 * (a.softmax(1) - b.softmax(1)).abs().sum(1)
-    return "top1", top1.numpy(), {"tv_distance": tv.numpy()}
+    same = a.argmax(-1) == b.argmax(-1)
+    top1 = same.reshape(len(same), -1).all(1).float()
+    tv = 0.5 * (a.softmax(-1) - b.softmax(-1)).abs().sum(-1)
+    return "top1", top1.numpy(), {"tv_distance": tv.reshape(len(tv), -1).mean(1).numpy()}
 
 
 @dataclass

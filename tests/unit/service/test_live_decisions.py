@@ -1,0 +1,78 @@
+"""The live loop's decisions on few samples: one-sided 95 % bounds before the window is full,
+the mean with its hysteresis once it is; and top-1 agreement per sample for class scores with
+several positions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import binom
+
+from service.serving.liveloop import decision
+from service.serving.shadow import Window, agreement
+
+pytestmark = pytest.mark.unit
+BUDGET, SLACK = 0.95, 0.01  # the service's defaults (live_min_agreement, live_hysteresis)
+
+
+def _top1(agree: int, n: int, size: int = 64) -> Window:
+    w = Window("top1", size)
+    w.add(np.array([1.0] * agree + [0.0] * (n - agree)), {})
+    return w
+
+
+@pytest.mark.parametrize(
+    ("agree", "n", "low", "high"),
+    [(48, 48, 0.9466, 1.0), (47, 48, 0.9119, 0.9953), (45, 48, 0.8536, 0.9747),
+     (34, 48, 0.5916, 0.8028), (63, 64, 0.9330, 0.9965)],
+)  # fmt: skip
+def test_top1_bounds_are_wilson_one_sided_95(agree, n, low, high):
+    lo, hi = _top1(agree, n).bounds()
+    assert (round(lo, 4), round(hi, 4)) == (low, high)
+
+
+def test_cosine_bounds_are_the_mean_within_1645_standard_errors():
+    w = Window("cosine", 256)
+    values = np.linspace(0.94, 1.0, 61)
+    w.add(values, {})
+    lo, hi = w.bounds()
+    error = 1.645 * values.std(ddof=1) / np.sqrt(len(values))
+    assert lo == pytest.approx(values.mean() - error) and hi == pytest.approx(values.mean() + error)
+
+
+def test_a_canary_that_disagrees_on_3_of_48_is_measured_on_not_dropped():
+    # The point estimate (0.9375 < 0.94) dropped it; a variant that truly disagrees on 2 % of
+    # inputs shows 3 or more of 48 this often:
+    assert binom.sf(2, 48, 0.02) == pytest.approx(0.0712, abs=1e-4)
+    assert decision(_top1(45, 48), BUDGET, SLACK) == (False, False)
+
+
+def test_clear_evidence_decides_before_the_window_is_full():
+    assert decision(_top1(48, 48), BUDGET, SLACK) == (True, False)  # lower bound 0.9466
+    assert decision(_top1(34, 48), BUDGET, SLACK) == (False, True)  # upper bound 0.8028
+    assert decision(_top1(47, 48), BUDGET, SLACK) == (False, False)  # 0.9119 .. 0.9953
+
+
+def test_a_full_window_decides_on_its_mean_with_the_hysteresis():
+    assert decision(_top1(62, 64), BUDGET, SLACK) == (True, False)  # 0.969, lower bound 0.91
+    assert decision(_top1(60, 64), BUDGET, SLACK) == (False, True)  # 0.9375 < 0.94
+    assert decision(_top1(61, 64), BUDGET, SLACK) == (True, False)  # 0.953
+    assert decision(_top1(94, 100, size=100), BUDGET, SLACK) == (False, False)  # in the band
+
+
+def test_class_scores_per_position_agree_only_where_every_position_does():
+    rng = np.random.default_rng(0)
+    original = rng.normal(size=(4, 7, 5)).astype(np.float32)  # 4 samples, 7 steps, 5 classes
+    variant = original.copy()
+    step = variant[1, 3]
+    step[original[1, 3].argmax()] = step.min() - 1.0  # one step of sample 1 flips its class
+    metric, values, extra = agreement(variant, original, embedding=False)
+    assert metric == "top1" and values.tolist() == [1.0, 0.0, 1.0, 1.0]
+    assert extra["tv_distance"].shape == (4,) and extra["tv_distance"][1] > 0
+    assert extra["tv_distance"][[0, 2, 3]].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_a_classifier_row_still_agrees_on_its_top_class():
+    original = np.array([[0.1, 2.0, 0.3], [1.0, 0.0, 0.5]], dtype=np.float32)
+    variant = np.array([[0.2, 1.5, 0.3], [0.0, 1.0, 0.5]], dtype=np.float32)
+    assert agreement(variant, original, embedding=False)[1].tolist() == [1.0, 0.0]
