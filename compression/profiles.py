@@ -13,6 +13,7 @@ validation as a user's file::
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Literal
 
@@ -34,6 +35,17 @@ MAX_RATIOS = 32
 MAX_CALIBRATION = 65536
 MAX_LATENCY_BATCH = 4096
 MAX_SECONDS = 7 * 24 * 3600.0
+
+
+def _scalar_types(annotation) -> set:
+    """The scalar types an annotation admits: ``int | None`` -> {int, None}, ``list[float]``
+    -> {float}."""
+    args = typing.get_args(annotation)
+    if not args:
+        return {annotation}
+    if typing.get_origin(annotation) in (list, tuple):
+        return set().union(*(_scalar_types(a) for a in args if a is not Ellipsis))
+    return set().union(*(_scalar_types(a) for a in args))
 
 
 class DeviceProfile(BaseModel):
@@ -176,6 +188,18 @@ class DeviceProfile(BaseModel):
         "of a padded batch only; lossless in float32, compression.forms.packing), measured like any "
         "candidate; CPU profiles only.",
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value, info):
+        # pydantic reads true as 1 for a number field; a profile that says `threads: true`
+        # meant something else, and is refused rather than run on one thread.
+        items = value if isinstance(value, list | tuple) else [value]
+        if any(isinstance(v, bool) for v in items) and bool not in _scalar_types(
+            cls.model_fields[info.field_name].annotation
+        ):
+            raise ValueError(f"{value!r}: a boolean where a number or a name is expected")
+        return value
 
     @field_validator("dtype")
     @classmethod

@@ -37,6 +37,16 @@ def test_bad_value_is_named(tmp_path):
         load_profile_file(path)
 
 
+@pytest.mark.parametrize("text", ["threads: true\n", "ratios: [0.3, yes]\n", "max_drop: no\n"])
+def test_a_boolean_where_a_number_belongs_is_refused_not_read_as_1(tmp_path, text):
+    path = tmp_path / "bad.yaml"
+    path.write_text("device: cpu\n" + text)
+    with pytest.raises(ProfileError, match=r"a boolean where a number or a name is expected"):
+        load_profile_file(path)
+    path.write_text("device: cpu\npacked_tokens: true\n")  # a boolean setting takes one
+    assert load_profile_file(path).packed_tokens is True
+
+
 def test_malformed_yaml(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("device: [cpu\n")

@@ -81,6 +81,8 @@ def _error(r, status: int) -> str:
         ({"ridge": 1e308}, r"ridge: .*allowed range \[0, 1000\] \(got 1e\+308\)"),
         ({"time_limit_s": 1e12}, r"time_limit_s: .*allowed range \(0, 604800\]"),
         ({"target_speedup": 1e9}, r"target_speedup: .*allowed range \(1, 1000\]"),
+        ({"threads": True}, r"threads: .*a boolean where a number or a name is expected"),
+        ({"max_drop": False}, r"max_drop: .*a boolean where a number or a name is expected"),
     ],
     ids=lambda v: next(iter(v)) if isinstance(v, dict) else None,
 )  # fmt: skip
