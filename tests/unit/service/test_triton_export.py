@@ -28,7 +28,17 @@ pytestmark = pytest.mark.integration
 
 # torch runtime: these variants are the torch modules the TorchScript export must reproduce
 # (an ONNX Runtime variant exports its torch form, which such a comparison cannot check).
-NARROW = {"ratios": [0.5], "allocation": "uniform", "latency_repeats": 3, "runtimes": ["torch"]}
+# Half the channels in float32 on torch, the one candidate: the tests export a pruned variant,
+# and with the profile's precisions an unpruned bfloat16 copy can win the latency race on a
+# loaded machine (it did under two pytest workers: params_after == params_before).
+NARROW = {
+    "ratios": [0.5],
+    "allocation": "uniform",
+    "latency_repeats": 3,
+    "runtimes": ["torch"],
+    "quantization": "none",
+    "cpu_bfloat16": False,
+}
 
 
 def make_variant(source: str, out: Path, *, int8: bool = False, **update) -> Path:
