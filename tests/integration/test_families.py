@@ -31,6 +31,7 @@ SETTINGS = {
     "ratios": [0.5],
     "allocation": "uniform",
     "quantization": "none",
+    "cpu_bfloat16": False,  # the cut is the one candidate: an unpruned copy never races it
     "latency_repeats": 3,
     "max_drop": 1.0,
     "min_fidelity": -1.0,  # the claim is a lower bound: on 4 confirmation samples it can be < 0
