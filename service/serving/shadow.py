@@ -42,18 +42,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy.stats import binomtest
+from scipy.stats import binomtest, norm
 
 from compression.evaluation.metrics import neighbour_recall
+from compression.search.splits import Z_CLAIM
 from service.serving import metrics
 from service.serving.runtime import Active, Runtime, Served
 
 log = logging.getLogger("slimserve.shadow")
 
 
-# A live decision before the window is full is a one-sided 95 % bound (Window.bounds).
-BOUND_ALPHA = 0.05
-ONE_SIDED_Z = 1.645
+# A live decision before the window is full rests on a one-sided 95 % bound (Window.bounds), the
+# same as a verification claim: Z_CLAIM standard errors, or Wilson's interval at that level.
+WILSON_LEVEL = 1.0 - 2.0 * float(norm.sf(Z_CLAIM))  # two-sided 90 %: each side 95 %
 
 
 @dataclass
@@ -98,16 +99,16 @@ class Window:
 
     def bounds(self) -> tuple[float, float]:
         """One-sided 95 % bounds (low, high) on the window's mean agreement: Wilson's score
-        interval for top-1 (0/1 per sample; scipy), the mean +- 1.645 standard errors for a
+        interval for top-1 (0/1 per sample; scipy), the mean +- ``Z_CLAIM`` standard errors for a
         continuous figure (cosine)."""
         values = np.asarray(self.values, dtype=np.float64)
         if len(values) < 2:
             return float("-inf"), float("inf")
         if self.metric == "top1":
             test = binomtest(int(round(values.sum())), len(values))
-            ci = test.proportion_ci(confidence_level=1 - 2 * BOUND_ALPHA, method="wilson")
+            ci = test.proportion_ci(confidence_level=WILSON_LEVEL, method="wilson")
             return float(ci.low), float(ci.high)
-        error = ONE_SIDED_Z * float(values.std(ddof=1)) / np.sqrt(len(values))
+        error = Z_CLAIM * float(values.std(ddof=1)) / np.sqrt(len(values))
         return float(values.mean()) - error, float(values.mean()) + error
 
     def summary(self) -> dict:

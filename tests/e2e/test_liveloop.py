@@ -107,7 +107,7 @@ def _state(server) -> dict:
     return {
         "live": {k: v.get("live") for k, v in _variants(server).items()},
         "active": _active(server),
-        "jobs": [(j["id"], j["state"], j.get("variant"), j.get("live")) for j in jobs],
+        "jobs": [(j["id"], j["profile"], j["state"]) for j in jobs],
         "log": [line[-300:] for line in server.tail(20000).splitlines() if "slimserve:" in line],
     }
 

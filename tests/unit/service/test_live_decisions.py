@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.stats import binom
 
 from service.serving.liveloop import decision
 from service.serving.shadow import Window, agreement
@@ -24,11 +23,11 @@ def _top1(agree: int, n: int, size: int = 64) -> Window:
 @pytest.mark.parametrize(
     ("agree", "n", "low", "high"),
     [(48, 48, 0.9466, 1.0), (47, 48, 0.9119, 0.9953), (45, 48, 0.8536, 0.9747),
-     (34, 48, 0.5916, 0.8028), (63, 64, 0.9330, 0.9965)],
+     (34, 48, 0.5916, 0.8028), (63, 64, 0.9329, 0.9965)],
 )  # fmt: skip
 def test_top1_bounds_are_wilson_one_sided_95(agree, n, low, high):
-    lo, hi = _top1(agree, n).bounds()
-    assert (round(lo, 4), round(hi, 4)) == (low, high)
+    # Wilson's interval at the level Z_CLAIM gives each side (scipy; 1.645 is 95.0 % to 1e-4).
+    assert _top1(agree, n).bounds() == pytest.approx((low, high), abs=1e-4)
 
 
 def test_cosine_bounds_are_the_mean_within_1645_standard_errors():
@@ -41,9 +40,8 @@ def test_cosine_bounds_are_the_mean_within_1645_standard_errors():
 
 
 def test_a_canary_that_disagrees_on_3_of_48_is_measured_on_not_dropped():
-    # The point estimate (0.9375 < 0.94) dropped it; a variant that truly disagrees on 2 % of
-    # inputs shows 3 or more of 48 this often:
-    assert binom.sf(2, 48, 0.02) == pytest.approx(0.0712, abs=1e-4)
+    # The point estimate (0.9375 < 0.94) dropped it. A variant that truly disagrees on 2 % of
+    # inputs shows 3 or more of 48 with probability scipy.stats.binom.sf(2, 48, 0.02) = 0.071.
     assert decision(_top1(45, 48), BUDGET, SLACK) == (False, False)
 
 
