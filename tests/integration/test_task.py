@@ -22,8 +22,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def test_task_aware_and_fidelity_pruning_both_keep_the_task_within_budget(digits_cnn_bundle):
     """Which route cuts more is measured in benchmarks.task_pruning, not asserted here: with
     acceptance on a confirmation split (269 samples) the accuracy budget is the noisier one,
-    and on digits parity the fidelity route went further (5.95x vs 4.57x, head accuracy
-    0.9944 vs the original's 1.0)."""
+    and which route goes further changes with the profile (benchmarks/results/task_pruning.md)."""
     bundle = digits_cnn_bundle
     # Torch only: which runtime is fastest is this machine's to say (ONNX Runtime of the unpruned
     # model can win the latency race and ship at 1.00x MACs); the cut is what this test is about.
