@@ -22,12 +22,13 @@ from compression.core.inputs import (
     check_runs,
     concat,
     index,
+    main_output,
     materialize,
     served_like,
     to_device,
     token_mask,
 )
-from compression.evaluation import metrics
+from compression.evaluation import kinds, metrics
 from compression.evaluation.measure import torch_threads
 from compression.forms import packing, runtimes
 from compression.output.plan import variant_plan
@@ -41,6 +42,9 @@ from compression.structure import graph, importance
 
 # Samples of the calibration set on which the rebuild ladder measures its error.
 PROBE_SAMPLES = 128
+# Calibration samples read beyond the profile's calibration_size: no fit sees them; they bound
+# how often a variant's answers differ from the original's (class scores, maps).
+SPARE_SAMPLES = 2048
 
 Progress = Callable[[float, str], None]
 
@@ -151,7 +155,7 @@ def prepare(
     device = _device(profile)
     original = copy.deepcopy(model).eval().to(device)
     example_inputs = to_device(example_inputs, device)
-    calib_list, val_list, in_sample, metric = _data(
+    calib_list, spare, val_list, in_sample, metric, reading = _data(
         original, profile, calibration, validation, metric, device
     )
     progress(0.02, "tracing")
@@ -175,8 +179,16 @@ def prepare(
     # Selection (every candidate) and confirmation (the chosen one): see compression.search.splits.
     selection, confirmation = splits.interleave(val_list)
     limits = (profile.max_drop, profile.min_fidelity, profile.max_perplexity_increase)
-    sel = splits.evaluation(runner, selection, metric, *limits)
-    conf = splits.evaluation(runner, confirmation, metric, *limits) if confirmation else None
+    sel = splits.evaluation(runner, selection, metric, *limits, reading)
+    conf = (
+        splits.evaluation(runner, confirmation, metric, *limits, reading) if confirmation else None
+    )
+    pool = None
+    if conf is not None and splits.answered(reading) is not None:
+        # No fit saw these inputs and no choice was made on them: how often a variant's
+        # answers differ from the original's there bounds a labelled drop too (verify.confirm).
+        unseen = [(x, None) for x, _ in confirmation] + [(x, None) for x in spare]
+        pool = splits.evaluation(runner, unseen, reading.metric, *limits, reading)
     lat_source = val_list[0][0]
     if batch_size(lat_source) < profile.latency_batch or token_mask(lat_source) is not None:
         # GPU batches span several; token batches: a batch as served is drawn from all of them
@@ -188,6 +200,8 @@ def prepare(
         calibration=calib,
         validation=sel.data,
         metric=metric,
+        reading=reading,
+        pool=pool,
         units=units,
         scores=scores,
         stats=stats,
@@ -217,15 +231,15 @@ def _data(
     validation: Iterable[tuple[Batch, object]] | None,
     metric: metrics.Metric,
     device: str,
-) -> tuple[list[Batch], list[tuple[Batch, object]], bool, metrics.Metric]:
-    """Calibration and validation batches on the device (validation held out of the
-    calibration data when none is given; in-sample when there is too little to hold out),
-    and the metric they are judged by."""
-    calib_list = [
-        to_device(b, device)
-        for b in materialize(calibration, "calibration", profile.calibration_size)
-    ]
-    check_runs(original, calib_list[0], "calibration")
+) -> tuple[list, list, list, bool, metrics.Metric, kinds.Reading | None]:
+    """Calibration batches on the device, spare calibration batches (read past the fits'
+    share, kept where answers are compared), validation batches (held out of the calibration
+    data when none is given; in-sample when there is too little to hold out), the metric they
+    are judged by, and how the outputs are read for it (:mod:`compression.evaluation.kinds`)."""
+    limit = profile.calibration_size + SPARE_SAMPLES
+    calib_list = [to_device(b, device) for b in materialize(calibration, "calibration", limit)]
+    first = main_output(check_runs(original, calib_list[0], "calibration"))
+    calib_list, spare = _spare(calib_list, profile.calibration_size)
     in_sample = False
     if validation is None:  # hold part of the calibration data out of every fit
         calib_list, held = splits.holdout(calib_list)
@@ -240,8 +254,25 @@ def _data(
         and metrics.is_causal_lm(original, calib_list[0])
     ):
         metric = "perplexity"  # a language model: next-token perplexity, not pooled logits
+    if metric == "auto" and profile.metric != "auto":
+        metric = profile.metric
     metric = metrics.resolve_metric(metric, val_list)
-    return calib_list, val_list, in_sample, metric
+    reading = metrics.reading(metric, first, calib_list[0])
+    if metric == "auto":  # no labels: the metric the outputs' kind calls for
+        metric = reading.metric
+    if splits.answered(reading) is None:
+        spare = []
+    return calib_list, spare, val_list, in_sample, metric, reading
+
+
+def _spare(batches: list[Batch], fits: int) -> tuple[list[Batch], list[Batch]]:
+    """(the batches that hold the fits' ``fits`` samples, the whole batches after them)."""
+    seen = 0
+    for i, b in enumerate(batches):
+        seen += batch_size(b)
+        if seen >= fits:
+            return batches[: i + 1], batches[i + 1 :]
+    return batches, []
 
 
 def _units(

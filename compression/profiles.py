@@ -96,8 +96,18 @@ class DeviceProfile(BaseModel):
         0.95,
         ge=-1.0,
         le=1.0,
-        description="Smallest allowed cosine fidelity when there are no labels (the claim, a "
-        "lower bound, can be under 0 on a few samples; -1 accepts any).",
+        description="Smallest allowed fidelity when there are no labels: cosine, top-1 or "
+        "sequence agreement, or IoU, by the metric (the claim, a lower bound, can be under 0 "
+        "on a few samples; -1 accepts any).",
+    )
+    metric: Literal["auto", "accuracy", "f1", "cosine", "perplexity", "top1", "sequence", "iou"] = (
+        Field(
+            "auto",
+            description="What decides without a metric named by the caller: auto (labels: "
+            "accuracy; else by the outputs' kind: top1 for class scores, sequence for class scores "
+            "per step of one answer, iou for maps, cosine for embeddings), or one of accuracy, f1, "
+            "cosine, perplexity, top1, sequence, iou.",
+        )
     )
     max_perplexity_increase: float = Field(
         0.05,

@@ -30,8 +30,10 @@ from compression.core.inputs import (
     main_output,
     token_mask,
 )
+from compression.evaluation import kinds
 
-METRICS = ("accuracy", "f1", "cosine", "perplexity")
+METRICS = ("accuracy", "f1", "cosine", "perplexity", *kinds.ANSWERED)
+LABELLED = ("accuracy", "f1")
 Metric = str | Callable[[np.ndarray, np.ndarray], float]
 
 
@@ -46,29 +48,59 @@ def embed(out: torch.Tensor, batch: Batch) -> torch.Tensor:
 
 
 def outputs(model: nn.Module, validation: list) -> list[torch.Tensor]:
-    """Per-sample embeddings (see :func:`embed`) of every validation batch.
+    """Per-sample embeddings (see :func:`embed`) of every validation batch."""
+    return forward(model, validation)[0]
+
+
+def forward(
+    model: nn.Module, validation: list, reading: kinds.Reading | None = None
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """Per-sample embeddings (:func:`embed`) of every validation batch and, with a ``reading``,
+    what a user reads from each (:func:`compression.evaluation.kinds.answers`; else None).
 
     A padded token batch runs as length buckets (:func:`compression.core.inputs.indexed_buckets`),
     its rows put back in the batch's order: the same figures, without the padding's compute
     (a batch of sentences is padded to its longest, far past its typical length).
     """
-    res = []
+    embedded, read = [], []
     with torch.inference_mode():
         for inputs, _ in validation:
             parts = indexed_buckets(inputs)
-            if parts[0][0] is None:
-                res.append(embed(main_output(call(model, inputs)), inputs))
-                continue
-            rows = [(idx, embed(main_output(call(model, part)), part)) for idx, part in parts]
-            first = rows[0][1]
-            if any(r.shape[1:] != first.shape[1:] for _, r in rows):  # width-dependent output
-                res.append(embed(main_output(call(model, inputs)), inputs))
-                continue
-            out = first.new_empty((batch_size(inputs), *first.shape[1:]))
-            for idx, r in rows:
-                out[idx.to(out.device)] = r
-            res.append(out)
-    return res
+            if parts[0][0] is not None:
+                got = [(idx, main_output(call(model, part)), part) for idx, part in parts]
+                rows = [(idx, embed(out, part)) for idx, out, part in got]
+                if all(r.shape[1:] == rows[0][1].shape[1:] for _, r in rows):
+                    embedded.append(_in_order(rows, batch_size(inputs)))
+                    if reading is not None:
+                        ans = [(idx, kinds.answers(out, p, reading)) for idx, out, p in got]
+                        read.append(_in_order(ans, batch_size(inputs), fill=-1))
+                    continue
+            out = main_output(call(model, inputs))  # one part, or a width-dependent output
+            embedded.append(embed(out, inputs))
+            if reading is not None:
+                read.append(kinds.answers(out, inputs, reading))
+    return embedded, (read if reading is not None else None)
+
+
+def _in_order(
+    rows: list[tuple[torch.Tensor, torch.Tensor]], n: int, fill: int | None = None
+) -> torch.Tensor:
+    """Bucketed rows back in their batch's order; with ``fill``, rows of several widths are
+    padded on the right with it (answers per token)."""
+    if fill is not None:
+        width = max(r.shape[1] for _, r in rows) if rows[0][1].dim() > 1 else None
+        if width is not None:
+            rows = [(i, nn.functional.pad(r, (0, width - r.shape[1]), value=fill)) for i, r in rows]
+    first = rows[0][1]
+    out = first.new_empty((n, *first.shape[1:]))
+    for idx, r in rows:
+        out[idx.to(out.device)] = r
+    return out
+
+
+def metric_name(metric: Metric) -> str:
+    """How a metric is named in reports (a callable by its ``__name__``)."""
+    return metric if isinstance(metric, str) else getattr(metric, "__name__", "custom")
 
 
 def has_labels(validation: list | None) -> bool:
@@ -76,20 +108,39 @@ def has_labels(validation: list | None) -> bool:
 
 
 def resolve_metric(metric: Metric, validation: list | None) -> Metric:
-    """``auto`` -> accuracy with labels, cosine fidelity without; names are checked."""
+    """``auto`` -> accuracy with labels, else ``auto`` still (the outputs' kind decides, see
+    :func:`reading`); names are checked against the data."""
     if callable(metric):
         return metric
     if metric == "auto":
-        return "accuracy" if has_labels(validation) else "cosine"
+        return "accuracy" if has_labels(validation) else "auto"
     if metric not in METRICS:
         raise DataError(
             f"unknown metric {metric!r}: expected one of {METRICS}, 'auto' or a callable"
         )
     if metric == "perplexity" and not isinstance((validation or [(None, None)])[0][0], dict):
         raise DataError("metric 'perplexity' needs validation batches of token ids (input_ids)")
-    if metric in ("accuracy", "f1") and not has_labels(validation):
+    if metric in LABELLED and not has_labels(validation):
         raise DataError(f"metric {metric!r} needs validation pairs (inputs, labels) with labels")
     return metric
+
+
+def reading(metric: Metric, out: torch.Tensor, batch: Batch) -> kinds.Reading | None:
+    """How the original's main output ``out`` (on a calibration ``batch``) is read for
+    ``metric``: by its kind for ``auto``; a labelled metric reads classes, whose disagreement
+    with the original bounds its drop (see :mod:`compression.search.verify`); None for
+    perplexity."""
+    if metric == "perplexity":
+        return None
+    if metric == "auto":
+        return kinds.detect(out, batch)
+    if metric in kinds.ANSWERED:
+        return kinds.for_metric(metric, out, batch)
+    if metric == "cosine":
+        return kinds.Reading("cosine", "named by the user")
+    if out.dim() == 2 and out.shape[1] >= 2:  # labelled: scores per sample
+        return kinds.Reading("top1", "the labelled metric's classes (argmax of the scores)")
+    return None
 
 
 def is_causal_lm(model: nn.Module, batch: Batch) -> bool:
@@ -173,6 +224,8 @@ def score(
     """The metric of a model's validation outputs (cosine is against ``reference_out``)."""
     if metric == "cosine":
         return cosine(model_out, reference_out)
+    if metric in kinds.ANSWERED:
+        raise ValueError(f"{metric} is measured on answers (compression.search.splits)")
     labels = np.concatenate([_numpy(t) for _, t in validation])
     scores = torch.cat(model_out).cpu()
     if callable(metric):

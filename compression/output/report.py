@@ -60,6 +60,12 @@ class CompressionReport:
     # selection (the chosen candidate where the search measured it), confirmation (where
     # acceptance was decided; metric_after, fidelity and neighbour_recall are these).
     splits: dict = field(default_factory=dict)
+    # Why ``metric`` decided: {"metric", "why"} and its settings (compression.evaluation.kinds);
+    # None for perplexity. ``fidelity`` (cosine) is reported beside whatever decided.
+    metric_reading: dict | None = None
+    # How ``metric_after`` was bounded (compression.search.claims): {"method", "samples",
+    # "needed"}; needed: what would verify a budget the data could not.
+    claim: dict | None = None
 
     @property
     def macs_reduction(self) -> float:
@@ -122,11 +128,6 @@ class CompressionReport:
         plt.close(fig)
 
 
-def metric_name(metric: metrics.Metric) -> str:
-    """How a metric is named in the report (a callable by its ``__name__``)."""
-    return metric if isinstance(metric, str) else getattr(metric, "__name__", "custom")
-
-
 def build_report(
     ctx: SearchContext,
     verdict: Verdict,
@@ -140,13 +141,13 @@ def build_report(
     ``started`` is the ``time.perf_counter()`` at which the compression began.
     """
     chosen, c = verdict.chosen, verdict.chosen.candidate
-    name = metric_name(ctx.metric)
+    name = metrics.metric_name(ctx.metric)
     # What the report claims comes from the confirmation split when there is one.
     final = ctx.confirmation or ctx.selection
     conf = verdict.confirmed or {"metric": c.metric, "fidelity": c.fidelity, "recall": c.recall}
     steps = report_steps(ctx, verdict, conf, name)
     task_metrics = None
-    if ctx.metric not in ("cosine", "perplexity") and not callable(ctx.metric):  # accuracy, F1
+    if ctx.metric in metrics.LABELLED:  # accuracy, F1
         task_metrics = classification_report(final.reference, chosen.module, final.data)
     return CompressionReport(
         model=model,
@@ -179,7 +180,20 @@ def build_report(
         candidates=[b.candidate for b in candidates],
         task_metrics=task_metrics,
         splits=split_figures(ctx, c, verdict),
+        metric_reading=_reading(ctx),
+        claim=(verdict.confirmed or {}).get("claim"),
     )
+
+
+def _reading(ctx: SearchContext) -> dict | None:
+    """The report's metric_reading: how the metric was chosen, or None (perplexity)."""
+    if ctx.reading is None:
+        return None
+    out = ctx.reading.to_dict()
+    if ctx.reading.metric != ctx.metric:  # a labelled metric: its classes bound its drop
+        out["metric"] = metrics.metric_name(ctx.metric)
+        out["why"] = f"labelled data ({out['why']})"
+    return out
 
 
 def report_steps(ctx: SearchContext, verdict: Verdict, conf: dict, name: str) -> list[dict]:
@@ -237,8 +251,8 @@ def split_figures(ctx: SearchContext, c: Candidate, verdict: Verdict) -> dict:
             **{k: verdict.confirmed[k] for k in ("metric", "fidelity", "recall")},
             "measured": verdict.confirmed["measured"],
             "standard_error": verdict.confirmed["standard_error"],
-            "used_for": "acceptance (figures: the claim, lowered by the loss added over "
-            "selection and by 1.645 standard errors; measured: as measured)",
+            "used_for": "acceptance (figures: the claims, one-sided 95 % bounds, see claim; "
+            "measured: as measured)",
         }
     return figures
 

@@ -18,13 +18,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
 from compression.core.candidate import Candidate
 from compression.core.errors import Cancelled
 from compression.core.inputs import Batch
-from compression.evaluation import metrics
+from compression.evaluation import kinds, metrics
 from compression.evaluation.measure import latency_ms, macs_params
 from compression.forms import packing
 from compression.profiles import DeviceProfile
@@ -54,6 +55,7 @@ class Built:
     candidate: Candidate
     steps: list[dict] = field(default_factory=list)
     confirmed: dict | None = None  # its figures on the confirmation split, once measured
+    pool_agreement: np.ndarray | None = None  # per input of ctx.pool, once measured (claims)
     smoothing: dict[str, torch.Tensor] | None = None  # int8 smoothing scales (a variant saves)
 
 
@@ -93,6 +95,11 @@ class SearchContext:
     # ``metric_before`` and ``reference_perplexity`` above are the selection split's.
     selection: splits.Evaluation | None = None
     confirmation: splits.Evaluation | None = None  # None: too little data to hold any out
+    # How the outputs are read for the metric (compression.evaluation.kinds), and the inputs no
+    # fit or choice saw (confirmation and spare calibration) where answers are compared: the
+    # disagreement there bounds a claim (verify.confirm).
+    reading: kinds.Reading | None = None
+    pool: splits.Evaluation | None = None
     in_sample: bool = False  # no validation and too little calibration to hold any out
     # packing.faithful on the original, from prepare: (packed reproduces it, the report's line)
     pack_check: tuple[bool, str] | None = None

@@ -46,11 +46,14 @@ import numpy as np
 import torch
 
 from compression.core.inputs import Batch, batch_size, concat, index, split
-from compression.evaluation import metrics
+from compression.evaluation import bounds, kinds, metrics
 
 # Continuous metrics (no labels): their confirmation figure is lowered by the shift
 # (:func:`shifted`, see above), and the search extrapolates them (ladder.predicted_miss).
-CONTINUOUS_METRICS = ("cosine", "perplexity")
+CONTINUOUS_METRICS = ("cosine", "perplexity", "iou")
+# Metrics read from what a user reads of the outputs (compression.evaluation.kinds): 1.0 for
+# the original, the profile's min_fidelity their budget.
+AGREEMENT_METRICS = kinds.ANSWERED
 # What choose() skips once the confirmation split has refused a candidate.
 REFUSED_NOTE = "over budget on the confirmation split"
 # Without validation data, this share of the calibration samples is held out of the fits.
@@ -59,7 +62,7 @@ HOLDOUT_MIN_SAMPLES = 8  # fewer calibration samples than 2x this: nothing is he
 # A claim is a one-sided 95 % bound: the shifted figure lowered by this many standard errors
 # of its mean over the confirmation samples (small for cosine; larger for recall@10, whose
 # per-sentence values are tenths).
-Z_CLAIM = 1.645
+Z_CLAIM = bounds.Z
 
 
 @dataclass
@@ -71,6 +74,8 @@ class Evaluation:
     metric_before: float  # the original's metric (1.0 for cosine and perplexity ratios)
     budget: float  # smallest metric a variant may have here
     reference_perplexity: float | None = None  # metric "perplexity": the original's
+    reading: kinds.Reading | None = None  # how answers are read (agreement and labelled metrics)
+    answers: list[torch.Tensor] | None = None  # the original's answers per batch (``reading``)
 
     @property
     def samples(self) -> int:
@@ -114,6 +119,11 @@ def holdout(calibration: list[Batch], chunk: int = 32) -> tuple[list[Batch], lis
     return fit, val
 
 
+def answered(reading: kinds.Reading | None) -> kinds.Reading | None:
+    """``reading`` where it reads answers (class scores, maps), else None (embeddings)."""
+    return reading if reading is not None and reading.metric in AGREEMENT_METRICS else None
+
+
 def evaluation(
     original: torch.nn.Module,
     data: list,
@@ -121,15 +131,18 @@ def evaluation(
     max_drop: float,
     min_fidelity: float,
     max_perplexity_increase: float,
+    reading: kinds.Reading | None = None,
 ) -> Evaluation:
     """The original scored on ``data``, and the budget a variant must meet there."""
-    reference = metrics.outputs(original, data)
+    reference, answers = metrics.forward(original, data, answered(reading))
     if metric == "perplexity":
         ppl = metrics.perplexity(original, data)
         return Evaluation(data, reference, 1.0, 1.0 / (1.0 + max_perplexity_increase), ppl)
+    if metric in AGREEMENT_METRICS:
+        return Evaluation(data, reference, 1.0, min_fidelity, None, reading, answers)
     before = metrics.score(metric, reference, data, reference)
     budget = min_fidelity if metric == "cosine" else before - max_drop
-    return Evaluation(data, reference, before, budget)
+    return Evaluation(data, reference, before, budget, None, answered(reading), answers)
 
 
 def measure(
@@ -139,15 +152,37 @@ def measure(
     return measure_with_errors(module, ev, metric, recall_floor)[0]
 
 
+@dataclass
+class Measured:
+    """A module's figures on one split, their standard errors, and per-sample agreement."""
+
+    figures: tuple[float, float, float | None]  # metric, cosine fidelity, neighbour recall
+    errors: tuple[float, float, float | None]
+    agreement: np.ndarray | None = None  # per sample, against the original's answers
+
+
 def measure_with_errors(
     module: torch.nn.Module, ev: Evaluation, metric: metrics.Metric, recall_floor: float | None
 ) -> tuple[tuple[float, float, float | None], tuple[float, float, float | None]]:
     """:func:`measure`, and the standard error of each figure's mean over the split's samples
     (cosine per sample, recall per sample's neighbours; 0.0 for a labelled metric and the
     perplexity ratio, which are not lowered by it, see :func:`claim`)."""
-    out = metrics.outputs(module, ev.data)
+    got = measure_all(module, ev, metric, recall_floor)
+    return got.figures, got.errors
+
+
+def measure_all(
+    module: torch.nn.Module, ev: Evaluation, metric: metrics.Metric, recall_floor: float | None
+) -> Measured:
+    """:func:`measure_with_errors`, with per-sample agreement where the split reads answers."""
+    out, answers = metrics.forward(module, ev.data, ev.reading if ev.answers else None)
+    agreement = None
+    if answers is not None:
+        agreement = kinds.agreement_rows(joined(answers), joined(ev.answers), ev.reading).numpy()
     if metric == "perplexity":  # the original's perplexity over this one's (higher: better)
         value = ev.reference_perplexity / metrics.perplexity(module, ev.data)
+    elif metric in AGREEMENT_METRICS:
+        value = float(agreement.mean())
     else:
         value = metrics.score(metric, out, ev.data, ev.reference)
     rows = metrics.cosine_rows(out, ev.reference).double()
@@ -158,8 +193,22 @@ def measure_with_errors(
         recall = None if hits is None else float(hits.mean())
     e_fidelity = _standard_error(rows)
     e_recall = None if hits is None else _standard_error(hits)
-    e_value = e_fidelity if metric == "cosine" else 0.0
-    return (value, fidelity, recall), (e_value, e_fidelity, e_recall)
+    e_value = 0.0
+    if metric == "cosine":
+        e_value = e_fidelity
+    elif metric in AGREEMENT_METRICS:
+        e_value = _standard_error(torch.from_numpy(agreement))
+    return Measured((value, fidelity, recall), (e_value, e_fidelity, e_recall), agreement)
+
+
+def joined(answers: list[torch.Tensor]) -> torch.Tensor:
+    """Answers of several batches as one: maps flattened per sample, rows of several widths
+    (sentences of several lengths) padded with -1, which no class is."""
+    rows = [a if a.dim() <= 2 else a.reshape(len(a), -1) for a in answers]
+    if rows[0].dim() == 1:
+        return torch.cat(rows)
+    width = max(r.shape[1] for r in rows)
+    return torch.cat([torch.nn.functional.pad(r, (0, width - r.shape[1]), value=-1) for r in rows])
 
 
 def _standard_error(values: torch.Tensor) -> float:

@@ -17,8 +17,9 @@ import time
 from dataclasses import dataclass, field
 
 from compression.core.candidate import Candidate
+from compression.evaluation import metrics
 from compression.evaluation.measure import latency_ms, macs_params, side_by_side_ms
-from compression.search import splits
+from compression.search import claims, splits
 from compression.search.context import Built, SearchContext
 
 # A winner on the selection split that fails on the confirmation split is dropped and the next
@@ -209,47 +210,48 @@ def refusal(ctx: SearchContext, built: Built) -> str:
     c, held = built.candidate, built.confirmed or {}
     if not held:
         return f"{c.ratio:.0%} {c.allocation} {c.precision}"
+    needed = held.get("claim", {}).get("needed")
     return (
-        f"{c.ratio:.0%} {c.allocation} {c.precision}: {ctx.metric} {c.metric:.4f} on "
-        f"selection, {held['measured']['metric']:.4f} on confirmation "
-        f"(claims {held['metric']:.4f})"
+        f"{c.ratio:.0%} {c.allocation} {c.precision}: {metrics.metric_name(ctx.metric)} "
+        f"{c.metric:.4f} on selection, {held['measured']['metric']:.4f} on confirmation "
+        f"(claims {held['metric']:.4f} on {held['claim']['samples']} samples)"
         + (f" (recall {held['recall']:.4f})" if held["recall"] is not None else "")
+        + (f"; {needed}" if needed else "")
     )
 
 
 def confirm(ctx: SearchContext, built: Built) -> dict | None:
     """The candidate on the confirmation split, and what it claims there; None without one.
 
-    ``metric`` (for cosine and perplexity; a labelled metric stands as measured, see
-    :data:`compression.search.splits.CONTINUOUS_METRICS`), ``fidelity`` and ``recall`` are the claims
-    (:func:`compression.search.splits.claim`: the measured figure lowered by the loss it added over
-    the selection split, then by 1.645 standard errors of its mean); ``measured`` holds the
-    figures as measured, ``standard_error`` their errors. Acceptance (``ok``) is decided on the
-    claims.
+    ``metric`` is the claim for the decisive metric (:func:`compression.search.claims.metric_claim`:
+    a one-sided 95 % bound, made as its metric calls for), ``fidelity`` and ``recall`` the
+    claims for cosine and neighbour recall (:func:`compression.search.splits.claim`);
+    ``measured`` holds the figures as measured, ``standard_error`` their errors, ``claim`` how
+    the metric's claim was bounded, on how many samples, and, where the measured figure holds
+    the budget but its bound does not, how many samples would verify it. Acceptance (``ok``)
+    is decided on the claims (and, for a labelled metric, on the measured figure too).
     """
-    ev, sel = ctx.confirmation, ctx.selection
+    ev = ctx.confirmation
     if ev is None:
         return None
     if built.confirmed is not None:
         return built.confirmed
     start = time.perf_counter()
     floor = ctx.profile.min_neighbour_recall
-    measured, errors = splits.measure_with_errors(built.module, ev, ctx.metric, floor)
-    value, fidelity, recall = measured
-    ctx.tick("verify", start)
+    got = splits.measure_all(built.module, ev, ctx.metric, floor)
+    value, fidelity, recall = got.figures
+    errors = got.errors
     c = built.candidate
-    claim_value = value
-    if ctx.metric in splits.CONTINUOUS_METRICS:
-        claim_value = splits.claim(
-            sel.metric_before, c.metric, ev.metric_before, (value, errors[0])
-        )
+    stated = claims.metric_claim(ctx, built, got)
+    ctx.tick("verify", start)
     claim_fidelity = splits.claim(1.0, c.fidelity, 1.0, (fidelity, errors[1]))
     claim_recall = recall
     if recall is not None and c.recall is not None:
         own = splits.claim(1.0, c.recall, 1.0, (recall, errors[2]))
         claim_recall = splits.recall_claim(own, recall, fidelity, claim_fidelity)
+    ok = splits.within(ev, stated.value, claim_recall, floor) and value >= ev.budget - 1e-9
     built.confirmed = {
-        "metric": round(claim_value, 6),
+        "metric": round(stated.value, 6),
         "fidelity": round(claim_fidelity, 6),
         "recall": None if claim_recall is None else round(claim_recall, 4),
         "measured": {
@@ -262,7 +264,8 @@ def confirm(ctx: SearchContext, built: Built) -> dict | None:
             "fidelity": round(errors[1], 6),
             "recall": None if errors[2] is None else round(errors[2], 4),
         },
-        "ok": splits.within(ev, claim_value, claim_recall, floor),
+        "claim": stated.to_dict(),
+        "ok": ok,
     }
     return built.confirmed
 

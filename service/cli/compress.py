@@ -96,7 +96,8 @@ def _compress(args: argparse.Namespace) -> int:
         _load_data(bundle, args.calibration, args.validation)
         bar, progress = _progress_bar(bundle.name)
         try:
-            variant = bundle.compress(args.profile, progress=progress)
+            extra = {"metric": args.metric} if getattr(args, "metric", None) else {}
+            variant = bundle.compress(args.profile, progress=progress, **extra)
         finally:
             bar.close()
         out = variant.save(args.out)
@@ -111,6 +112,12 @@ def _compress(args: argparse.Namespace) -> int:
         r.metric: {"before": r.metric_before, "after": r.metric_after},
         "seconds": r.seconds,
     }
+    if r.metric_reading:
+        summary["metric_reading"] = r.metric_reading["why"]
+    if r.claim:
+        summary["claim"] = r.claim["method"]
+        if r.claim.get("needed"):
+            summary["cannot_verify"] = r.claim["needed"]
     if r.task_metrics:
         summary["task"] = r.task_metrics
     print(json.dumps(summary, indent=2))

@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="directory for the variant")
     p.add_argument("--calibration", help="calibration data file")
     p.add_argument("--validation", help="validation data file (labelled with --task)")
+    p.add_argument(
+        "--metric",
+        choices=["accuracy", "f1", "cosine", "perplexity", "top1", "sequence", "iou"],
+        help="what decides (default: the profile's metric; auto: labels -> accuracy, else by "
+        "the outputs' kind; the report says which decided and why)",
+    )
     p.add_argument("--task", help="classify: prune for a labelled task (needs --train)")
     p.add_argument(
         "--train", help="labelled training data: FILE, python-topics or digits-parity (--task)"

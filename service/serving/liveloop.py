@@ -32,6 +32,7 @@ import logging
 import threading
 from pathlib import Path
 
+from compression.evaluation import kinds
 from compression.profiles import get_profile
 from service.serving import metrics
 from service.serving.cache import CacheRefused, VariantCache, model_digest
@@ -131,7 +132,7 @@ class LiveLoop:
 
     def budget(self, name: str, vid: str, metric: str) -> float:
         report = self.manager.load(name, vid).report or {}
-        if metric == "cosine" and report.get("metric") == "cosine":
+        if report.get("metric") == metric and metric in ("cosine", *kinds.ANSWERED):
             return float(report.get("budget", self.settings.live_min_agreement))
         return self.settings.live_min_agreement
 

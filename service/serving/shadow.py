@@ -42,19 +42,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy.stats import binomtest, norm
 
+from compression.evaluation import bounds, kinds
 from compression.evaluation.metrics import neighbour_recall
-from compression.search.splits import Z_CLAIM
 from service.serving import metrics
 from service.serving.runtime import Active, Runtime, Served
 
 log = logging.getLogger("slimserve.shadow")
-
-
-# A live decision before the window is full rests on a one-sided 95 % bound (Window.bounds), the
-# same as a verification claim: Z_CLAIM standard errors, or Wilson's interval at that level.
-WILSON_LEVEL = 1.0 - 2.0 * float(norm.sf(Z_CLAIM))  # two-sided 90 %: each side 95 %
 
 
 @dataclass
@@ -98,18 +92,14 @@ class Window:
         return len(self.values) >= self.size
 
     def bounds(self) -> tuple[float, float]:
-        """One-sided 95 % bounds (low, high) on the window's mean agreement: Wilson's score
-        interval for top-1 (0/1 per sample; scipy), the mean +- ``Z_CLAIM`` standard errors for a
-        continuous figure (cosine)."""
+        """One-sided 95 % bounds (low, high) on the window's mean agreement, as verification
+        bounds its claims (:func:`compression.evaluation.bounds.interval`): Wilson's interval
+        where each sample agrees or not (top-1, a sequence), the mean +- Z standard errors for
+        a continuous figure (cosine, IoU, agreement over a sample's positions)."""
         values = np.asarray(self.values, dtype=np.float64)
         if len(values) < 2:
             return float("-inf"), float("inf")
-        if self.metric == "top1":
-            test = binomtest(int(round(values.sum())), len(values))
-            ci = test.proportion_ci(confidence_level=WILSON_LEVEL, method="wilson")
-            return float(ci.low), float(ci.high)
-        error = Z_CLAIM * float(values.std(ddof=1)) / np.sqrt(len(values))
-        return float(values.mean()) - error, float(values.mean()) + error
+        return bounds.interval(values)
 
     def summary(self) -> dict:
         out = {"metric": self.metric, "value": round(self.mean, 6), "window": len(self.values)}
@@ -140,22 +130,52 @@ def recall_of(pairs, k: int = RECALL_K) -> float | None:
     return neighbour_recall([variant[keep]], [original[keep]], k)
 
 
-def agreement(served_out: np.ndarray, other_out: np.ndarray, embedding: bool):
+def agreement(
+    served_out: np.ndarray,
+    other_out: np.ndarray,
+    embedding: bool,
+    reading: kinds.Reading | None = None,
+):
     """(decision metric name, per-sample values, extra per-sample series).
 
-    Class scores are read along their last dimension. A sample with several positions (a
-    tagger's or a CTC head's scores per step, ``[B, T, C]``) agrees only where every position's
-    top class does: one flipped step changes the answer its user reads.
+    The figure is the one verification decided by (``reading``, from the variant's report:
+    :mod:`compression.evaluation.kinds`). Without one, class scores are read along their last
+    dimension, and a sample with several positions (a tagger's or a CTC head's scores per
+    step, ``[B, T, C]``) agrees only where every position's top class does: one flipped step
+    changes the answer its user reads.
     """
     a = torch.from_numpy(np.asarray(served_out, dtype=np.float32))
     b = torch.from_numpy(np.asarray(other_out, dtype=np.float32))
-    if embedding:
-        cos = torch.nn.functional.cosine_similarity(a, b, dim=1)
+    if embedding or (reading is not None and reading.metric == "cosine"):
+        cos = torch.nn.functional.cosine_similarity(
+            a.reshape(len(a), -1), b.reshape(len(b), -1), dim=1
+        )
         return "cosine", cos.numpy(), {}
+    if reading is not None and reading.metric == "iou":
+        values = kinds.agreement_rows(
+            kinds.answers(a, None, reading), kinds.answers(b, None, reading), reading
+        )
+        return "iou", values.float().numpy(), {}
+    tv = 0.5 * (a.softmax(-1) - b.softmax(-1)).abs().sum(-1)
+    extra = {"tv_distance": tv.reshape(len(tv), -1).mean(1).numpy()}
+    if reading is not None and reading.metric in kinds.ANSWERED:
+        values = kinds.agreement_rows(
+            kinds.answers(a, None, reading), kinds.answers(b, None, reading), reading
+        )
+        return reading.metric, values.float().numpy(), extra
     same = a.argmax(-1) == b.argmax(-1)
     top1 = same.reshape(len(same), -1).all(1).float()
-    tv = 0.5 * (a.softmax(-1) - b.softmax(-1)).abs().sum(-1)
-    return "top1", top1.numpy(), {"tv_distance": tv.reshape(len(tv), -1).mean(1).numpy()}
+    return "top1", top1.numpy(), extra
+
+
+def reading_of(report: dict | None) -> kinds.Reading | None:
+    """How verification read a variant's outputs (its report's ``metric_reading``), or None
+    (an older report, a labelled metric: the outputs' top class decides)."""
+    got = (report or {}).get("metric_reading") or {}
+    if got.get("metric") not in kinds.KINDS:
+        return None
+    fields = ("metric", "why", "blank", "threshold")
+    return kinds.Reading(**{k: got[k] for k in fields if k in got})
 
 
 @dataclass
@@ -268,11 +288,11 @@ class ShadowEvaluator:
         if job.reference is not None:  # a canary while a variant serves: against the original
             outputs = Runtime._forward(adapter, place(job.reference), job.rows)
         embedding = getattr(adapter, "output_name", "") == "EMBEDDING"
-        metric, values, extra = agreement(outputs, other_out, embedding)
         # The window belongs to the compressed variant of the pair.
         variant = job.served_variant if job.served_variant.variant != "original" else job.other
         if job.reference is not None:
             variant = job.other
+        metric, values, extra = agreement(outputs, other_out, embedding, reading_of(variant.report))
         key = (job.served.name, variant.variant)
         pairs = None
         if embedding:  # (variant's, original's) rows: the served ones are the variant's when
