@@ -175,7 +175,8 @@ def agreement_rows(got: torch.Tensor, want: torch.Tensor, reading: Reading) -> t
         got, want = _pad(got, width), _pad(want, width)
         return (got == want).all(1).double()
     if reading.metric == "iou":
-        return _iou(got.reshape(len(got), -1), want.reshape(len(want), -1))
+        binary = reading.threshold is not None  # a one-channel map: its foreground
+        return _iou(got.reshape(len(got), -1), want.reshape(len(want), -1), binary)
     if got.dim() == 1:
         return (got == want).double()
     width = max(got.shape[1], want.shape[1])
@@ -191,11 +192,10 @@ def _pad(t: torch.Tensor, width: int) -> torch.Tensor:
     return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=-1)
 
 
-def _iou(got: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
+def _iou(got: torch.Tensor, want: torch.Tensor, binary: bool) -> torch.Tensor:
     """Mean intersection over union per sample, over the classes present in either map; a
-    binary mask counts its foreground only (two empty masks agree: 1.0)."""
+    ``binary`` mask counts its foreground only (two empty masks agree: 1.0)."""
     classes = int(max(got.max(), want.max())) + 1
-    binary = classes <= 2 and bool(((got <= 1) & (want <= 1)).all())
     kinds = [1] if binary else range(classes)
     inter = torch.zeros(len(got), dtype=torch.float64)
     present = torch.zeros(len(got), dtype=torch.float64)

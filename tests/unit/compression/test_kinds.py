@@ -155,3 +155,13 @@ def test_a_refusal_names_the_metric_and_the_samples_that_would_verify_it():
     assert "top1" in r.reason and "on 20 samples" in r.reason, r.reason
     assert "unseen inputs (has 20) would bound" in r.reason, r.reason
     assert r.claim["samples"] == 20
+
+
+def test_the_pool_lends_its_size_not_a_lower_rate():
+    from compression.search.claims import _disagreement_bound
+
+    pool = np.zeros(1000)
+    pool[:2] = 1.0  # 2 of 1000 unseen inputs disagree (training-like data: the model is sure)
+    assert _disagreement_bound(pool, 0.0) == pytest.approx(0.0060, abs=1e-4)
+    # the confirmation split disagreed on 4 %: the pool's bound starts from that rate
+    assert _disagreement_bound(pool, 0.04) == pytest.approx(0.0515, abs=1e-4)

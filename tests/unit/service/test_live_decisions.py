@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from service.serving.liveloop import decision
-from service.serving.shadow import Window, agreement
+from service.serving.shadow import Window, agreement, reading_of
 
 pytestmark = pytest.mark.unit
 BUDGET, SLACK = 0.95, 0.01  # the service's defaults (live_min_agreement, live_hysteresis)
@@ -74,3 +74,26 @@ def test_a_classifier_row_still_agrees_on_its_top_class():
     original = np.array([[0.1, 2.0, 0.3], [1.0, 0.0, 0.5]], dtype=np.float32)
     variant = np.array([[0.2, 1.5, 0.3], [0.0, 1.0, 0.5]], dtype=np.float32)
     assert agreement(variant, original, embedding=False)[1].tolist() == [1.0, 0.0]
+
+
+def test_the_live_loop_reads_outputs_as_verification_did():
+    # A CTC variant's report: the decoded sequence decides (blank 0), live as in verification.
+    report = {"metric": "sequence", "metric_reading": {"metric": "sequence", "why": "", "blank": 0}}
+    reading = reading_of(report)
+    eye = np.eye(4, dtype=np.float32)
+    original = eye[[[0, 2, 2, 0, 3], [1, 0, 0, 0, 0]]]  # decodes "2 3" and "1"
+    variant = eye[[[2, 0, 0, 3, 3], [1, 0, 1, 0, 0]]]  # "2 3" again; "1 1" is another answer
+    metric, values, extra = agreement(variant, original, False, reading)
+    assert metric == "sequence" and values.tolist() == [1.0, 0.0] and "tv_distance" in extra
+    # Per position, the plain top-1 rule would have failed both samples.
+    assert agreement(variant, original, False)[1].tolist() == [0.0, 0.0]
+    # A segmentation variant: the argmax maps' IoU (class 1 lost one of two pixels: 0.5; the
+    # background keeps 2 of 3: mean 0.583).
+    seg = {"metric": "iou", "metric_reading": {"metric": "iou", "why": ""}}
+    maps = np.zeros((1, 2, 2, 2), dtype=np.float32)
+    maps[0, 1, 0, :] = 5.0
+    other = maps.copy()
+    other[0, 1, 0, 1] = -5.0
+    metric, values, _ = agreement(other, maps, False, reading_of(seg))
+    assert metric == "iou" and values.tolist() == pytest.approx([(0.5 + 2 / 3) / 2])
+    assert reading_of({"metric": "accuracy"}) is None  # labelled: the top class, as before
