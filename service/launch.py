@@ -169,13 +169,15 @@ class SlimServer(Process):
         self.models, self.extra_env = models, env
         self.token = env.get("SLIMSERVE_ADMIN_TOKEN", ADMIN_TOKEN)
         self.port: int | None = None
+        self.grpc_port: int | None = None
 
     def start(self, timeout: float = 600) -> SlimServer:
         """Start on a free port and return once ``/readyz`` answers 200."""
         self.home.mkdir(parents=True, exist_ok=True)
         share_builtin_cache(self.home)
-        (self.port,) = free_ports()
+        self.port, self.grpc_port = free_ports(2)
         self.address = f"127.0.0.1:{self.port}"
+        self.grpc_address = f"127.0.0.1:{self.grpc_port}"
         env = dict(os.environ)
         env.update(
             SLIMSERVE_HOME=str(self.home),
@@ -183,6 +185,7 @@ class SlimServer(Process):
             SLIMSERVE_ADMIN_TOKEN=ADMIN_TOKEN,
             SLIMSERVE_AUTO_COMPRESS="false",
             SLIMSERVE_MODELS=self.models,
+            SLIMSERVE_GRPC_PORT=str(self.grpc_port),  # never the shared default 8001
         )
         env.update(self.extra_env)  # may override the defaults above
         cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)]

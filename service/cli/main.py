@@ -39,6 +39,12 @@ def _add_serve(sub) -> None:
     )
     p.add_argument("--profile", default=None, help="auto, gpu, cpu, edge or a YAML file")
     p.add_argument("--port", type=int, default=3000)
+    p.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        help="Open Inference Protocol v2 over gRPC (default 8001, SLIMSERVE_GRPC_PORT; 0: off)",
+    )
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--workers", type=int, default=None, help="BentoML workers (default 1)")
     p.add_argument("--no-compress", action="store_true", help="serve originals only")

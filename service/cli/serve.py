@@ -19,6 +19,8 @@ def run(args: argparse.Namespace) -> int:
         env["SLIMSERVE_PROFILE"] = args.profile
     if args.no_compress:
         env["SLIMSERVE_AUTO_COMPRESS"] = "false"
+    if args.grpc_port is not None:
+        env["SLIMSERVE_GRPC_PORT"] = str(args.grpc_port)
     home = slimserve_home()
     env["SLIMSERVE_HOME"] = str(home)
     env.setdefault("BENTOML_HOME", str(home / "bentoml"))

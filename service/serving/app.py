@@ -28,6 +28,7 @@ from service.serving import connections, openapi
 from service.serving.admin import ADMIN_ROUTES
 from service.serving.core import Core
 from service.serving.errors import ServiceError, printable
+from service.serving.grpc_v2 import GrpcServer
 from service.serving.guards import BodyLimit, JsonErrors, PredictGuard, quiet_client_errors
 from service.serving.predict import predict
 from service.serving.routes import V2_ROUTES
@@ -144,6 +145,20 @@ class SlimServe:
         logging.getLogger("slimserve").setLevel(logging.INFO)
         self.core = Core(Settings.from_env()).start()
         http_app.state.core = self.core
+        self.grpc: GrpcServer | None = None
+
+    @bentoml.on_startup
+    async def _start_grpc(self) -> None:
+        """gRPC beside HTTP, on this worker's event loop (its requests batch with HTTP's)."""
+        s = self.core.settings
+        if s.grpc_port:
+            self.grpc = GrpcServer(self.core, s.grpc_port, s.workers, s.max_body_bytes)
+            await self.grpc.start()
+
+    @bentoml.on_shutdown
+    async def _stop_grpc(self) -> None:
+        if self.grpc is not None:
+            await self.grpc.stop()
 
     def __is_ready__(self) -> bool:
         return self.core.ready

@@ -107,6 +107,13 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(
         60.0, gt=0, description="A request's body must arrive within this after its headers."
     )
+    grpc_port: int = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="Port of the Open Inference Protocol v2 over gRPC (Triton's default 8001), "
+        "beside HTTP on the same data plane; 0 turns it off.",
+    )
     max_connections: int = Field(
         1024, ge=1, description="Connections open at once per worker; one more is refused (503)."
     )

@@ -17,7 +17,7 @@ from service.serving.v2.schema import (
 )
 
 
-def _as_datatype(name: str, arr: Any, datatype: str) -> np.ndarray:
+def as_datatype(name: str, arr: Any, datatype: str) -> np.ndarray:
     if datatype == "BYTES":
         return np.asarray(arr, dtype=object)
     arr = np.asarray(arr)
@@ -40,7 +40,7 @@ def _json_bytes(name: str, arr: np.ndarray) -> list[str]:
     return out
 
 
-def _wire_bytes(arr: np.ndarray, datatype: str) -> bytes:
+def wire_bytes(arr: np.ndarray, datatype: str) -> bytes:
     if datatype == "BYTES":
         return serialize_bytes(arr)
     if datatype == "BOOL":
@@ -77,14 +77,14 @@ def encode_infer_response(
             raise ValueError(f"output '{name}' is not in model '{signature.name}'s signature")
         if name not in outputs:
             raise ValueError(f"the model returned no output '{name}'; it returned {list(outputs)}")
-        arr = _as_datatype(name, outputs[name], spec.datatype)
+        arr = as_datatype(name, outputs[name], spec.datatype)
         entry: dict[str, Any] = {
             "name": name,
             "datatype": spec.datatype,
             "shape": [int(d) for d in arr.shape],
         }
         if binary and binary.get(name):
-            raw = _wire_bytes(arr, spec.datatype)
+            raw = wire_bytes(arr, spec.datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         elif spec.datatype == "BYTES":
