@@ -9,7 +9,7 @@
 #       --build-arg BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 \
 #       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 .
 #   Run:
-#     docker run -p 3000:3000 -v slimserve-data:/data -e SLIMSERVE_ADMIN_TOKEN=... slimserve:0.1.0
+#     docker run -p 3000:3000 -p 8001:8001 -v slimserve-data:/data -e SLIMSERVE_ADMIN_TOKEN=... slimserve:0.1.0
 #
 # The process runs as uid 1000 with gid 0, and /data (models, variants, caches) is owned by
 # group 0 and group-writable, so platforms that pick a random uid in group 0 (OpenShift) work.
@@ -101,7 +101,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /home/slimserve
 USER ${UID}
 
-EXPOSE 3000
+EXPOSE 3000 8001
 
 # The first start trains/loads the built-in models, hence the long start period.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=180s --retries=3 \

@@ -160,3 +160,48 @@ def wait_for(target: Target, timeout: float = 60) -> None:
                 time.sleep(0.5)
     finally:
         client.close()
+
+
+def run_load_grpc(target: Target, concurrency: int, duration: float, warmup: float = 1.0) -> Run:
+    """:func:`run_load` over gRPC (``target.address``: the gRPC host:port) with the real
+    ``tritonclient.grpc.aio`` client: ``concurrency`` asyncio tasks on one channel, each sending
+    its next request as soon as the previous answer arrives."""
+    import asyncio
+
+    import tritonclient.grpc.aio as tc
+
+    async def drive() -> Run:
+        client = tc.InferenceServerClient(target.address)
+        inputs = []
+        for data in target.requests():
+            inp = tc.InferInput(target.input_name, list(data.shape), target.datatype)
+            inp.set_data_from_numpy(data)
+            inputs.append(inp)
+        out = [tc.InferRequestedOutput(target.output_name)]
+        sent = itertools.count()
+        now = time.perf_counter()
+        run = Run(begin=now + warmup, end=now + warmup + duration)
+
+        async def worker() -> None:
+            while True:
+                start = time.perf_counter()
+                if start >= run.end:
+                    return
+                try:
+                    inp = inputs[next(sent) % len(inputs)]
+                    await client.infer(target.model, [inp], outputs=out)
+                    ok = True
+                except Exception as err:  # noqa: BLE001 - every failure counts
+                    ok = False
+                    run.errors.append(f"{type(err).__name__}: {str(err)[:160]}")
+                run.starts.append(start)
+                run.ends.append(time.perf_counter())
+                run.ok.append(ok)
+
+        try:
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        finally:
+            await client.close()
+        return run
+
+    return asyncio.run(drive())
