@@ -26,6 +26,21 @@ from service.launch import SlimServer
 NAME = "grpc_vs_http"
 
 
+def server_cpu_s(server: SlimServer) -> float:
+    """CPU seconds (user + system) the server's process tree has used so far."""
+    import psutil
+
+    root = psutil.Process(server.proc.pid)
+    total = 0.0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
 def run(args) -> dict:
     home = tempfile.mkdtemp(prefix="slimserve-grpc-bench-")
     server = SlimServer(
@@ -40,12 +55,17 @@ def run(args) -> dict:
             for c in args.concurrency:
                 for model, target in http_targets.items():
                     for protocol in ("http", "grpc"):
+                        cpu = server_cpu_s(server)
                         if protocol == "http":
                             got = run_load(target, c, args.duration, args.warmup)
                         else:
                             grpc_target = replace(target, address=server.grpc_address)
                             got = run_load_grpc(grpc_target, c, args.duration, args.warmup)
+                        cpu = server_cpu_s(server) - cpu
                         s = got.summary()
+                        # the server's CPU per request, warm-up included: what the protocol
+                        # costs the server, whatever the client in this process costs
+                        s["server_cpu_ms"] = round(1000.0 * cpu / max(len(got.ok), 1), 3)
                         cells.setdefault((model, protocol, c), []).append(s)
                         print(r, model, protocol, c, s, flush=True)
     finally:
@@ -60,6 +80,7 @@ def run(args) -> dict:
                 "throughput_rps": statistics.median(s["throughput_rps"] for s in runs),
                 "p50_ms": statistics.median(s["p50_ms"] for s in runs),
                 "p99_ms": statistics.median(s["p99_ms"] for s in runs),
+                "server_cpu_ms": statistics.median(s["server_cpu_ms"] for s in runs),
                 "failed": sum(s["failed"] for s in runs),
                 "requests": sum(s["requests"] for s in runs),
             }
@@ -80,11 +101,16 @@ def markdown(result: dict, command: str) -> str:
         f"{a['rounds']} interleaved rounds of {a['duration']} s per cell after "
         f"{a['warmup']} s warm-up, one digit or one sentence per request; HTTP: "
         "`tritonclient.http` with binary tensors; gRPC: `tritonclient.grpc.aio`; the clients "
-        "share the 2 cores with the server. Throughput and percentiles: medians over rounds.",
+        "share the 2 cores with the server (so throughput counts the client's cost too). "
+        "*server CPU*: the server's process tree's CPU time per request (user + system), what "
+        "the protocol costs the server. Medians over rounds.",
         "",
     ]
     by = {(r["model"], r["protocol"], r["concurrency"]): r for r in result["rows"]}
-    header = ["model", "c", "HTTP req/s (p50 / p99 ms)", "gRPC req/s (p50 / p99 ms)", "gRPC ÷ HTTP"]
+    header = [
+        "model", "c", "HTTP req/s (p50 / p99 ms)", "gRPC req/s (p50 / p99 ms)", "gRPC ÷ HTTP",
+        "server CPU per request, HTTP / gRPC (ms)",
+    ]  # fmt: skip
     table = []
     for model in sorted({r["model"] for r in result["rows"]}):
         for c in a["concurrency"]:
@@ -97,7 +123,8 @@ def markdown(result: dict, command: str) -> str:
                 return f"{r['throughput_rps']:.0f} ({r['p50_ms']:.1f} / {r['p99_ms']:.1f}){failed}"
 
             ratio = g["throughput_rps"] / max(h["throughput_rps"], 1e-9)
-            table.append([model, c, cell(h), cell(g), f"{ratio:.2f}x"])
+            cpu = f"{h['server_cpu_ms']:.3f} / {g['server_cpu_ms']:.3f}"
+            table.append([model, c, cell(h), cell(g), f"{ratio:.2f}x", cpu])
     lines += common.table(header, table)
     failed = sum(r["failed"] for r in result["rows"])
     requests = sum(r["requests"] for r in result["rows"])

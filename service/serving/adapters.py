@@ -8,6 +8,7 @@ Text: BYTES ``[N]`` sentences in, L2-normalised mean-pooled sentence embeddings 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ class ImageAdapter:
     output_name: str = "SCORES"
     labels: list[str] | None = None  # class names of a task model (metadata, /predict)
 
-    @property
+    @cached_property  # every request reads it (decode, check, encode): validated once
     def signature(self) -> ModelSignature:
         return ModelSignature(
             name=self.name,
@@ -85,7 +86,7 @@ class TextAdapter:
     output_name: str = "EMBEDDING"
     labels: list[str] | None = None
 
-    @property
+    @cached_property  # every request reads it (decode, check, encode): validated once
     def signature(self) -> ModelSignature:
         return ModelSignature(
             name=self.name,
