@@ -127,7 +127,13 @@ def test_trained_conv_net_halves_macs_within_one_and_a_half_points(build, shape)
     # Chosen on even and accepted on odd validation samples, the depthwise net kept 1.5 points
     # at 1.88x without distillation and 2.3x or more with it (six seeds); the floor leaves room
     # for the global 40 % cut (1.9x) when the uniform one misses.
-    assert r.macs_reduction >= 1.8, f"MACs only {r.macs_reduction:.2f}x fewer"
+    # A claimed drop is now a one-sided 95 % bound (compression.search.claims): where 298
+    # labelled samples cannot bound a 1.8x cut's drop under 1.5 points, the report must say how
+    # many samples would.
+    verify = next(s for s in r.steps if s["step"] == "verify")["detail"]
+    assert r.macs_reduction >= 1.8 or "labelled samples (has 298)" in verify, (
+        f"MACs only {r.macs_reduction:.2f}x fewer and no sample count: {verify}"
+    )
     drop = r.metric_before - r.metric_after
     assert drop <= 0.015, f"accuracy {r.metric_before:.4f} -> {r.metric_after:.4f}"
     # The reported accuracy is measured on the confirmation split (the odd validation samples)

@@ -18,8 +18,13 @@ def test_unstructured_sparsity_meets_the_stored_size_budget_and_reloads_exactly(
     from service.models.sources import resolve
 
     bundle = resolve("digits-mlp")
-    # 15% of the original's bytes: more than channel pruning removes within 2 points (19%).
-    profile = PROFILES["edge"].model_copy(update={"target_size_ratio": 0.15, "latency_repeats": 3})
+    # 15% of the original's bytes: more than channel pruning removes within budget (19%). The
+    # budget is 4 points: a claimed drop is a one-sided 95 % bound, and 225 labelled samples
+    # bound a variant that changes 3 % of the answers at about 2 points over what it measured
+    # (compression.search.claims), so the edge profile's 2 points would refuse every cut here.
+    profile = PROFILES["edge"].model_copy(
+        update={"target_size_ratio": 0.15, "latency_repeats": 3, "max_drop": 0.04}
+    )
     variant = bundle.compress(profile)
     r = variant.report
     assert r.accepted, r.reason

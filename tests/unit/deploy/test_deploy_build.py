@@ -142,7 +142,7 @@ def test_dockerfile_structure():
     env = _env(runtime)
     assert env["SLIMSERVE_HOME"] == "/data"
     assert env["BENTOML_HOME"].startswith("/data/")
-    assert ("EXPOSE", "3000") in runtime
+    assert ("EXPOSE", "3000 8001") in runtime
     (health,) = [r for w, r in runtime if w == "HEALTHCHECK"]
     assert "/livez" in health and ":3000" in health
     assert "python" in health  # the image has python; it has no curl

@@ -257,7 +257,7 @@ def test_probes_and_ports(rendered, overlay):
     docs = rendered[overlay]
     c = container(docs)
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"http": 3000}
+    assert ports == {"http": 3000, "grpc": 8001}
     assert c["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     startup = c["startupProbe"]
@@ -268,7 +268,7 @@ def test_probes_and_ports(rendered, overlay):
         assert c[probe]["httpGet"]["port"] in ("http", 3000)
 
     service_ports = one(docs, "Service")["spec"]["ports"]
-    assert [(p["name"], p["port"]) for p in service_ports] == [("http", 3000)]
+    assert [(p["name"], p["port"]) for p in service_ports] == [("http", 3000), ("grpc", 8001)]
     endpoint = one(docs, "ServiceMonitor")["spec"]["endpoints"][0]
     assert endpoint["port"] == "http"
     assert endpoint.get("path", "/metrics") == "/metrics"
