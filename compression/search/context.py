@@ -55,8 +55,8 @@ class Built:
     candidate: Candidate
     steps: list[dict] = field(default_factory=list)
     confirmed: dict | None = None  # its figures on the confirmation split, once measured
-    pool_agreement: np.ndarray | None = None  # per input of ctx.pool, once measured (claims)
     smoothing: dict[str, torch.Tensor] | None = None  # int8 smoothing scales (a variant saves)
+    pool_agreement: np.ndarray | None = None  # per input of ctx.pool, once measured (claims)
 
 
 @dataclass

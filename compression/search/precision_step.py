@@ -52,7 +52,7 @@ def with_precision(ctx: SearchContext, built: Built) -> list[Built]:
         if cand.latency_ms > 0.95 * c.latency_ms:  # must earn its place: >= 5% faster than float
             cand.note = "no speed-up over float32"
         step = {"step": "precision", "kept": cand.within_budget, "detail": detail}
-        out.append(Built(module, built.float_module, cand, [*built.steps, step], None, scales))
+        out.append(Built(module, built.float_module, cand, [*built.steps, step], smoothing=scales))
     return out
 
 
