@@ -16,7 +16,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from service.launch import metric_value
+from service.launch import SlimServer, metric_value
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 DIGITS = np.random.default_rng(1).random((6, 1, 8, 8), dtype=np.float32)
@@ -131,7 +131,20 @@ def test_bad_requests_get_the_grpc_status_that_says_what_was_expected(server, ca
     assert client.infer("digits-cnn", [_digits_input(x)]).as_numpy("SCORES").shape == (6, 10)
 
 
-def test_a_swap_under_grpc_load_fails_no_request(server):
+def test_a_swap_under_grpc_load_fails_no_request(tmp_path, fast_profiles_dir):
+    # A server of its own: the swap leaves a variant serving, which the session's shared server
+    # (tests/e2e/test_service.py expects its original) must not see.
+    server = SlimServer(
+        tmp_path / "home", models="digits-cnn", SLIMSERVE_CANARY="false",
+        SLIMSERVE_PROFILES_DIR=str(fast_profiles_dir),
+    ).start()  # fmt: skip
+    try:
+        _swap_under_load(server)
+    finally:
+        server.stop()
+
+
+def _swap_under_load(server) -> None:
     stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.grpc_address))
     request = pb.ModelInferRequest(model_name="digits-cnn")
     request.inputs.add(name="INPUT", datatype="FP32", shape=[1, 1, 8, 8])

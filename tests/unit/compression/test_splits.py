@@ -221,7 +221,9 @@ def test_the_speed_up_is_timed_in_the_rounds_that_chose_the_winner(monkeypatch):
         model, profile, example_inputs=cal[:4], calibration=[cal], validation=[(val, None)]
     ).report
     assert r.accepted, r.reason
-    assert rounds and rounds[0] >= 3, rounds  # the original and at least two contenders
+    # the original and the contenders (those within 1.5x of the fastest screening: one or more,
+    # as the machine's load has it)
+    assert rounds and rounds[0] >= 2, rounds
     chosen = next(c for c in r.candidates if c.ratio == r.ratio and c.precision == r.precision)
     assert r.latency_ms_after == chosen.latency_ms
     # The report rounds latencies to 4 decimals of a ms: on a model this small (tens of µs) that
