@@ -171,8 +171,19 @@ class SlimServer(Process):
         self.port: int | None = None
         self.grpc_port: int | None = None
 
-    def start(self, timeout: float = 600) -> SlimServer:
-        """Start on a free port and return once ``/readyz`` answers 200."""
+    def start(self, timeout: float = 600, attempts: int = 3) -> SlimServer:
+        """Start on a free port and return once ``/readyz`` answers 200. A port taken between
+        choosing and binding it (another process's server) is a new try on new ports."""
+        for attempt in range(attempts):
+            try:
+                return self._start(timeout)
+            except RuntimeError as err:
+                if "Could not bind" not in str(err) or attempt == attempts - 1:
+                    raise
+                self.stop()
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> SlimServer:
         self.home.mkdir(parents=True, exist_ok=True)
         share_builtin_cache(self.home)
         self.port, self.grpc_port = free_ports(2)
