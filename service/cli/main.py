@@ -4,7 +4,7 @@
                        [--calibration FILE] [--validation FILE]
                        [--task classify --train FILE|python-topics|digits-parity]
     slimserve models | profiles
-    slimserve serve | export ...
+    slimserve serve | worker | export ...
 
 Text models (``minilm``, ``hf:``) read calibration/validation as plain text, one sentence per
 line; other models read ``.npy`` (inputs) or ``.npz`` (arrays ``x`` and ``y``). With ``--task
@@ -49,6 +49,19 @@ def _add_serve(sub) -> None:
     p.add_argument("--workers", type=int, default=None, help="BentoML workers (default 1)")
     p.add_argument("--no-compress", action="store_true", help="serve originals only")
     p.set_defaults(func="serve:run")
+
+
+def _add_worker(sub) -> None:
+    p = sub.add_parser(
+        "worker",
+        help="compress for a fleet sharing SLIMSERVE_VARIANT_CACHE; serve nothing",
+    )
+    p.add_argument("--model", action="append", help="model source (repeat); default as serve")
+    p.add_argument("--profile", default=None, help="auto, gpu, cpu, edge or a YAML file")
+    p.add_argument(
+        "--once", action="store_true", help="exit once every model has a variant or an outcome"
+    )
+    p.set_defaults(func="worker:run")
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -113,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         func="compress:cmd_profiles"
     )
     _add_serve(sub)
+    _add_worker(sub)
     _add_export(sub)
     return parser
 

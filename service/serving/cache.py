@@ -1,21 +1,28 @@
-"""Variants shared by replicas: accepted variants in a directory every replica mounts.
+"""Variants shared by replicas: accepted variants in a store every replica reads.
 
 A variant is reused only where it was measured: the key is the model's content (a hash of its
 weights), the profile (its full settings), the hardware (CPU model and instruction-set flags,
 or the GPU's name) and the torch version. A new replica on the same hardware finds the
 variant its peers accepted and serves it at once, with no job; on other hardware the key
-differs and it compresses for itself. Entries are written to a temporary name and renamed, so
-a reader never sees half a variant::
+differs and it compresses for itself::
 
-    cache = VariantCache(Path("/shared/variants"), secret=b"...")
-    key = cache.key(model, profile)
-    cache.get(key) or cache.put(key, variant_dir)
+    cache = VariantCache(open_store("s3://bucket/variants"), secret=b"...")
+    key = cache.key(model_digest(model), profile)
+    cache.fetch(key, Path("download")) or cache.put(key, variant_dir)
 
-A replica trusts no entry it has not checked (:meth:`VariantCache.verify`): its files must pass
-the engine's checks (JSON objects of the expected shape, every checksum), and with a secret
-(``SLIMSERVE_CACHE_KEY``) its ``signature.json`` must hold the HMAC-SHA256, under that secret,
-of the entry's key and every file's sha256, so an entry whose weights were replaced and whose
-checksums were recomputed by someone without the secret is refused too.
+An entry is ``variants/<key>/<version>/<file>`` for each of the variant's files, then
+``variants/<key>/manifest.json``, written last: every file's sha256 and size, the plan's
+sha256, whether the variant was accepted and, with a secret, the signature. A reader sees an
+entry only once its manifest exists, so never half a variant; a replacement writes a new version
+and then the manifest, so a reader sees the old variant or the new one.
+
+A replica trusts no entry it has not checked (:meth:`VariantCache.fetch`): every downloaded
+file must have the size and sha256 its manifest lists (a flipped byte, a truncated or a missing
+object is refused), then pass the engine's checks (JSON objects of the expected shape, every
+checksum of the plan); with a secret (``SLIMSERVE_CACHE_KEY``) the manifest must hold the
+HMAC-SHA256, under that secret, of the entry's key and every file's sha256, so an entry whose
+weights were replaced and whose checksums were recomputed by someone without the secret is
+refused too.
 """
 
 from __future__ import annotations
@@ -25,7 +32,6 @@ import hmac
 import json
 import os
 import platform
-import shutil
 import uuid
 from functools import lru_cache
 from pathlib import Path
@@ -33,14 +39,16 @@ from pathlib import Path
 import torch
 
 from compression.core.errors import VariantError
-from compression.output.checks import sha256_file, verify_files
+from compression.output.checks import PLAN_FILE, verify_files
+from service.serving.stores import Store
 
-SIGNATURE_FILE = "signature.json"
+MANIFEST = "manifest.json"
 
 
 class CacheRefused(Exception):
     """A cache entry this replica will not adopt; ``reason`` is ``cache_corrupted`` (its files
-    fail their checks) or ``cache_untrusted`` (no valid keyed digest)."""
+    fail their checks: changed, truncated, missing) or ``cache_untrusted`` (no valid keyed
+    digest)."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -76,11 +84,10 @@ def hardware_fingerprint() -> str:
 
 
 class VariantCache:
-    """Accepted variants under ``directory/<key>/`` (the variant directory's files)."""
+    """Accepted variants in a store, one entry per key (see the module's text for the layout)."""
 
-    def __init__(self, directory: Path, secret: bytes | None = None) -> None:
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+    def __init__(self, store: Store, secret: bytes | None = None) -> None:
+        self.store = store
         self.secret = secret or None  # signs what this replica publishes, checks what it adopts
 
     @staticmethod
@@ -94,122 +101,157 @@ class VariantCache:
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
-    def get(self, key: str) -> Path | None:
-        """The entry ``key``, or None: none, or a variant its own report calls rejected.
+    def manifest(self, key: str) -> dict | None:
+        """The entry's manifest, or None where there is none.
 
-        An entry that cannot be read (a missing or corrupted file) is returned all the same:
-        :meth:`verify` refuses it with the reason, so a replica says why it compresses.
+        :class:`CacheRefused` (``cache_corrupted``) where one exists but is not a manifest.
         """
-        path = self.directory / key
-        if not path.is_dir():
+        raw = self.store.read(f"variants/{key}/{MANIFEST}")
+        if raw is None:
             return None
         try:
-            report = json.loads((path / "report.json").read_text())
-        except (OSError, ValueError):  # missing, unreadable, not JSON, not UTF-8
-            return path
-        if isinstance(report, dict) and report.get("accepted") is False:
-            return None
-        return path
-
-    def verify(self, key: str, path: Path) -> None:
-        """:class:`CacheRefused` unless the entry ``path`` (under ``key``) may be adopted: with a
-        secret, its signature first; then its files (:func:`verify_files`)."""
-        files = _files(path)
-        if files is None:
+            manifest = json.loads(raw)
+            files, version = manifest["files"], manifest["version"]
+            if not isinstance(files, dict) or not isinstance(version, str):
+                raise TypeError("files must be an object and version a string")
+            for name in files:
+                _plain(name)
+        except (ValueError, KeyError, TypeError) as err:
             raise CacheRefused(
-                "cache_corrupted", f"cache entry {key}: not a flat variant directory"
-            )
+                "cache_corrupted", f"cache entry {key}: unreadable {MANIFEST} ({err})"
+            ) from None
+        return manifest
+
+    def fetch(self, key: str, dest: Path) -> Path | None:
+        """Download the entry ``key`` into ``dest`` (a new directory) once it passes every
+        check; None where there is no entry or its variant was rejected.
+
+        :class:`CacheRefused` where it may not be adopted, with the reason.
+        """
+        manifest = self.manifest(key)
+        if manifest is None or manifest.get("accepted") is False:
+            return None
+        files = manifest["files"]
         if self.secret is not None:
-            self._check_signature(key, path, files)
+            signed = manifest.get("hmac_sha256")
+            if not isinstance(signed, str) or not hmac.compare_digest(
+                signed, self._sign(key, files)
+            ):
+                raise CacheRefused(
+                    "cache_untrusted",
+                    f"cache entry {key}: its manifest is not signed with SLIMSERVE_CACHE_KEY "
+                    "(changed, or published without the key)",
+                )
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=False)
+        for name, expected in sorted(files.items()):
+            data = self.store.read(f"variants/{key}/{manifest['version']}/{name}")
+            if data is None:
+                raise CacheRefused("cache_corrupted", f"cache entry {key}: {name} is missing")
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != expected:
+                raise CacheRefused(
+                    "cache_corrupted",
+                    f"cache entry {key}: {name} has sha256 {actual[:12]}…, its manifest "
+                    f"lists {str(expected)[:12]}… ({len(data)} bytes: changed or partial)",
+                )
+            (dest / name).write_bytes(data)
         try:
-            verify_files(path)
+            verify_files(dest)
         except VariantError as err:
             raise CacheRefused("cache_corrupted", f"cache entry {key}: {err}") from None
-
-    def _check_signature(self, key: str, path: Path, files: list[Path]) -> None:
-        try:
-            signed = json.loads((path / SIGNATURE_FILE).read_text())
-            digest, listed = signed["hmac_sha256"], signed["files"]
-            if not isinstance(digest, str) or not isinstance(listed, dict):
-                raise TypeError("hmac_sha256 must be a string and files an object")
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise CacheRefused(
-                "cache_untrusted", f"cache entry {key}: no valid {SIGNATURE_FILE} ({err})"
-            ) from None
-        actual = {f.name: sha256_file(f) for f in files}
-        if listed != actual or not hmac.compare_digest(digest, self._sign(key, actual)):
-            raise CacheRefused(
-                "cache_untrusted",
-                f"cache entry {key}: its files do not match a signature made with "
-                "SLIMSERVE_CACHE_KEY (changed, or published without the key)",
-            )
+        return dest
 
     def _sign(self, key: str, files: dict[str, str]) -> str:
         message = json.dumps({"key": key, "files": files}, sort_keys=True).encode()
         return hmac.new(self.secret, message, hashlib.sha256).hexdigest()
 
-    def _write_signature(self, key: str, path: Path) -> None:
-        (path / SIGNATURE_FILE).unlink(missing_ok=True)  # a copy of an adopted entry's
-        if self.secret is None:
-            return
-        files = {f.name: sha256_file(f) for f in _files(path) or []}
-        body = {"algorithm": "hmac-sha256", "files": files, "hmac_sha256": self._sign(key, files)}
-        (path / SIGNATURE_FILE).write_text(json.dumps(body, indent=2, sort_keys=True))
+    def put(self, key: str, variant_dir: Path, replace: bool = False) -> bool:
+        """Publish a variant directory; True if the entry now holds it.
 
-    def put(self, key: str, variant_dir: Path, replace: bool = False) -> Path:
-        """Publish a variant directory (atomic: copied to a temporary name, then renamed).
-
-        ``replace``: an entry holding another variant gives way (a replica that promoted a
-        newer variant after live verification: peers that start later serve what it serves);
-        otherwise the first entry stays.
+        The files go up under a new version, then the manifest: created only where none exists,
+        so of two replicas publishing the same key the first stays, or, with ``replace``,
+        written over the old one (a replica that promoted a newer variant after live
+        verification: peers that start later serve what it serves), whose files then go.
         """
-        final = self.directory / key
-        if final.exists() and (not replace or _same_variant(final, Path(variant_dir))):
-            return final
-        tmp = self.directory / f".{key}.{uuid.uuid4().hex[:8]}.tmp"
-        shutil.copytree(variant_dir, tmp)
-        self._write_signature(key, tmp)
-        if final.exists():  # replace: the old entry leaves first (a reader meanwhile finds none)
-            old = self.directory / f".{key}.{uuid.uuid4().hex[:8]}.removed"
-            try:
-                os.rename(final, old)
-                shutil.rmtree(old, ignore_errors=True)
-            except OSError:  # another replica replaced or removed it first
-                pass
+        variant_dir = Path(variant_dir)
+        files = _files(variant_dir)
+        if files is None:
+            raise VariantError(f"{variant_dir}: not a flat variant directory")
         try:
-            os.rename(tmp, final)
-        except OSError:  # another replica published the same key first
-            shutil.rmtree(tmp, ignore_errors=True)
-        return final
-
-    def remove(self, key: str, variant_dir: Path) -> bool:
-        """Drop the entry ``key`` if it holds the variant in ``variant_dir`` (same weights)."""
-        entry = self.directory / key
-        if not _same_variant(entry, Path(variant_dir)):
+            old = self.manifest(key)
+        except CacheRefused:
+            old = None  # an unreadable manifest: a replacement mends it; a plain put leaves it
+            if not replace:
+                return False
+        digests = {f.name: _sha256(f) for f in files}
+        if old is not None and old.get("plan_sha256") == digests.get(PLAN_FILE):
+            return True
+        if old is not None and not replace:
             return False
-        tmp = self.directory / f".{key}.{uuid.uuid4().hex[:8]}.removed"
-        os.rename(entry, tmp)  # atomic for readers; then the files go
-        shutil.rmtree(tmp, ignore_errors=True)
+        version = uuid.uuid4().hex[:16]
+        for f in files:
+            self.store.write(f"variants/{key}/{version}/{f.name}", f.read_bytes())
+        report = json.loads((variant_dir / "report.json").read_text())
+        manifest = {
+            "version": version,
+            "files": digests,
+            "sizes": {f.name: f.stat().st_size for f in files},
+            "plan_sha256": digests.get(PLAN_FILE),
+            "accepted": bool(isinstance(report, dict) and report.get("accepted")),
+            "published_by": platform.node(),
+        }
+        if self.secret is not None:
+            manifest["hmac_sha256"] = self._sign(key, digests)
+        body = json.dumps(manifest, indent=2, sort_keys=True).encode()
+        if replace:
+            self.store.write(f"variants/{key}/{MANIFEST}", body)
+        elif not self.store.create(f"variants/{key}/{MANIFEST}", body):
+            self._drop_version(key, version)  # another replica published first
+            return False
+        if old is not None:
+            self._drop_version(key, old["version"])
         return True
 
+    def remove(self, key: str, variant_dir: Path) -> bool:
+        """Drop the entry ``key`` if it holds the variant in ``variant_dir`` (same plan)."""
+        try:
+            manifest = self.manifest(key)
+        except CacheRefused:
+            return False
+        if manifest is None or manifest.get("plan_sha256") != _sha256(
+            Path(variant_dir) / PLAN_FILE
+        ):
+            return False
+        self.store.delete(f"variants/{key}/{MANIFEST}")  # readers find no entry from now on
+        self._drop_version(key, manifest["version"])
+        return True
 
-def _same_variant(a: Path, b: Path) -> bool:
-    """Whether two variant directories hold the same variant: the same plan (weights' checksum,
-    structure, precision, runtime and its graph's checksum)."""
+    def _drop_version(self, key: str, version: str) -> None:
+        for name in self.store.names(f"variants/{key}/{_plain(version)}"):
+            self.store.delete(name)
+
+
+def _plain(name: str) -> str:
+    """A file name of an entry: one plain part."""
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        raise ValueError(f"not a variant file name: {name!r}")
+    return name
+
+
+def _sha256(path: Path) -> str | None:
     try:
-        return json.loads((a / "plan.json").read_text()) == json.loads(
-            (b / "plan.json").read_text()
-        )
-    except (OSError, json.JSONDecodeError):
-        return False
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _files(path: Path) -> list[Path] | None:
-    """The entry's files but its signature, sorted; None if it holds anything but files."""
+    """A variant directory's files, sorted; None if it holds anything but files."""
     try:
         items = sorted(Path(path).iterdir())
     except OSError:
         return None
     if any(not p.is_file() or p.is_symlink() for p in items):
         return None
-    return [p for p in items if p.name != SIGNATURE_FILE]
+    return items

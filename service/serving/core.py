@@ -24,6 +24,7 @@ import torch
 
 from service.models import resolve
 from service.serving.dataplane import DataPlane
+from service.serving.fleet import Fleet
 from service.serving.jobs import JobRunner
 from service.serving.liveloop import LiveLoop
 from service.serving.registry import ORIGINAL, Registry
@@ -76,7 +77,9 @@ class Core:
         )
         self.runtime.on_batch = self.shadow.offer
         self.shadow.place = self.runtime.place
-        self.live = LiveLoop(settings, self.variants, self.shadow)
+        # SLIMSERVE_VARIANT_CACHE: a store shared by the fleet (one compression per key).
+        self.fleet = Fleet(settings, self.variants) if settings.variant_cache else None
+        self.live = LiveLoop(settings, self.variants, self.shadow, self.fleet)
         self.leader = False
         self.ready = False
         self._leader_file = None
@@ -93,9 +96,11 @@ class Core:
         for source in self.settings.models:
             self._add_model(source)
         self.leader = self._become_leader()
-        self.variants.jobs_enabled = self.leader
+        self.variants.jobs_enabled = self.leader and self.settings.jobs
         self.jobs.start()
         self.variants.start()
+        if self.fleet is not None:
+            self.fleet.start()
         self.shadow.start()
         if self.settings.auto_compress and self.leader:
             for name in self.plane.bundles:
@@ -113,6 +118,8 @@ class Core:
         """Stop background work and give the process back its collector and thread settings."""
         self.ready = False
         self.shadow.close()
+        if self.fleet is not None:
+            self.fleet.close()
         self.variants.close()
         self.jobs.close()
         if self._leader_file is not None:

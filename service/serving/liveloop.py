@@ -13,10 +13,10 @@
 3. **Recompress.** A live-fidelity rollback queues a new job calibrated on the reservoir of
    live requests, with pruning amounts below the rejected variant's (the marks), so the next
    variant is built on what the model really sees and does not repeat the same settings.
-4. **Share.** With ``SLIMSERVE_VARIANT_CACHE`` an accepted variant is published under a key of
-   (model content, profile, hardware, torch version); a replica that starts on the same key
-   serves it at once, with no job, once the entry passes its checks here (its files, its
-   HMAC under ``SLIMSERVE_CACHE_KEY`` where set) and loads; else it compresses for itself.
+4. **Share.** With ``SLIMSERVE_VARIANT_CACHE`` a variant that serves is published to the
+   fleet's store (``service.serving.fleet``): a replica that starts on the same key serves it
+   at once, with no job, once the entry passes its checks here; a variant live traffic rolled
+   back is withdrawn from it.
 
 The live budget: a variant verified by cosine keeps its verified cosine budget, and one whose
 report claims a neighbour recall keeps the profile's recall floor on the window's served
@@ -35,12 +35,10 @@ from pathlib import Path
 from compression.evaluation import kinds
 from compression.profiles import get_profile
 from service.serving import metrics
-from service.serving.cache import CacheRefused, VariantCache, model_digest
-from service.serving.profiles import resolve_profile
+from service.serving.fleet import Fleet
 from service.serving.registry import ORIGINAL
 from service.serving.settings import Settings
 from service.serving.shadow import ShadowEvaluator, Window
-from service.serving.swaps import refuse
 from service.serving.variants import VariantManager
 
 log = logging.getLogger("slimserve.live")
@@ -66,18 +64,19 @@ def decision(window: Window, budget: float, slack: float) -> tuple[bool, bool]:
 class LiveLoop:
     """Canary promotion, live rollback, recompression and the shared cache."""
 
-    def __init__(self, settings: Settings, manager: VariantManager, shadow: ShadowEvaluator):
+    def __init__(
+        self,
+        settings: Settings,
+        manager: VariantManager,
+        shadow: ShadowEvaluator,
+        fleet: Fleet | None = None,
+    ):
         self.settings = settings
         self.manager = manager
         self.shadow = shadow
-        secret = settings.cache_key.get_secret_value().encode() if settings.cache_key else None
-        self.cache = (
-            VariantCache(settings.variant_cache, secret) if settings.variant_cache else None
-        )
-        self._digests: dict[str, str] = {}
+        self.fleet = fleet  # SLIMSERVE_VARIANT_CACHE: what serves here is shared
         self._lock = threading.Lock()
         manager.on_accepted = self.accepted
-        manager.on_start = self.serve_cached
         shadow.on_window = self.on_window
 
     # ---- accepted variants -----------------------------------------------------------------
@@ -121,6 +120,8 @@ class LiveLoop:
                     # Mark first: whoever sees the canary gone may read the marks at once.
                     self._mark(name, vid, window, budget, "canary", floor)
                     del self.shadow.canaries[name]
+                    if self.fleet is not None:
+                        self.fleet.canary_dropped(name, vid)
                 return
             served = self.manager.plane.runtime.models[name].active
             if served.variant == vid and breaks:
@@ -212,67 +213,15 @@ class LiveLoop:
         except Exception as err:  # e.g. too few live samples yet: the original serves meanwhile
             log.warning("model %s: no recompression after the rollback: %s", name, err)
 
-    # ---- the shared cache ------------------------------------------------------------------
-
-    def _key(self, name: str, profile: str | None = None) -> str:
-        """The cache key of ``name`` under the profile named ``profile`` (default: the
-        service's), resolved the way this service resolves profiles: a replica with the same
-        settings computes the same key whatever a job adjusted inside its own copy."""
-        if name not in self._digests:
-            self._digests[name] = model_digest(self.manager.plane.originals[name])
-        if profile is None:
-            spec = self.manager.profile_path or self.manager.profile
-        else:
-            resolved, path = resolve_profile(profile, self.settings.profiles_dir)
-            spec = path or resolved
-        settings = json.loads(json.dumps(get_profile(spec).model_dump(), default=str))
-        return VariantCache.key(self._digests[name], settings)
-
-    def _variant_key(self, name: str, vid: str) -> tuple[str, Path]:
-        path = self.manager.registry.variant_path(name, vid)
-        report = json.loads((path / "report.json").read_text())
-        return self._key(name, report["profile"]), path
+    # ---- the shared store -------------------------------------------------------------------
 
     def _publish(self, name: str, vid: str) -> None:
-        """Share a variant that serves (under the profile it was compressed for)."""
-        if self.cache is None:
-            return
-        try:
-            key, path = self._variant_key(name, vid)
-            published = self.cache.put(key, path, replace=True)  # what serves here now
-            log.info("model %s: variant %s published to the shared cache %s", name, vid, published)
-        except Exception as err:  # a full or read-only cache never fails serving
-            log.warning("model %s: cannot publish variant %s to the cache: %s", name, vid, err)
+        if self.fleet is not None:
+            self.fleet.publish(name, vid)
 
     def _unpublish(self, name: str, vid: str) -> None:
-        """Live traffic rejected ``vid``: no replica starts on it again."""
-        if self.cache is None:
-            return
-        try:
-            key, path = self._variant_key(name, vid)
-            self.cache.remove(key, path)
-        except Exception as err:
-            log.warning("model %s: cannot remove variant %s from the cache: %s", name, vid, err)
-
-    def serve_cached(self, name: str) -> bool:
-        """At start: serve the accepted variant a replica on the same hardware published."""
-        if self.cache is None:
-            return False
-        key = self._key(name)
-        cached = self.cache.get(key)
-        if cached is None:
-            return False
-        try:  # its files, and its signature where SLIMSERVE_CACHE_KEY is set
-            self.cache.verify(key, cached)
-        except CacheRefused as err:
-            refuse(name, err.reason, f"shared cache entry refused: {err}")
-            return False
-        # Stored only once it loads here; a refusal is logged and counted, and this replica
-        # compresses for itself.
-        vid = self.manager.store_verified(name, cached, "cache", "cache_corrupted")
-        if vid is not None:
-            log.info("model %s: serving variant %s from the shared cache, no job", name, vid)
-        return vid is not None
+        if self.fleet is not None:
+            self.fleet.unpublish(name, vid)
 
     def view(self, name: str) -> dict[str, dict]:
         """Per variant: its live window, and whether it is a canary or was rejected."""

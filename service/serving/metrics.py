@@ -102,7 +102,7 @@ def _variant_series(prom) -> dict:
             "slimserve_store_refusals_total",
             "Variants the service would not store or serve, by reason (store_full, "
             "store_read_only, variant_corrupted, shipped_corrupted, cache_corrupted, "
-            "cache_untrusted); the originals keep serving.",
+            "cache_untrusted, cache_unavailable); the originals keep serving.",
             ["model", "reason"],
         ),
     )
@@ -121,6 +121,13 @@ def _job_series(prom) -> dict:
             "slimserve_compression_jobs_total",
             "Compression jobs by outcome (succeeded, rejected, failed, timeout, cancelled).",
             ["profile", "outcome"],
+        ),
+        fleet_leases=prom.Counter(
+            "slimserve_fleet_lease_events_total",
+            "This replica and the fleet's compression lease (SLIMSERVE_VARIANT_CACHE), by event: "
+            "acquired, taken_over (from a holder whose lease expired), lost, released, "
+            "adopted (a variant the fleet published), declined (the fleet published a refusal).",
+            ["model", "event"],
         ),
     )
 
@@ -174,6 +181,7 @@ REFUSAL_REASONS = (
     "shipped_corrupted",  # a task directory's variant failed them
     "cache_corrupted",  # a shared-cache entry failed them
     "cache_untrusted",  # a shared-cache entry without a valid keyed digest (SLIMSERVE_CACHE_KEY)
+    "cache_unavailable",  # the shared store could not be read (network, credentials, permissions)
 )
 
 

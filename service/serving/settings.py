@@ -176,10 +176,29 @@ class Settings(BaseSettings):
         le=0.5,
         description="A serving variant is rolled back only below its live budget minus this.",
     )
-    variant_cache: Path | None = Field(
+    variant_cache: str | None = Field(
         None,
-        description="Directory shared by replicas (e.g. a PersistentVolumeClaim): accepted "
-        "variants keyed by model content, profile, hardware and torch version.",
+        description="Store shared by the replicas of a fleet: a directory (e.g. a "
+        "ReadWriteMany claim) or s3://bucket/prefix (boto3's credentials and AWS_ENDPOINT_URL). "
+        "Accepted variants keyed by model content, profile, hardware and torch version, and a "
+        "lease per key so that one replica compresses for all.",
+    )
+    jobs: bool = Field(
+        True,
+        description="This replica compresses (for itself, or for the fleet when it holds the "
+        "lease); false: it never gives its cores to a compression and serves what the fleet's "
+        "worker publishes to SLIMSERVE_VARIANT_CACHE.",
+    )
+    lease_ttl_s: float = Field(
+        60.0,
+        ge=3.0,
+        description="A fleet lease expires this long after its holder's last renewal (it renews "
+        "every third of it); a holder that died is replaced after at most this.",
+    )
+    fleet_poll_s: float = Field(
+        5.0,
+        gt=0.0,
+        description="How often a replica waiting on the fleet looks for the published variant.",
     )
     cache_key: SecretStr | None = Field(
         None,
@@ -198,6 +217,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
+
+    @field_validator("variant_cache", mode="before")
+    @classmethod
+    def _store(cls, value):
+        return str(value) if isinstance(value, Path) else value
 
     @field_validator("calibration")
     @classmethod

@@ -44,6 +44,8 @@ class VariantManager(VariantSwaps):
         # to it (canary) instead of serving at once; at start it may serve a cached variant.
         self.on_accepted: Callable[[str, str], None] | None = None
         self.on_start: Callable[[str], bool] | None = None
+        # The fleet's hook (service/serving/fleet.py): a finished job's outcome for the lease.
+        self.on_finished: Callable[[Job], None] | None = None
         self.jobs_enabled = True  # this worker runs jobs (the leader of its home)
 
     # ---- jobs --------------------------------------------------------------------------------
@@ -135,7 +137,9 @@ class VariantManager(VariantSwaps):
             return
         try:
             if self.on_start is not None and self.on_start(name):
-                return  # served from the shared variant cache: no job
+                return  # the fleet answers: a variant adopted, or another replica compresses
+            if not self.jobs_enabled:
+                return
             if served.reservoir is None or not self.calibrates_live(name):
                 self.compress(name, self.profile, auto=True)
                 return
@@ -193,6 +197,8 @@ class VariantManager(VariantSwaps):
             s.jobs.labels(job.profile, outcome).inc()
             if job.seconds is not None:
                 s.compression_seconds.labels(job.model, job.profile).observe(job.seconds)
+            if self.on_finished is not None:
+                self.on_finished(job)
 
     def _retain(self, name: str) -> None:
         """Keep at most ``max_variants`` stored variants of ``name`` (never the active one or

@@ -1,7 +1,9 @@
-"""Issue 29, item 4: a bad shared-cache entry never poisons a replica.
+"""Issue 29, item 4 (and 28: the store's manifest): a bad shared-cache entry never poisons a
+replica.
 
-A replica adopts an entry only once it passes its checks here (its files; with
-``SLIMSERVE_CACHE_KEY`` the entry's HMAC-SHA256) and loads onto the model; a refused entry is
+A replica adopts an entry only once it passes its checks here (every file against the size and
+sha256 its manifest lists, then the engine's checks; with ``SLIMSERVE_CACHE_KEY`` the manifest's
+HMAC-SHA256) and loads onto the model; a refused entry is
 one log line and ``slimserve_store_refusals_total{reason=cache_corrupted|cache_untrusted}``, the
 original serves, nothing is stored (so nothing is labelled accepted), and the replica compresses
 for itself. Real cores on real digits-cnn, one real compressed variant published per case.
@@ -11,13 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 
 import pytest
 
 from compression.output.checks import seal, sha256_file
-from service.serving.cache import SIGNATURE_FILE, CacheRefused, VariantCache
+from service.serving.cache import MANIFEST, CacheRefused, VariantCache
 from service.serving.registry import ORIGINAL
+from service.serving.stores import DirStore
 
 from . import test_variant_faults as faults
 from .corruption import ALL_CASES, corrupt
@@ -44,9 +46,11 @@ def key(tmp_path_factory, store):
     from service.serving.settings import Settings
 
     home = tmp_path_factory.mktemp("key-home")
-    core = Core(Settings(home=home, models=[MODEL], profile="cpu", auto_compress=False)).start()
+    settings = Settings(home=home, models=[MODEL], profile="cpu", auto_compress=False,
+                        variant_cache=home / "cache")  # fmt: skip
+    core = Core(settings).start()
     try:
-        return core.live._key(MODEL)
+        return core.fleet.key(MODEL)
     finally:
         core.close()
 
@@ -63,13 +67,24 @@ def _stored_ids(core) -> list[str]:
     return [v["id"] for v in core.registry.variants(MODEL) if v["id"] != ORIGINAL]
 
 
+def _cache(directory, secret: str | None = None) -> VariantCache:
+    return VariantCache(DirStore(directory), secret.encode() if secret else None)
+
+
 def _publish(cache, key, saved, secret: str | None = None):
-    return VariantCache(cache, secret.encode() if secret else None).put(key, saved)
+    """Publish ``saved`` under ``key``; the directory holding the entry's files."""
+    published = _cache(cache, secret)
+    assert published.put(key, saved)
+    return cache / "variants" / key / published.manifest(key)["version"]
+
+
+def _manifest_path(entry):
+    return entry.parent / MANIFEST
 
 
 def _tamper_and_recompute(entry) -> None:
-    """Change the weights and recompute every checksum the plan holds: what someone with write
-    access to the cache but without the key can do."""
+    """Change the weights and recompute every checksum the plan and the manifest hold: what
+    someone with write access to the cache but without the key can do."""
     weights = entry / "weights.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF  # the last byte is tensor data
@@ -77,6 +92,11 @@ def _tamper_and_recompute(entry) -> None:
     plan = json.loads((entry / "plan.json").read_text())
     plan["weights_sha256"] = sha256_file(weights)
     (entry / "plan.json").write_text(json.dumps(seal(plan)))
+    manifest = json.loads(_manifest_path(entry).read_text())
+    for name in manifest["files"]:
+        manifest["files"][name] = sha256_file(entry / name)
+    manifest["plan_sha256"] = manifest["files"]["plan.json"]
+    _manifest_path(entry).write_text(json.dumps(manifest))
 
 
 @pytest.mark.parametrize(("name", "kind"), ALL_CASES)
@@ -136,7 +156,7 @@ def test_with_a_key_tampered_weights_with_recomputed_checksums_are_refused(
     cache = tmp_path / "cache"
     entry = _publish(cache, key, saved_variant, SECRET)
     _tamper_and_recompute(entry)
-    VariantCache(cache).verify(key, entry)  # every checksum holds: only the key tells
+    assert _cache(cache).fetch(key, tmp_path / "got")  # every checksum holds: only the key tells
     counted = refusals("cache_untrusted")
     stored = _stored_ids(cores())
     with caplog.at_level(logging.ERROR, logger="slimserve"):
@@ -148,36 +168,47 @@ def test_with_a_key_tampered_weights_with_recomputed_checksums_are_refused(
 
 
 @pytest.mark.parametrize(("name", "kind"), ALL_CASES)
-def test_with_a_key_every_corruption_is_refused_before_anything_is_read(
+def test_every_corruption_is_refused_against_the_manifest_before_anything_is_parsed(
     name, kind, key, saved_variant, tmp_path
 ):
     if not (saved_variant / name).is_file():
         pytest.skip(f"this variant has no {name}")
-    cache = VariantCache(tmp_path / "cache", SECRET.encode())
-    entry = cache.put(key, saved_variant)
-    cache.verify(key, entry)
+    cache = _cache(tmp_path / "cache", SECRET)
+    entry = _publish(tmp_path / "cache", key, saved_variant, SECRET)
     corrupt(entry, name, kind)
     with pytest.raises(CacheRefused) as refused:
-        cache.verify(key, entry)
-    assert refused.value.reason == "cache_untrusted"
+        cache.fetch(key, tmp_path / "got")
+    assert refused.value.reason == "cache_corrupted"
+    assert name in str(refused.value) and ("missing" in str(refused.value)) == (kind == "missing")
 
 
 def test_a_signed_entry_moved_under_another_key_or_with_a_forged_signature_is_refused(
     key, saved_variant, tmp_path
 ):
-    cache = VariantCache(tmp_path / "cache", SECRET.encode())
-    entry = cache.put(key, saved_variant)
+    cache = _cache(tmp_path / "cache", SECRET)
+    entry = _publish(tmp_path / "cache", key, saved_variant, SECRET)
     other = "0" * 32
-    shutil.copytree(entry, tmp_path / "cache" / other)
+    moved = tmp_path / "cache" / "variants" / other
+    (moved / entry.name).mkdir(parents=True)
+    for f in entry.iterdir():
+        (moved / entry.name / f.name).write_bytes(f.read_bytes())
+    (moved / MANIFEST).write_bytes(_manifest_path(entry).read_bytes())
     with pytest.raises(CacheRefused, match="SLIMSERVE_CACHE_KEY"):
-        cache.verify(other, tmp_path / "cache" / other)
-    forged = VariantCache(tmp_path / "cache", b"another key")
+        cache.fetch(other, tmp_path / "got-moved")
     _tamper_and_recompute(entry)
-    forged._write_signature(key, entry)  # signed, but with a key the replicas do not share
+    manifest = json.loads(_manifest_path(entry).read_text())
+    forged = _cache(tmp_path / "cache", "another key")  # signed, with a key not shared
+    manifest["hmac_sha256"] = forged._sign(key, manifest["files"])
+    _manifest_path(entry).write_text(json.dumps(manifest))
     with pytest.raises(CacheRefused, match="SLIMSERVE_CACHE_KEY"):
-        cache.verify(key, entry)
-    for text in ("[]", "null", '{"files": [], "hmac_sha256": 1}'):
-        (entry / SIGNATURE_FILE).write_text(text)
+        cache.fetch(key, tmp_path / "got-forged")
+    manifest["hmac_sha256"] = 1
+    _manifest_path(entry).write_text(json.dumps(manifest))
+    with pytest.raises(CacheRefused) as refused:
+        cache.fetch(key, tmp_path / "got-1")
+    assert refused.value.reason == "cache_untrusted"
+    for i, text in enumerate(("[]", "null", '{"files": [], "version": "x"}', "{")):
+        _manifest_path(entry).write_text(text)
         with pytest.raises(CacheRefused) as refused:
-            cache.verify(key, entry)
-        assert refused.value.reason == "cache_untrusted"
+            cache.fetch(key, tmp_path / f"got-{i}-garbage")
+        assert refused.value.reason == "cache_corrupted"

@@ -1,0 +1,71 @@
+"""``slimserve worker``: compress for a fleet, serve nothing.
+
+A worker is a replica without the HTTP edge: it shares ``SLIMSERVE_VARIANT_CACHE`` with the
+serving replicas, takes the lease of each of its models' keys (``service.serving.fleet``),
+compresses and publishes; serving replicas run with ``SLIMSERVE_JOBS=false`` and adopt what it
+publishes, so no compression ever takes their cores. It keeps watching (a Deployment): a
+variant withdrawn from the store (rolled back on live traffic) is compressed again. With
+``--once`` it exits when every model's key holds a variant or an outcome (a Kubernetes Job).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+from service.home import slimserve_home
+
+
+def run(args: argparse.Namespace) -> int:
+    env = os.environ
+    if args.model:
+        env["SLIMSERVE_MODELS"] = ",".join(args.model)
+    if args.profile:
+        env["SLIMSERVE_PROFILE"] = args.profile
+    # A worker has no live traffic: no canary, no shadow evaluation; it always runs jobs.
+    env.update(SLIMSERVE_JOBS="true", SLIMSERVE_AUTO_COMPRESS="true", SLIMSERVE_CANARY="false")
+    env["SLIMSERVE_SHADOW_FRACTION"] = "0"
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(slimserve_home() / "worker-metrics"))
+    os.makedirs(env["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    from service.serving.core import Core
+    from service.serving.settings import Settings
+
+    try:
+        settings = Settings.from_env()
+    except ValueError as err:
+        print(f"slimserve worker: {err}", file=sys.stderr)
+        return 2
+    if not settings.variant_cache:
+        print(
+            "slimserve worker compresses for a fleet: set SLIMSERVE_VARIANT_CACHE to the store "
+            "the serving replicas share (a directory or s3://bucket/prefix)",
+            file=sys.stderr,
+        )
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    core = Core(settings).start()
+    fleet = core.fleet
+    try:
+        while not stop.wait(settings.fleet_poll_s):
+            settled = 0
+            for name in core.plane.bundles:
+                if fleet.cache.manifest(fleet.key(name)) or fleet.outcome(name):
+                    settled += 1
+                elif name not in fleet.leases and name not in fleet.waiting:
+                    fleet.watch(name)  # withdrawn from the store: compress it again
+            if args.once and settled == len(core.plane.bundles):
+                logging.getLogger("slimserve").info("every model's key is settled; exiting")
+                break
+    finally:
+        core.close()
+    return 0
