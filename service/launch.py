@@ -79,6 +79,7 @@ class Process:
     # SIGTERM to the whole group (bentoml's workers) or to the launched process only (it stops
     # its own children in order, as PyTriton does); SIGKILL always goes to the group.
     term_group = True
+    term_wait_s = 60.0  # how long a SIGTERM may take before the group is killed
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen | None = None
@@ -119,14 +120,15 @@ class Process:
         raise TimeoutError(f"{self.name} not ready after {timeout:.0f} s:\n{self.tail()}")
 
     def stop(self) -> None:
-        """SIGTERM, wait up to 60 s, then SIGKILL the process group; safe to call twice."""
+        """SIGTERM, wait up to ``term_wait_s``, then SIGKILL the process group; safe to call
+        twice."""
         if self.proc is not None and self.proc.poll() is None:
             if self.term_group:
                 os.killpg(self.proc.pid, signal.SIGTERM)  # the group this process leads
             else:
                 self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(60)
+                self.proc.wait(self.term_wait_s)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(30)
@@ -247,6 +249,49 @@ class SlimServer(Process):
         return path
 
 
+class FleetWorker(Process):
+    """``slimserve worker``: compresses for a fleet sharing ``SLIMSERVE_VARIANT_CACHE``; no
+    HTTP, so it is "ready" once started. ``env`` as for :class:`SlimServer`."""
+
+    name = "slimserve-worker"
+
+    def __init__(self, home: str | Path, models: str, **env: str) -> None:
+        super().__init__()
+        self.home = Path(home)
+        self.models, self.extra_env = models, env
+
+    def start(self, once: bool = False) -> FleetWorker:
+        self.home.mkdir(parents=True, exist_ok=True)
+        share_builtin_cache(self.home)
+        env = dict(os.environ)
+        env.update(SLIMSERVE_HOME=str(self.home), BENTOML_HOME=str(self.home / "bentoml"))
+        env.update(SLIMSERVE_MODELS=self.models, **self.extra_env)
+        cmd = [sys.executable, "-m", "service.cli", "worker", *(["--once"] if once else [])]
+        self._spawn(cmd, env, self.home / "worker.log", None)
+        return self
+
+    def wait_for_line(self, text: str, timeout: float) -> None:
+        """Return once its log holds ``text``; raise if it exits first or time runs out."""
+        deadline = time.monotonic() + timeout
+        while text not in self.tail(1 << 20):
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {text!r} in {timeout:.0f} s:\n{self.tail()}")
+            time.sleep(0.2)
+
+    def wait(self, timeout: float) -> int:
+        """Its exit status (``--once``)."""
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL it and its job processes (a node lost, an OOM kill)."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+
+
 class TritonServer(Process):
     """A real Triton Inference Server (PyTriton, CPU) serving a model repository written by
     ``slimserve export`` (``repo=``) or one SlimServe variant exported on the fly
@@ -335,6 +380,7 @@ class S3Server(Process):
     """
 
     name = "seaweedfs"
+    term_wait_s = 3.0  # weed drains for ~25 s on SIGTERM; a test store's data is disposable
     bucket = "slimserve"
     access_key, secret_key = "slimserve-test", "slimserve-test-secret"
 

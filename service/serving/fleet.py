@@ -45,6 +45,7 @@ from service.serving.swaps import refuse
 from service.serving.variants import VariantManager
 
 log = logging.getLogger("slimserve.fleet")
+_UNREADABLE = "unreadable manifest"
 
 
 class Fleet:
@@ -62,6 +63,7 @@ class Fleet:
         self.leases: dict[str, Lease] = {}  # model name -> the lease this replica holds
         self.waiting: set[str] = set()  # models whose key's result this replica waits for
         self._digests: dict[str, str] = {}
+        self._refused: dict[str, str] = {}  # key -> the entry version refused here (once)
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -118,10 +120,17 @@ class Fleet:
         """Serve the variant the fleet published for ``name``, once it passes every check."""
         key = self.key(name)
         download = self.settings.home / "fleet" / f"{key}.{uuid.uuid4().hex[:8]}"
+        manifest = None
         try:
             try:
+                manifest = self.cache.manifest(key)
+                if manifest is None or manifest["version"] == self._refused.get(key):
+                    return False  # none yet, or the entry refused already (counted once)
                 fetched = self.cache.fetch(key, download)
             except CacheRefused as err:
+                if self._refused.get(key) == _UNREADABLE:
+                    return False
+                self._refused[key] = manifest["version"] if manifest else _UNREADABLE
                 refuse(name, err.reason, f"shared cache entry refused: {err}")
                 return False
             if fetched is None:
@@ -132,6 +141,7 @@ class Fleet:
         finally:
             shutil.rmtree(download, ignore_errors=True)
         if vid is None:
+            self._refused[key] = manifest["version"]
             return False
         metrics.series().fleet_leases.labels(name, "adopted").inc()
         log.info("model %s: serving variant %s from the shared cache, no job", name, vid)
