@@ -51,7 +51,7 @@ COPY service/ service/
 # The onnx extra: variants the search chose ONNX Runtime for load in this image too (this
 # project itself, not a PyPI name: DL3013 reads ".[onnx]" as an unpinned package).
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir ".[onnx]" \
+RUN pip install --no-cache-dir ".[onnx,s3]" \
     && python -c "import compression, service, torch; print('torch', torch.__version__)"
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ real digit images through the runtime; the shadow thread measures agreement with
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 
 import numpy as np
@@ -111,7 +112,8 @@ def test_a_bad_canary_is_dropped_and_a_good_one_promoted(core, variants, digits_
     (mark,) = _eventually(lambda: core.live.marks(NAME))
     assert mark["variant"] == bad and mark["when"] == "canary" and mark["ratio"] == 0.9
     assert mark["live"]["value"] < 0.95, mark
-    assert not list((core.settings.variant_cache).iterdir())  # a dropped canary is never shared
+    fleet = core.fleet
+    assert fleet.cache.manifest(fleet.key(NAME)) is None  # a dropped canary is never shared
 
     good = core.registry.add_variant(NAME, variants["good"], "cpu")
     before = _swaps("canary")
@@ -120,16 +122,13 @@ def test_a_bad_canary_is_dropped_and_a_good_one_promoted(core, variants, digits_
     assert core.plane.served(NAME).active.variant == good, core.shadow.view(NAME)
     assert _swaps("canary") == before + 1
     deadline = time.monotonic() + 30  # published by the shadow thread right after the swap
-
-    def published():  # a hidden ".*.tmp" directory is one being written, renamed when done
-        return [p for p in core.settings.variant_cache.iterdir() if not p.name.startswith(".")]
-
-    while not published() and time.monotonic() < deadline:
+    # ... under the key of the profile it was compressed for: the key a replica computes.
+    while fleet.cache.manifest(fleet.key(NAME)) is None and time.monotonic() < deadline:
         time.sleep(0.1)
-    (entry,) = published()  # the promoted variant is shared ...
-    assert (entry / "report.json").is_file()
-    # ... under the key of the profile it was compressed for: a replica finds it.
-    assert entry.name == core.live._key(NAME)  # the key a replica with this profile computes
+    manifest = fleet.cache.manifest(fleet.key(NAME))  # the promoted variant is shared
+    assert manifest is not None and "report.json" in manifest["files"]
+    good_plan = core.registry.variant_path(NAME, good) / "plan.json"
+    assert manifest["plan_sha256"] == hashlib.sha256(good_plan.read_bytes()).hexdigest()
     view = {row["id"]: row for row in core.variants_view(NAME)}
     assert view[good]["active"] and view[good]["live"]["value"] >= 0.95, view[good]
     assert view[bad]["live"]["rejected_live"] == "canary"

@@ -416,3 +416,56 @@ def test_variant_cache_component_shares_a_claim_across_replicas(tmp_path):
     assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
     mounts = {m["name"]: m["mountPath"] for m in container(docs)["volumeMounts"]}
     assert mounts[volume["name"]] == mount
+
+
+def test_fleet_worker_component_compresses_off_the_serving_pods(tmp_path):
+    """The optional component: a worker Deployment compresses for the fleet; serving pods run
+    with jobs off and read the same store, and no Service or budget selects the worker."""
+    overlay = tmp_path / "with-worker"
+    overlay.mkdir()
+    rel = os.path.relpath(K8S, overlay)
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources:\n  - {rel}/overlays/cpu\ncomponents:\n  - {rel}/components/fleet-worker\n"
+    )
+    out = subprocess.run(
+        [_kubectl(), "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    for obj in docs:
+        if obj["kind"] != "ServiceMonitor":  # a CRD: checked by check_servicemonitor
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    worker = deployments.pop("slimserve-worker")
+    (serving,) = deployments.values()
+    settings = next(
+        d for d in docs if d["kind"] == "ConfigMap" and "SLIMSERVE_HOME" in d.get("data", {})
+    )
+    assert settings["data"]["SLIMSERVE_JOBS"] == "false"
+    assert settings["data"]["SLIMSERVE_VARIANT_CACHE"].startswith("s3://")
+    pods = [d["spec"]["template"]["spec"] for d in (serving, worker)]
+    for pod in pods:  # the same settings and the store's credentials in both
+        env_from = pod["containers"][0]["envFrom"]
+        assert {"configMapRef": {"name": settings["metadata"]["name"]}} in env_from
+        assert {"secretRef": {"name": "slimserve-store", "optional": True}} in env_from
+    main = pods[1]["containers"][0]
+    assert main["args"] == ["worker"]
+    assert {"name": "SLIMSERVE_JOBS", "value": "true"} in main["env"]
+    assert quantity(main["resources"]["requests"]["cpu"]) >= 1
+    # Nothing that routes traffic or budgets disruption selects the worker's pods.
+    labels = worker["spec"]["template"]["metadata"]["labels"]
+    for obj in docs:
+        if obj["kind"] in ("Service", "PodDisruptionBudget"):
+            selector = obj["spec"]["selector"]
+            selector = selector.get("matchLabels", selector)
+            assert not all(labels.get(k) == v for k, v in selector.items()), obj["kind"]
+    # On the serving pods' hardware: variants are keyed by it.
+    (term,) = pods[1]["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "node.kubernetes.io/instance-type"
+    serving_labels = serving["spec"]["template"]["metadata"]["labels"]
+    assert all(serving_labels.get(k) == v for k, v in term["labelSelector"]["matchLabels"].items())
