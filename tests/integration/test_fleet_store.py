@@ -48,16 +48,16 @@ def test_open_store_reads_the_setting(tmp_path, s3, monkeypatch):
 
 
 def test_create_lets_exactly_one_of_many_racing_writers_win(store):
+    def race(i: int, name: str, barrier: threading.Barrier, wins: list[int]) -> None:
+        barrier.wait()  # all eight write at once
+        if store.create(name, str(i).encode()):
+            wins.append(i)
+
     for trial in range(3):
         wins: list[int] = []
         barrier = threading.Barrier(8)
-
-        def race(i: int, name: str = f"race/{trial}.json") -> None:
-            barrier.wait()
-            if store.create(name, str(i).encode()):
-                wins.append(i)
-
-        threads = [threading.Thread(target=race, args=(i,)) for i in range(8)]
+        name = f"race/{trial}.json"
+        threads = [threading.Thread(target=race, args=(i, name, barrier, wins)) for i in range(8)]
         for t in threads:
             t.start()
         for t in threads:
