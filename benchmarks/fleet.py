@@ -78,12 +78,22 @@ def start_together(root: Path, store: str, args, extra: dict) -> dict:
     env = _env(store, args.profile, **extra)
     replicas = [SlimServer(root / f"replica-{i}", args.model, **env) for i in range(args.replicas)]
     launched = time.time()
-    threads = [threading.Thread(target=r.start) for r in replicas]
+    errors: list[BaseException] = []
+
+    def start(server: SlimServer) -> None:
+        try:
+            server.start()
+        except BaseException as err:  # raised below, once every replica is stopped
+            errors.append(err)
+
+    threads = [threading.Thread(target=start, args=(r,)) for r in replicas]
     try:
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        if errors:
+            raise errors[0]
         serving = [
             _until(lambda r=r: _active(r, args.model) != "original", 900, "variant")
             for r in replicas

@@ -177,12 +177,16 @@ class SlimServer(Process):
 
     def start(self, timeout: float = 600, attempts: int = 3) -> SlimServer:
         """Start on a free port and return once ``/readyz`` answers 200. A port taken between
-        choosing and binding it (another process's server) is a new try on new ports."""
+        choosing and binding it (another server starting beside it) is a new try on new
+        ports."""
         for attempt in range(attempts):
             try:
                 return self._start(timeout)
             except RuntimeError as err:
-                if "Could not bind" not in str(err) or attempt == attempts - 1:
+                # uvicorn's "Could not bind" for the HTTP port; zmq's "Address already in
+                # use" for the ports BentoML's process manager picks for itself.
+                taken = any(t in str(err) for t in ("Could not bind", "Address already in use"))
+                if not taken or attempt == attempts - 1:
                     raise
                 self.stop()
         raise AssertionError("unreachable")

@@ -35,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     os.makedirs(env["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
+    # After the environment above: prometheus_client, imported on the way, picks its
+    # multiprocess value class from PROMETHEUS_MULTIPROC_DIR when it is first imported.
     from service.serving.core import Core
     from service.serving.settings import Settings
 
