@@ -62,7 +62,7 @@ class Core:
             max_rows=settings.max_rows_per_request,
             device=settings.device,
         )
-        self.plane = DataPlane(self.runtime, self.thread_budget)
+        self.plane = DataPlane(self.runtime, self.thread_budget, settings.pack_originals)
         self.jobs = JobRunner(
             settings.home / "jobs",
             lambda job, out: self.variants.job_done(job, out),

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from compression.evaluation.measure import macs_params
+from compression.forms import packing
 from service.models import ModelBundle
 from service.serving import metrics
 from service.serving.adapters import adapter_for
@@ -31,9 +32,10 @@ LIGHT_MODEL_MS_PER_SAMPLE = 0.5
 class DataPlane:
     """Served models and their inference path."""
 
-    def __init__(self, runtime: Runtime, thread_budget: int) -> None:
+    def __init__(self, runtime: Runtime, thread_budget: int, pack_originals: bool = True) -> None:
         self.runtime = runtime
         self.thread_budget = thread_budget
+        self.pack_originals = pack_originals
         self.bundles: dict[str, ModelBundle] = {}
         self.originals: dict[str, torch.nn.Module] = {}
 
@@ -45,12 +47,30 @@ class DataPlane:
         module = bundle.factory().eval()
         self.bundles[name], self.originals[name] = bundle, module
         adapter = adapter_for(bundle, module)
-        original = Active(ORIGINAL, "none", module)
+        original = Active(ORIGINAL, "none", self._packed(bundle, module))
         threads = self._forward_threads(name, adapter, original)
         self.runtime.add(name, adapter, original, reservoir, threads)
         metrics.record_swap(name, None, (ORIGINAL, "none"), "start")
         metrics.record_size(name, ORIGINAL, *_size(bundle, module))
         return self.runtime.models[name]
+
+    def _packed(self, bundle: ModelBundle, module: torch.nn.Module) -> torch.nn.Module:
+        """The original as it serves: a BERT-family encoder on a CPU runs its real tokens only
+        (``compression.forms.packing``: no padding computed), where that reproduces the padded
+        forward on two of its calibration batches; otherwise as it is.
+
+        The same outputs without the padding's compute: the original a user gets is the
+        fastest exact form there is, and other servers and variants are measured against it.
+        """
+        if not self.pack_originals or not self.runtime.device.startswith("cpu"):
+            return module
+        checks = [b[0] if isinstance(b, tuple) else b for b in (bundle.calibration or [])[:2]]
+        if not checks or packing.why_not(module, checks[0]) is not None:
+            return module
+        ok, note = packing.check(module, checks)
+        log.info("model %s: the original serves %s (%s)", bundle.name,
+                 "on packed tokens" if ok else "padded", note)  # fmt: skip
+        return packing.served(module) if ok else module
 
     def _forward_threads(self, name: str, adapter, original: Active) -> int:
         """Torch threads for this model's forwards: all cores only where compute dominates.

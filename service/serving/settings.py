@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     device: str = Field(
         "auto", description="Where models serve: auto (CUDA when present), cpu, cuda or cuda:N."
     )
+    pack_originals: bool = Field(
+        True,
+        description="On a CPU, serve a BERT-family original on its real tokens only (no padding "
+        "computed) where that reproduces the padded forward; false: padded, as loaded.",
+    )
     max_wait_ms: float = Field(
         2.0,
         ge=0,

@@ -74,6 +74,26 @@ def test_text_model_returns_normalised_embeddings(client):
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
 
 
+def test_the_minilm_original_serves_packed_with_the_padded_models_answers(client, core):
+    from compression.forms.packing import is_packed
+
+    served = core.plane.runtime.models["minilm"].active
+    assert served.variant == "original" and is_packed(served.module)
+    assert not is_packed(core.plane.originals["minilm"])  # what variants are compared with
+    sentences = ["a", "Structured pruning removes whole channels, so the model is faster.", "b c"]
+    body = {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [3], "data": sentences}]}
+    r = client.post("/v2/models/minilm/infer", json=body)
+    assert r.status_code == 200, r.text
+    got = np.asarray(r.json()["outputs"][0]["data"]).reshape(3, 384)
+    from service.serving.runtime import Active, Runtime
+
+    adapter = core.plane.runtime.models["minilm"].adapter
+    unpacked = Active("original", "none", core.plane.originals["minilm"])
+    rows = [np.array([s.encode() for s in sentences], dtype=object)]
+    padded = Runtime._forward(adapter, unpacked, rows)  # one padded batch, the unpacked model
+    assert np.abs(got - padded.reshape(3, 384)).max() < 1e-4
+
+
 @pytest.mark.parametrize(
     ("body", "status", "needle"),
     [
