@@ -89,7 +89,7 @@ def test_the_minilm_original_serves_packed_with_the_padded_models_answers(client
 
     adapter = core.plane.runtime.models["minilm"].adapter
     unpacked = Active("original", "none", core.plane.originals["minilm"])
-    rows = [np.array([s.encode() for s in sentences], dtype=object)]
+    rows = [np.array(sentences, dtype=object)]
     padded = Runtime._forward(adapter, unpacked, rows)  # one padded batch, the unpacked model
     assert np.abs(got - padded.reshape(3, 384)).max() < 1e-4
 
