@@ -137,7 +137,7 @@ class Core:
         # (asked for, no shipped data, or the live loop's recompression) read it.
         self.plane.add_model(bundle, Reservoir(self.settings.reservoir_size))
         self.shadow.originals[bundle.name] = Active(
-            ORIGINAL, "none", self.plane.originals[bundle.name]
+            ORIGINAL, "none", self.plane.served_originals[bundle.name]
         )
         self.variants.restore(bundle.name)
         if bundle.extra.get("variant_dir"):  # a task directory ships its compressed variant

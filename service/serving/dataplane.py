@@ -37,7 +37,8 @@ class DataPlane:
         self.thread_budget = thread_budget
         self.pack_originals = pack_originals
         self.bundles: dict[str, ModelBundle] = {}
-        self.originals: dict[str, torch.nn.Module] = {}
+        self.originals: dict[str, torch.nn.Module] = {}  # as loaded: weights, digests, copies
+        self.served_originals: dict[str, torch.nn.Module] = {}  # as they serve (maybe packed)
 
     # ---- models ------------------------------------------------------------------------------
 
@@ -46,8 +47,9 @@ class DataPlane:
         name = bundle.name
         module = bundle.factory().eval()
         self.bundles[name], self.originals[name] = bundle, module
+        self.served_originals[name] = self._packed(bundle, module)
         adapter = adapter_for(bundle, module)
-        original = Active(ORIGINAL, "none", self._packed(bundle, module))
+        original = Active(ORIGINAL, "none", self.served_originals[name])
         threads = self._forward_threads(name, adapter, original)
         self.runtime.add(name, adapter, original, reservoir, threads)
         metrics.record_swap(name, None, (ORIGINAL, "none"), "start")

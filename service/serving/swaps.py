@@ -175,7 +175,7 @@ class VariantSwaps:
     def _load(self, name: str, vid: str) -> Active:
         """The variant ready to serve: from memory if it served recently, else from the store."""
         if vid == ORIGINAL:
-            return Active(ORIGINAL, "none", self.plane.originals[name])
+            return Active(ORIGINAL, "none", self.plane.served_originals[name])
         key = (name, vid)
         if key in self._resident:
             self._resident.move_to_end(key)

@@ -79,7 +79,9 @@ def test_the_minilm_original_serves_packed_with_the_padded_models_answers(client
 
     served = core.plane.runtime.models["minilm"].active
     assert served.variant == "original" and is_packed(served.module)
-    assert not is_packed(core.plane.originals["minilm"])  # what variants are compared with
+    assert is_packed(core.variants.load("minilm", "original").module)  # after a rollback too
+    assert is_packed(core.shadow.originals["minilm"].module)  # and in shadow
+    assert not is_packed(core.plane.originals["minilm"])  # as loaded: digests, variants built on
     sentences = ["a", "Structured pruning removes whole channels, so the model is faster.", "b c"]
     body = {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [3], "data": sentences}]}
     r = client.post("/v2/models/minilm/infer", json=body)
