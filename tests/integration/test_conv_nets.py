@@ -124,7 +124,11 @@ def test_trained_conv_net_halves_macs_within_one_and_a_half_points(build, shape)
     r = variant.report
     assert r.metric_before >= 0.9, f"training reached only {r.metric_before:.4f}"
     if not r.accepted:  # every cut's claimed drop (a one-sided bound) was over 1.5 points
-        assert "claims" in r.reason and "on 298 samples" in r.reason, r.reason
+        # The reason states the best cut's claim ("... claims ... on 298 samples"), or, where
+        # no cut came within budget at all, says so; the claim is bounded on the 298 samples.
+        assert ("claims" in r.reason and "on 298 samples" in r.reason) or (
+            "no candidate within budget" in r.reason and (r.claim or {}).get("samples") == 298
+        ), (r.reason, r.claim)
         return
     # Chosen on even and accepted on odd validation samples, the depthwise net kept 1.5 points
     # at 1.88x without distillation and 2.3x or more with it (six seeds); the floor leaves room
