@@ -61,7 +61,12 @@ def run(args: argparse.Namespace) -> int:
         while not stop.wait(settings.fleet_poll_s):
             settled = 0
             for name in core.plane.bundles:
-                if fleet.cache.manifest(fleet.key(name)) or fleet.outcome(name):
+                try:
+                    done = bool(fleet.cache.manifest(fleet.key(name)) or fleet.outcome(name))
+                except Exception as err:  # an unreadable entry, the store unreachable
+                    logging.getLogger("slimserve").warning("model %s: %s", name, err)
+                    continue
+                if done:
                     settled += 1
                 elif name not in fleet.leases and name not in fleet.waiting:
                     fleet.watch(name)  # withdrawn from the store: compress it again

@@ -64,11 +64,13 @@ class Fleet:
         self.waiting: set[str] = set()  # models whose key's result this replica waits for
         self._digests: dict[str, str] = {}
         self._refused: dict[str, str] = {}  # key -> the entry version refused here (once)
+        self._cannot_compress: set[str] = set()  # models whose jobs this replica cannot start
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         manager.on_start = self.start_model
         manager.on_finished = self.finished
+        manager.on_not_started = self.not_started
 
     # ---- keys ------------------------------------------------------------------------------
 
@@ -100,7 +102,7 @@ class Fleet:
         try:
             if self.serve_cached(name) or self._declined(name):
                 return True
-            if self._runs_jobs() and self._acquire(name):
+            if self._runs_jobs(name) and self._acquire(name):
                 return False
         except Exception as err:  # the store unreachable: serve, and look again later
             refuse(name, "cache_unavailable", f"shared store {self.store.url}: {err}")
@@ -113,8 +115,19 @@ class Fleet:
             self.waiting.add(name)
         log.info("model %s: waiting for the fleet's variant in %s", name, self.store.url)
 
-    def _runs_jobs(self) -> bool:
-        return self.settings.jobs and self.manager.jobs_enabled
+    def _runs_jobs(self, name: str) -> bool:
+        return (
+            self.settings.jobs and self.manager.jobs_enabled and name not in self._cannot_compress
+        )
+
+    def not_started(self, name: str, reason: str) -> None:
+        """This replica took the lease but could not start the job (its own store is full or
+        read-only): the lease goes back at once, for a replica that can; this one adopts only.
+        Nothing is published: the key itself did not fail."""
+        log.warning("model %s: cannot compress here (%s); the lease goes back", name, reason)
+        self._release(name)
+        self._cannot_compress.add(name)
+        self.watch(name)
 
     def serve_cached(self, name: str) -> bool:
         """Serve the variant the fleet published for ``name``, once it passes every check."""
@@ -292,10 +305,10 @@ class Fleet:
             with self._lock:
                 self.waiting.discard(name)
             return
-        if self._runs_jobs() and self._acquire(name):
+        if self._runs_jobs(name) and self._acquire(name):
             with self._lock:
                 self.waiting.discard(name)
             try:
                 self.manager.compress(name, self.manager.profile, auto=True)
             except Exception as err:
-                self.decline(name, "failed", f"could not queue the job: {err}")
+                self.not_started(name, f"could not queue the job: {err}")

@@ -46,6 +46,8 @@ class VariantManager(VariantSwaps):
         self.on_start: Callable[[str], bool] | None = None
         # The fleet's hook (service/serving/fleet.py): a finished job's outcome for the lease.
         self.on_finished: Callable[[Job], None] | None = None
+        # ... and a start-up job this replica could not start (its own store full or read-only).
+        self.on_not_started: Callable[[str, str], None] | None = None
         self.jobs_enabled = True  # this worker runs jobs (the leader of its home)
 
     # ---- jobs --------------------------------------------------------------------------------
@@ -145,6 +147,8 @@ class VariantManager(VariantSwaps):
                 return
         except StoreUnavailable as err:
             refuse(name, store_reason(err), f"no compression at start-up: {err}")
+            if self.on_not_started is not None:
+                self.on_not_started(name, str(err))
             return
 
         def wait_for_traffic() -> None:
@@ -155,6 +159,8 @@ class VariantManager(VariantSwaps):
                 self.compress(name, self.profile, auto=True)
             except StoreUnavailable as err:
                 refuse(name, store_reason(err), f"no compression on live traffic: {err}")
+                if self.on_not_started is not None:
+                    self.on_not_started(name, str(err))
 
         threading.Thread(target=wait_for_traffic, name=f"live-{name}", daemon=True).start()
 

@@ -74,3 +74,21 @@ def test_an_accepted_variant_under_canary_keeps_the_lease_until_it_is_decided(re
     assert MODEL in a.fleet.leases  # published only once the canary is promoted
     a.fleet.canary_dropped(MODEL, "v1")
     assert MODEL not in a.fleet.leases and a.fleet.outcome(MODEL)["state"] == "rejected_live"
+
+
+def test_a_replica_that_cannot_start_its_job_gives_the_lease_back_to_the_fleet(replicas):
+    from service.serving.errors import StoreUnavailable
+
+    a, b = replicas("a"), replicas("b")
+
+    def full(*args, **kwargs):
+        raise StoreUnavailable("the store has 1 MB free, needs 2 MB")
+
+    a.variants.compress = full  # a's own disk is full
+    a.variants.auto_compress(MODEL)  # takes the lease, cannot queue the job
+    assert MODEL not in a.fleet.leases and MODEL in a.fleet.waiting
+    assert a.fleet.outcome(MODEL) is None  # the key did not fail: nothing published
+    assert b.fleet.start_model(MODEL) is False  # another replica compresses at once
+    b.fleet._release(MODEL)  # free again (b died, say): a still does not take it
+    a.fleet._look(MODEL)
+    assert MODEL not in a.fleet.leases and MODEL in a.fleet.waiting
