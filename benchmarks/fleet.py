@@ -29,14 +29,13 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 from benchmarks import common
 from benchmarks.load_test import targets
 from benchmarks.loadgen import run_load, wait_for
-from service.launch import FleetWorker, S3Server, SlimServer
+from service.launch import FleetWorker, S3Server, SlimServer, start_all
 
 NAME = "fleet"
 
@@ -78,22 +77,8 @@ def start_together(root: Path, store: str, args, extra: dict) -> dict:
     env = _env(store, args.profile, **extra)
     replicas = [SlimServer(root / f"replica-{i}", args.model, **env) for i in range(args.replicas)]
     launched = time.time()
-    errors: list[BaseException] = []
-
-    def start(server: SlimServer) -> None:
-        try:
-            server.start()
-        except BaseException as err:  # raised below, once every replica is stopped
-            errors.append(err)
-
-    threads = [threading.Thread(target=start, args=(r,)) for r in replicas]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
+        start_all(replicas)
         serving = [
             _until(lambda r=r: _active(r, args.model) != "original", 900, "variant")
             for r in replicas

@@ -465,6 +465,30 @@ class S3Server(Process):
         return True
 
 
+def start_all(servers: list[SlimServer], timeout: float = 600) -> None:
+    """Start ``servers`` at once (a fleet's replicas coming up together) and return when every
+    one is ready; if any fails, stop them all and raise its error."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def start(server: SlimServer) -> None:
+        try:
+            server.start(timeout)
+        except BaseException as err:  # raised below, once every server is stopped
+            errors.append(err)
+
+    threads = [threading.Thread(target=start, args=(s,)) for s in servers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        for server in servers:
+            server.stop()
+        raise errors[0]
+
+
 def metric_samples(text: str, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
     """``(labels, value)`` of each sample called ``name`` whose labels include ``labels``, from
     Prometheus text (a server's ``/metrics``) parsed by ``prometheus_client``'s parser.

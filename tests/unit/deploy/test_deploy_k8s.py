@@ -384,14 +384,15 @@ def test_hpa_scales_on_inflight_requests(rendered):
         assert quantity(metric["pods"]["target"]["averageValue"]) > 0
 
 
-def test_variant_cache_component_shares_a_claim_across_replicas(tmp_path):
-    """The optional component: a ReadWriteMany claim mounted where SLIMSERVE_VARIANT_CACHE points."""
-    overlay = tmp_path / "with-cache"
+def _cpu_with_component(tmp_path, component: str) -> list[dict]:
+    """The cpu overlay with ``k8s/components/<component>`` added, rendered by kustomize and
+    validated offline (strict); its documents."""
+    overlay = tmp_path / f"with-{component}"
     overlay.mkdir()
     rel = os.path.relpath(K8S, overlay)
     (overlay / "kustomization.yaml").write_text(
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
-        f"resources:\n  - {rel}/overlays/cpu\ncomponents:\n  - {rel}/components/variant-cache\n"
+        f"resources:\n  - {rel}/overlays/cpu\ncomponents:\n  - {rel}/components/{component}\n"
     )
     out = subprocess.run(
         [_kubectl(), "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(overlay)],
@@ -405,6 +406,12 @@ def test_variant_cache_component_shares_a_claim_across_replicas(tmp_path):
     for obj in docs:
         if obj["kind"] != "ServiceMonitor":  # a CRD: checked by check_servicemonitor
             kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    return docs
+
+
+def test_variant_cache_component_shares_a_claim_across_replicas(tmp_path):
+    """The optional component: a ReadWriteMany claim mounted where SLIMSERVE_VARIANT_CACHE points."""
+    docs = _cpu_with_component(tmp_path, "variant-cache")
     claim = one(docs, "PersistentVolumeClaim")
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
     settings = next(
@@ -421,25 +428,7 @@ def test_variant_cache_component_shares_a_claim_across_replicas(tmp_path):
 def test_fleet_worker_component_compresses_off_the_serving_pods(tmp_path):
     """The optional component: a worker Deployment compresses for the fleet; serving pods run
     with jobs off and read the same store, and no Service or budget selects the worker."""
-    overlay = tmp_path / "with-worker"
-    overlay.mkdir()
-    rel = os.path.relpath(K8S, overlay)
-    (overlay / "kustomization.yaml").write_text(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
-        f"resources:\n  - {rel}/overlays/cpu\ncomponents:\n  - {rel}/components/fleet-worker\n"
-    )
-    out = subprocess.run(
-        [_kubectl(), "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(overlay)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr
-    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
-    for obj in docs:
-        if obj["kind"] != "ServiceMonitor":  # a CRD: checked by check_servicemonitor
-            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    docs = _cpu_with_component(tmp_path, "fleet-worker")
     deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
     worker = deployments.pop("slimserve-worker")
     (serving,) = deployments.values()
