@@ -265,12 +265,16 @@ class FleetWorker(Process):
         self.models, self.extra_env = models, env
 
     def start(self, once: bool = False) -> FleetWorker:
+        """Start it with ``/metrics`` on a free port (``self.address``)."""
         self.home.mkdir(parents=True, exist_ok=True)
         share_builtin_cache(self.home)
         env = dict(os.environ)
         env.update(SLIMSERVE_HOME=str(self.home), BENTOML_HOME=str(self.home / "bentoml"))
         env.update(SLIMSERVE_MODELS=self.models, **self.extra_env)
-        cmd = [sys.executable, "-m", "service.cli", "worker", *(["--once"] if once else [])]
+        (port,) = free_ports(1)
+        self.address = f"127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "service.cli", "worker", "--metrics-port", str(port)]
+        cmd += ["--once"] if once else []
         self._spawn(cmd, env, self.home / "worker.log", None)
         return self
 

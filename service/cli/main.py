@@ -61,6 +61,9 @@ def _add_worker(sub) -> None:
     p.add_argument(
         "--once", action="store_true", help="exit once every model has a variant or an outcome"
     )
+    p.add_argument(
+        "--metrics-port", type=int, default=0, help="serve /metrics on this port (0: off)"
+    )
     p.set_defaults(func="worker:run")
 
 

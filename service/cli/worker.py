@@ -6,18 +6,22 @@ compresses and publishes; serving replicas run with ``SLIMSERVE_JOBS=false`` and
 publishes, so no compression ever takes their cores. It keeps watching (a Deployment): a
 variant withdrawn from the store (rolled back on live traffic) is compressed again. With
 ``--once`` it exits when every model's key holds a variant or an outcome (a Kubernetes Job).
+``--metrics-port`` serves its Prometheus series (the lease events, the jobs it ran).
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
 
 from service.home import slimserve_home
+from service.serving.bentoml_main import metrics_dir
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,8 +35,13 @@ def run(args: argparse.Namespace) -> int:
     env["SLIMSERVE_SHADOW_FRACTION"] = "0"
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(slimserve_home() / "worker-metrics"))
-    os.makedirs(env["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+    # The metric files off the home, as `slimserve serve` keeps them (a full disk must not
+    # take the process down with SIGBUS): SLIMSERVE_METRICS_DIR, else a temporary directory.
+    path, temporary = metrics_dir()
+    if temporary:
+        atexit.register(shutil.rmtree, path, True)
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    env.setdefault("SLIMSERVE_HOME", str(slimserve_home()))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     # After the environment above: prometheus_client, imported on the way, picks its
@@ -55,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if args.metrics_port:  # first: the probe answers while the models load
+        _serve_metrics(args.metrics_port)
     core = Core(settings).start()
     fleet = core.fleet
     try:
@@ -76,3 +87,14 @@ def run(args: argparse.Namespace) -> int:
     finally:
         core.close()
     return 0
+
+
+def _serve_metrics(port: int) -> None:
+    """``/metrics`` on ``port`` (every process's series: this one's and its jobs'), for
+    Prometheus and for the worker's liveness probe."""
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    start_http_server(port, registry=registry)
+    logging.getLogger("slimserve").info("metrics on :%d/metrics", port)

@@ -98,6 +98,11 @@ def test_a_killed_lease_holder_is_replaced_and_jobs_off_replicas_never_compress(
     serving = corrupt = None
     try:
         first.wait_for_line("compressing for the fleet", timeout=180)
+        text = httpx.get(f"http://{first.address}/metrics", timeout=10).text  # the worker's own
+        assert (
+            metric_value(text, "slimserve_fleet_lease_events_total", model=MODEL, event="acquired")
+            == 1
+        )
         first.kill()  # SIGKILL mid-job: its lease stays behind until it expires
         leases = list(store.glob("leases/*/*.json"))
         assert len(leases) == 1 and not list(store.glob("variants/*/manifest.json"))

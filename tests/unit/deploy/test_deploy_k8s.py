@@ -443,7 +443,10 @@ def test_fleet_worker_component_compresses_off_the_serving_pods(tmp_path):
         assert {"configMapRef": {"name": settings["metadata"]["name"]}} in env_from
         assert {"secretRef": {"name": "slimserve-store", "optional": True}} in env_from
     main = pods[1]["containers"][0]
-    assert main["args"] == ["worker"]
+    assert main["args"][0] == "worker" and "--metrics-port" in main["args"]
+    port = int(main["args"][main["args"].index("--metrics-port") + 1])
+    assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in main["ports"]
+    assert main["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
     assert {"name": "SLIMSERVE_JOBS", "value": "true"} in main["env"]
     assert quantity(main["resources"]["requests"]["cpu"]) >= 1
     # Nothing that routes traffic or budgets disruption selects the worker's pods.
