@@ -22,6 +22,8 @@ import threading
 
 from service.home import slimserve_home
 from service.serving.bentoml_main import metrics_dir
+from service.serving.core import Core  # imports no prometheus_client (metrics.py: lazily)
+from service.serving.settings import Settings
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,11 +45,6 @@ def run(args: argparse.Namespace) -> int:
     env["PROMETHEUS_MULTIPROC_DIR"] = str(path)
     env.setdefault("SLIMSERVE_HOME", str(slimserve_home()))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-
-    # After the environment above: prometheus_client, imported on the way, picks its
-    # multiprocess value class from PROMETHEUS_MULTIPROC_DIR when it is first imported.
-    from service.serving.core import Core
-    from service.serving.settings import Settings
 
     try:
         settings = Settings.from_env()
@@ -92,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
 def _serve_metrics(port: int) -> None:
     """``/metrics`` on ``port`` (every process's series: this one's and its jobs'), for
     Prometheus and for the worker's liveness probe."""
+    # here, once run() has set PROMETHEUS_MULTIPROC_DIR: the client reads it when imported
     from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
     registry = CollectorRegistry()
